@@ -1,0 +1,256 @@
+"""State: a nested mapping from attribute names and keys to Variables (or raw arrays)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
+
+import jax
+
+from nnx.variables import Variable
+
+Path = tuple[Any, ...]
+
+
+def _sort_key(key: Any) -> tuple:
+    return (0, key, "") if isinstance(key, int) else (1, 0, str(key))
+
+
+def is_state_leaf(x: Any) -> bool:
+    """Whether ``x`` is a State leaf (anything that is not a nested mapping)."""
+    return not isinstance(x, Mapping)
+
+
+class State(MutableMapping):
+    """A nested mapping whose leaves are Variables or arrays; a registered JAX pytree.
+
+    Index it by key (``state['linear']['kernel']``) or attribute (``state.linear.kernel``).
+    ``jax.tree.map`` over a State maps its arrays and keeps its structure and Variable types.
+    """
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, mapping: Mapping[Any, Any] | None = None, /):
+        object.__setattr__(self, "_mapping", {})
+        if mapping is not None:
+            for k, v in mapping.items():
+                self[k] = v
+
+    # -- mapping protocol --------------------------------------------------------------
+    def __getitem__(self, key: Any) -> Any:
+        return self._mapping[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if isinstance(value, Mapping) and not isinstance(value, State):
+            value = State(value)
+        self._mapping[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self._mapping[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._mapping)
+
+    def __len__(self) -> int:
+        return len(self._mapping)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._mapping
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return self._mapping[name]
+        except KeyError:
+            raise AttributeError(
+                f"State has no key {name!r}; keys are {sorted(map(str, self._mapping))}"
+            ) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        del self[name]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        a, b = self.flat_state(), State.flatten_mapping(other)
+        if [p for p, _ in a] != sorted(b, key=lambda p: tuple(map(_sort_key, p))):
+            return False
+        for path, leaf in a:
+            x, y = leaf, b[path]
+            if type(x) is not type(y):
+                return False
+            if isinstance(x, Variable):
+                x, y = x._raw_value, y._raw_value
+            if x is not y and not bool(jax.numpy.array_equal(x, y)):
+                return False
+        return True
+
+    # -- flat views --------------------------------------------------------------------
+    @staticmethod
+    def flatten_mapping(mapping: Mapping, prefix: Path = ()) -> dict[Path, Any]:
+        """A dict from paths to leaves for any nested mapping."""
+        flat: dict[Path, Any] = {}
+        for k, v in mapping.items():
+            if isinstance(v, Mapping):
+                flat.update(State.flatten_mapping(v, (*prefix, k)))
+            else:
+                flat[(*prefix, k)] = v
+        return flat
+
+    def flat_state(self) -> list[tuple[Path, Any]]:
+        """``(path, leaf)`` pairs in sorted path order."""
+        flat = State.flatten_mapping(self)
+        return sorted(flat.items(), key=lambda kv: tuple(map(_sort_key, kv[0])))
+
+    def to_flat_state(self) -> list[tuple[Path, Any]]:
+        return self.flat_state()
+
+    @classmethod
+    def from_flat_path(cls, pairs: Any) -> State:
+        """Build a State from ``(path, leaf)`` pairs (or a dict of them)."""
+        if isinstance(pairs, Mapping):
+            pairs = pairs.items()
+        root: dict[Any, Any] = {}
+        for path, leaf in pairs:
+            if not path:
+                raise ValueError("A State leaf needs a non-empty path")
+            node = root
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = leaf
+        return cls(root)
+
+    from_flat_state = from_flat_path
+
+    # -- filtering and combining -------------------------------------------------------
+    def filter(self, *filters: Any) -> Any:
+        """The leaves matching each filter, as one State per filter (unmatched dropped)."""
+        from nnx.graph import _partition
+
+        states = _partition(self.flat_state(), filters or (...,), exhaustive=False)
+        return states[0] if len(states) == 1 else tuple(states)
+
+    def split(self, *filters: Any) -> Any:
+        """Partition into one State per filter; filters must match every leaf."""
+        from nnx.graph import _partition
+
+        states = _partition(self.flat_state(), filters or (...,), exhaustive=True)
+        return states[0] if len(states) == 1 else tuple(states)
+
+    @staticmethod
+    def merge(state: Mapping, /, *states: Mapping) -> State:
+        """One State holding the leaves of all given States (later ones win on conflicts)."""
+        flat: dict[Path, Any] = {}
+        for s in (state, *states):
+            flat.update(State.flatten_mapping(s))
+        return State.from_flat_path(flat)
+
+    def __or__(self, other: Mapping) -> State:
+        return State.merge(self, other)
+
+    def __sub__(self, other: Mapping) -> State:
+        drop = set(State.flatten_mapping(other))
+        return State.from_flat_path([(p, v) for p, v in self.flat_state() if p not in drop])
+
+    # -- pure dicts --------------------------------------------------------------------
+    def to_pure_dict(self) -> dict[Any, Any]:
+        """Nested plain dicts of raw values (Variables unwrapped), e.g. for checkpoints."""
+        return {
+            k: v.to_pure_dict() if isinstance(v, State) else _raw(v)
+            for k, v in self._mapping.items()
+        }
+
+    def replace_by_pure_dict(self, pure_dict: Mapping, replace_fn: Any = None) -> None:
+        """Write raw values from a pure nested dict into this State's leaves, in place.
+
+        Keys may be strings where the State has integer keys (as after a JSON round trip).
+        A key the State lacks raises ``KeyError`` naming the path.
+        """
+        replace_fn = replace_fn or _replace_leaf
+        for path, value in State.flatten_mapping(pure_dict).items():
+            node: Any = self
+            resolved = []
+            for key in path[:-1]:
+                key = _resolve_key(node, key, path)
+                resolved.append(key)
+                node = node[key]
+            last = _resolve_key(node, path[-1], path)
+            node[last] = replace_fn(node[last], value)
+
+    def __repr__(self) -> str:
+        from nnx.display import state_repr
+
+        return state_repr(self)
+
+    def __treescope_repr__(self, path: Any, subtree_renderer: Any) -> Any:
+        from nnx.display import treescope_repr
+
+        return treescope_repr(self, path, subtree_renderer)
+
+
+def _raw(v: Any) -> Any:
+    return v._raw_value if isinstance(v, Variable) else v
+
+
+def _replace_leaf(leaf: Any, value: Any) -> Any:
+    if isinstance(leaf, Variable):
+        return leaf.copy(value)
+    return value
+
+
+def _resolve_key(node: Mapping, key: Any, path: Path) -> Any:
+    if key in node:
+        return key
+    if isinstance(key, str) and key.lstrip("-").isdigit() and int(key) in node:
+        return int(key)
+    raise KeyError(
+        f"replace_by_pure_dict: '{'/'.join(map(str, path))}' does not exist in the State "
+        f"(at this level it has {sorted(map(str, node))})."
+    )
+
+
+def to_pure_dict(state: State) -> dict[Any, Any]:
+    """Nested plain dicts of the raw values in ``state``."""
+    return state.to_pure_dict()
+
+
+def replace_by_pure_dict(state: State, pure_dict: Mapping) -> None:
+    """Write a pure nested dict of raw values into ``state``'s leaves in place."""
+    state.replace_by_pure_dict(pure_dict)
+
+
+def filter_state(state: State, *filters: Any) -> Any:
+    return state.filter(*filters)
+
+
+def split_state(state: State, *filters: Any) -> Any:
+    return state.split(*filters)
+
+
+def merge_state(state: Mapping, *states: Mapping) -> State:
+    return State.merge(state, *states)
+
+
+def _flatten_with_keys(state: State):
+    keys = sorted(state._mapping, key=_sort_key)
+    return [(jax.tree_util.DictKey(k), state._mapping[k]) for k in keys], tuple(keys)
+
+
+def _flatten(state: State):
+    keys = sorted(state._mapping, key=_sort_key)
+    return [state._mapping[k] for k in keys], tuple(keys)
+
+
+def _unflatten(keys: tuple, children: Any) -> State:
+    s = object.__new__(State)
+    object.__setattr__(s, "_mapping", dict(zip(keys, children, strict=True)))
+    return s
+
+
+jax.tree_util.register_pytree_with_keys(State, _flatten_with_keys, _unflatten, flatten_func=_flatten)

@@ -1,0 +1,26 @@
+"""Which JAX trace an object was created under, to reject mutations from another trace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jax._src import core as _core
+
+
+def current_trace() -> Any:
+    """An opaque token for the JAX trace active now; equal tokens mean the same trace."""
+    return _core.get_opaque_trace_state(convention="flax")
+
+
+class TraceContextError(RuntimeError):
+    """Raised when an object created under one JAX trace is mutated under another."""
+
+
+def check_same_trace(obj: Any, created_under: Any) -> None:
+    """Raise TraceContextError if the active trace differs from ``created_under``."""
+    if created_under is not None and created_under != current_trace():
+        raise TraceContextError(
+            f"Cannot mutate {type(obj).__name__} from a different trace level: it was created "
+            "outside the transform that is running now (it was captured by a closure). Pass it "
+            "to the nnx transform as an argument instead, so its updates are carried back."
+        )
