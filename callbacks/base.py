@@ -1,0 +1,121 @@
+"""The callback hook API (Keras semantics) and the list that dispatches to callbacks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+_BATCH_HOOKS = (
+    "on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end",
+    "on_predict_batch_begin", "on_predict_batch_end",
+)
+_HOOKS = (
+    "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_test_begin",
+    "on_test_end", "on_predict_begin", "on_predict_end", *_BATCH_HOOKS,
+)
+
+
+class Callback:
+    """Base class of callbacks: override the hooks you need; each gets ``logs``, a dict of floats.
+
+    ``self.trainer`` and ``self.model`` are set before ``on_train_begin``; ``self.params`` holds
+    ``epochs``, ``steps`` and ``verbose``. Set ``self.trainer.stop_training = True`` to stop.
+    """
+
+    def __init__(self) -> None:
+        self.trainer: Any = None
+        self.params: dict[str, Any] = {}
+
+    @property
+    def model(self) -> Any:
+        return None if self.trainer is None else self.trainer.model
+
+    def set_trainer(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def overrides(self, hook: str) -> bool:
+        """Whether this callback defines ``hook`` (the Trainer skips hooks nobody defines)."""
+        return getattr(type(self), hook) is not getattr(Callback, hook)
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None: ...
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None: ...
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None: ...
+    def on_train_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None: ...
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None: ...
+    def on_test_begin(self, logs: dict[str, float] | None = None) -> None: ...
+    def on_test_end(self, logs: dict[str, float] | None = None) -> None: ...
+    def on_test_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None: ...
+    def on_test_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None: ...
+    def on_predict_begin(self, logs: dict[str, float] | None = None) -> None: ...
+    def on_predict_end(self, logs: dict[str, float] | None = None) -> None: ...
+    def on_predict_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None: ...
+    def on_predict_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None: ...
+
+    # Checkpointed callbacks (EarlyStopping's counters, say) save and restore their progress.
+    def state_dict(self) -> dict[str, Any]:
+        """Progress to save in checkpoints (plain Python values or arrays); empty by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+class CallbackList:
+    """Calls each hook on every callback, in order; skips hooks no callback overrides."""
+
+    def __init__(self, callbacks: Iterable[Callback] = (), trainer: Any = None):
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(
+                    f"callbacks must be callbacks.Callback instances, got {type(cb).__name__}"
+                )
+        self._active = {
+            hook: [getattr(cb, hook) for cb in self.callbacks if cb.overrides(hook)]
+            for hook in _HOOKS
+        }
+        if trainer is not None:
+            self.set_trainer(trainer)
+
+    def set_trainer(self, trainer: Any) -> None:
+        for cb in self.callbacks:
+            cb.set_trainer(trainer)
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            cb.set_params(params)
+
+    def overrides(self, hook: str) -> bool:
+        """Whether any callback defines ``hook``."""
+        return bool(self._active[hook])
+
+    def needs_batch_logs(self, mode: str = "train") -> bool:
+        """Whether any callback defines a batch hook of ``mode`` ('train', 'test', 'predict')."""
+        return self.overrides(f"on_{mode}_batch_begin") or self.overrides(f"on_{mode}_batch_end")
+
+    def call(self, hook: str, *args: Any) -> None:
+        for fn in self._active[hook]:
+            fn(*args)
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def __len__(self) -> int:
+        return len(self.callbacks)
+
+
+def _make_dispatcher(hook: str):
+    def dispatch(self: CallbackList, *args: Any) -> None:
+        for fn in self._active[hook]:
+            fn(*args)
+
+    dispatch.__name__ = hook
+    return dispatch
+
+
+for _hook in _HOOKS:
+    setattr(CallbackList, _hook, _make_dispatcher(_hook))
