@@ -1,3 +1,7 @@
 """Training pieces: Optimizer and metrics; ``__all__`` is re-exported at the top of ``nnx``."""
 
-__all__: list[str] = []
+from nnx.training import metrics
+from nnx.training.metrics import Metric, MultiMetric
+from nnx.training.optimizer import Optimizer
+
+__all__: list[str] = ["Metric", "MultiMetric", "Optimizer", "metrics"]
