@@ -85,13 +85,16 @@ def _key_from_path_entry(entry: Any) -> Any:
 class Flattener:
     """One depth-first walk over one or more roots that share a reference table."""
 
-    __slots__ = ("index", "objects", "leaves", "paths")
+    __slots__ = ("index", "objects", "leaves", "paths", "owners")
 
     def __init__(self):
         self.index: dict[int, int] = {}
         self.objects: list[Any] = []  # index -> object; also keeps ids valid
         self.leaves: list[Any] = []
         self.paths: list[Path] = []
+        # Per leaf: the Variable, or (node, key) for a raw array held directly by a graph node,
+        # or None for a raw array nested in a tuple/other container (no direct write-back).
+        self.owners: list[Any] = []
 
     def _register(self, obj: Any) -> int:
         i = len(self.objects)
@@ -99,8 +102,13 @@ class Flattener:
         self.objects.append(obj)
         return i
 
-    def flatten(self, value: Any, path: Path = (), force_data: bool = False) -> Any:
-        """Return the definition of ``value`` and append its leaves; see module docstring."""
+    def flatten(
+        self, value: Any, path: Path = (), force_data: bool = False, owner: Any = None
+    ) -> Any:
+        """Return the definition of ``value`` and append its leaves; see module docstring.
+
+        ``owner`` is ``(node, key)`` when ``value`` is held directly by a graph node.
+        """
         if isinstance(value, Variable):
             i = self.index.get(id(value))
             if i is not None:
@@ -109,6 +117,7 @@ class Flattener:
             object.__setattr__(value, "_seen", True)
             self.leaves.append(value)
             self.paths.append(path)
+            self.owners.append(value)
             return ("var", type(value), i, metadata_key(value._metadata))
         if isinstance(value, GraphNode):
             i = self.index.get(id(value))
@@ -122,11 +131,14 @@ class Flattener:
                 if forced == "static":
                     children.append((key, Static(child)))
                 else:
-                    children.append((key, self.flatten(child, (*path, key), forced == "data")))
+                    children.append(
+                        (key, self.flatten(child, (*path, key), forced == "data", (value, key)))
+                    )
             return ("node", type(value), i, tuple(children))
         if isinstance(value, ARRAY_TYPES):
             self.leaves.append(value)
             self.paths.append(path)
+            self.owners.append(owner)
             return LEAF
         if isinstance(value, _STATIC_FAST) and not force_data:
             return Static(value)
@@ -139,6 +151,7 @@ class Flattener:
             if force_data:
                 self.leaves.append(value)
                 self.paths.append(path)
+                self.owners.append(owner)
                 return LEAF
             return Static(value)
         start = len(self.leaves)
@@ -196,6 +209,8 @@ class Unflattener:
                     target.update_from(leaf)
                 else:
                     object.__setattr__(target, "_raw_value", leaf)
+                    if metadata_key(target._metadata) != meta:
+                        object.__setattr__(target, "_metadata", {k: s.value for k, s in meta})
                 var = target
             elif isinstance(leaf, Variable):
                 var = leaf

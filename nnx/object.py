@@ -65,6 +65,9 @@ class GraphNode:
     def _graph_forced(self, key: Any) -> str | None:
         return None
 
+    def _graph_get(self, key: Any) -> Any:
+        raise NotImplementedError
+
     def _graph_set(self, key: Any, value: Any) -> None:
         raise NotImplementedError
 
@@ -79,6 +82,9 @@ class GraphNode:
         raise NotImplementedError
 
     def _graph_mark_seen(self) -> None:
+        raise NotImplementedError
+
+    def _graph_trace(self) -> Any:
         raise NotImplementedError
 
 
@@ -222,6 +228,9 @@ class Object(GraphNode):
         forced = self.__dict__.forced
         return None if forced is None else forced.get(key)
 
+    def _graph_get(self, key: Any) -> Any:
+        return dict.__getitem__(self.__dict__, key)
+
     def _graph_set(self, key: Any, value: Any) -> None:
         dict.__setitem__(self.__dict__, key, value)
 
@@ -242,6 +251,9 @@ class Object(GraphNode):
 
     def _graph_mark_seen(self) -> None:
         self.__dict__.seen = True
+
+    def _graph_trace(self) -> Any:
+        return self.__dict__.trace
 
     def __getstate__(self) -> dict[str, Any]:
         d = self.__dict__
@@ -346,6 +358,9 @@ class List(GraphNode, list):
     def _graph_items(self) -> list[tuple[Any, Any]]:
         return list(enumerate(self))
 
+    def _graph_get(self, key: Any) -> Any:
+        return list.__getitem__(self, key)
+
     def _graph_set(self, key: Any, value: Any) -> None:
         list.__setitem__(self, key, value)
 
@@ -362,6 +377,9 @@ class List(GraphNode, list):
 
     def _graph_mark_seen(self) -> None:
         self._seen = True
+
+    def _graph_trace(self) -> Any:
+        return self._trace
 
     def __reduce__(self) -> Any:
         return (type(self), (list(self),))
@@ -439,6 +457,9 @@ class Dict(GraphNode, dict):
     def _graph_items(self) -> list[tuple[Any, Any]]:
         return sorted(dict.items(self), key=lambda kv: _sort_key(kv[0]))
 
+    def _graph_get(self, key: Any) -> Any:
+        return dict.__getitem__(self, key)
+
     def _graph_set(self, key: Any, value: Any) -> None:
         dict.__setitem__(self, key, value)
 
@@ -456,6 +477,9 @@ class Dict(GraphNode, dict):
 
     def _graph_mark_seen(self) -> None:
         self._seen = True
+
+    def _graph_trace(self) -> Any:
+        return self._trace
 
     def __reduce__(self) -> Any:
         return (type(self), (dict(self),))

@@ -1,3 +1,5 @@
 """JAX transforms that understand graph nodes; ``__all__`` is re-exported at the top of ``nnx``."""
 
-__all__: list[str] = []
+from nnx.transforms.jit import jit
+
+__all__ = ["jit"]

@@ -1,0 +1,313 @@
+"""``nnx.jit``: ``jax.jit`` for functions of graph nodes, with a cached fast path.
+
+On the first call (and whenever the global structure version has changed) the arguments are
+flattened; the Variables found, the GraphDef-like static description, and the compiled pure
+function are cached. A later call with the same argument objects and structure only reads each
+cached Variable's value, calls the compiled function, and writes the new values back.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+from nnx import structure
+from nnx.transforms.lift import (
+    Extraction,
+    apply,
+    collect,
+    full_leaf_values,
+    is_node,
+    rebuild,
+    write_back_fast,
+)
+from nnx.variables import Variable
+
+_MAX_ENTRIES = 8
+
+
+def _as_tuple(x: int | str | Sequence[Any] | None) -> tuple:
+    if x is None:
+        return ()
+    if isinstance(x, int | str):
+        return (x,)
+    return tuple(x)
+
+
+class _Entry:
+    """One cached call signature: argument objects, their leaves and the compiled function."""
+
+    __slots__ = (
+        "treedef", "version", "nodes", "extraction", "variables", "all_variables", "jitted",
+        "donated_idx", "kept_idx", "donated_ord", "kept_ord",
+    )
+
+
+class JitWrapped:
+    """The callable returned by ``nnx.jit``; also a method decorator (binds ``self``)."""
+
+    def __init__(
+        self,
+        fun: Callable[..., Any],
+        *,
+        in_shardings: Any = None,
+        out_shardings: Any = None,
+        static_argnums: int | Sequence[int] | None = None,
+        static_argnames: str | Sequence[str] | None = None,
+        donate_argnums: int | Sequence[int] | None = None,
+        donate_argnames: str | Sequence[str] | None = None,
+        **jit_kwargs: Any,
+    ):
+        functools.update_wrapper(self, fun)
+        self.fun = fun
+        self.in_shardings = in_shardings
+        self.out_shardings = out_shardings
+        self.static_argnums = _as_tuple(static_argnums)
+        self.static_argnames = _as_tuple(static_argnames)
+        self.donate_argnums = _as_tuple(donate_argnums)
+        self.donate_argnames = _as_tuple(donate_argnames)
+        self.jit_kwargs = jit_kwargs
+        self._compiled: dict[Any, Any] = {}
+        self._entries: list[_Entry] = []
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        return functools.partial(self, obj)
+
+    # -- calling -------------------------------------------------------------------------
+    def _split_static(self, args: tuple, kwargs: dict) -> tuple[tuple, dict, tuple]:
+        if not self.static_argnums and not self.static_argnames:
+            return args, kwargs, ()
+        n = len(args)
+        nums = {i % n if i < 0 else i for i in self.static_argnums if -n <= i < n}
+        static = tuple((i, args[i]) for i in sorted(nums))
+        static += tuple(sorted((k, kwargs[k]) for k in self.static_argnames if k in kwargs))
+        dyn_args = tuple(a for i, a in enumerate(args) if i not in nums)
+        dyn_kwargs = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
+        return dyn_args, dyn_kwargs, static
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        dyn_args, dyn_kwargs, static_args = self._split_static(args, kwargs)
+        flat, treedef = jax.tree_util.tree_flatten((dyn_args, dyn_kwargs), is_leaf=is_node)
+        version = structure.version()
+        entry = self._lookup(flat, treedef, version, static_args)
+        if entry is None:
+            entry = self._new_entry(dyn_args, dyn_kwargs, static_args, flat, treedef, version)
+        return self._run(entry, flat)
+
+    def _lookup(self, flat: list, treedef: Any, version: int, static_args: tuple) -> _Entry | None:
+        for entry in self._entries:
+            if entry.version != version or entry.treedef != (treedef, static_args):
+                continue
+            nodes = entry.nodes
+            i = 0
+            ok = True
+            for x in flat:
+                if isinstance(x, (Variable, *_GRAPH_NODE)):
+                    if i >= len(nodes) or nodes[i] is not x:
+                        ok = False
+                        break
+                    i += 1
+            if ok and i == len(nodes):
+                return entry
+        return None
+
+    def _new_entry(
+        self, args: tuple, kwargs: dict, static_args: tuple, flat: list, treedef: Any, version: int
+    ) -> _Entry:
+        extraction = Extraction([*args, kwargs])
+        n_args = len(args)
+        donated_args = self._donated_positions(args, static_args)
+        if "kwargs" in donated_args:
+            donated_args = donated_args - {"kwargs"} | {n_args}
+        leaf_donated = [a in donated_args for a in extraction.leaf_args]
+        ord_donated = [a in donated_args for a in extraction.ordinary_args]
+        key = (extraction.static, static_args, tuple(leaf_donated), tuple(ord_donated))
+        jitted = self._compiled.get(key)
+        if jitted is None:
+            jitted = self._compile(extraction, static_args, leaf_donated, ord_donated)
+            self._compiled[key] = jitted
+        entry = _Entry()
+        entry.treedef = (treedef, static_args)
+        entry.version = structure.version()  # flattening may mark nodes seen, never bumps
+        entry.nodes = [x for x in flat if is_node(x)]
+        entry.extraction = extraction
+        entry.variables = extraction.leaves
+        entry.all_variables = all(isinstance(o, Variable) for o in extraction.flattener.owners)
+        entry.jitted = jitted
+        entry.donated_idx = [i for i, d in enumerate(leaf_donated) if d]
+        entry.kept_idx = [i for i, d in enumerate(leaf_donated) if not d]
+        entry.donated_ord = [i for i, d in enumerate(ord_donated) if d]
+        entry.kept_ord = [i for i, d in enumerate(ord_donated) if not d]
+        self._entries.insert(0, entry)
+        del self._entries[_MAX_ENTRIES:]
+        return entry
+
+    def _donated_positions(self, args: tuple, static_args: tuple) -> set[Any]:
+        if not self.donate_argnums and not self.donate_argnames:
+            return set()
+        # donate_argnums index the original positional arguments; map them past static ones.
+        static_pos = sorted(i for i, _ in static_args if isinstance(i, int))
+        n_total = len(args) + len(static_pos)
+        original = [i for i in range(n_total) if i not in static_pos]
+        donated = set()
+        for d in self.donate_argnums:
+            d = d % n_total if d < 0 else d
+            if d in original:
+                donated.add(original.index(d))
+        if self.donate_argnames:
+            donated.add("kwargs")  # kwargs form one group; any donated name donates it
+        return donated
+
+    def _compile(
+        self, extraction: Extraction, static_args: tuple, leaf_donated: list, ord_donated: list
+    ) -> Any:
+        fun = self.fun
+        static = extraction.static
+        n_leaves = len(leaf_donated)
+        n_ord = len(ord_donated)
+        donated_idx = [i for i, d in enumerate(leaf_donated) if d]
+        kept_idx = [i for i, d in enumerate(leaf_donated) if not d]
+        donated_ord = [i for i, d in enumerate(ord_donated) if d]
+        kept_ord = [i for i, d in enumerate(ord_donated) if not d]
+        positional_static = [(i, v) for i, v in static_args if isinstance(i, int)]
+        keyword_static = {k: v for k, v in static_args if isinstance(k, str)}
+
+        def pure(donated: list, kept: list, donated_o: list, kept_o: list) -> tuple:
+            values: list[Any] = [None] * n_leaves
+            for i, v in zip(donated_idx, donated, strict=True):
+                values[i] = v
+            for i, v in zip(kept_idx, kept, strict=True):
+                values[i] = v
+            ordinary: list[Any] = [None] * n_ord
+            for i, v in zip(donated_ord, donated_o, strict=True):
+                ordinary[i] = v
+            for i, v in zip(kept_ord, kept_o, strict=True):
+                ordinary[i] = v
+            args, u, inner_nodes = rebuild(static, values, ordinary)
+            *pos, kwargs = args
+            for i, v in positional_static:
+                pos.insert(i, v)
+            out = fun(*pos, **kwargs, **keyword_static)
+            return collect(static, inner_nodes, u, out, values, leaf_donated)
+
+        jit_kwargs = dict(self.jit_kwargs)
+        if self.in_shardings is not None:
+            jit_kwargs["in_shardings"] = self._leaf_shardings(
+                extraction, donated_idx, kept_idx, donated_ord, kept_ord
+            )
+        if self.out_shardings is not None:
+            jit_kwargs["out_shardings"] = (self.out_shardings, self.out_shardings, None)
+        donate = tuple(i for i, group in ((0, donated_idx), (2, donated_ord)) if group)
+        return jax.jit(pure, donate_argnums=donate, **jit_kwargs)
+
+    def _leaf_shardings(
+        self, extraction: Extraction, donated_idx: list, kept_idx: list, donated_ord: list,
+        kept_ord: list,
+    ) -> tuple:
+        per_arg = self.in_shardings
+        if not isinstance(per_arg, tuple | list):
+            return per_arg
+        leaf_s = [per_arg[a] if a < len(per_arg) else None for a in extraction.leaf_args]
+        ord_s = [per_arg[a] if a < len(per_arg) else None for a in extraction.ordinary_args]
+        return (
+            [leaf_s[i] for i in donated_idx], [leaf_s[i] for i in kept_idx],
+            [ord_s[i] for i in donated_ord], [ord_s[i] for i in kept_ord],
+        )
+
+    def _run(self, entry: _Entry, flat: list) -> Any:
+        if entry.all_variables:
+            values = [v._raw_value for v in entry.variables]
+        else:
+            values = [
+                o._raw_value if isinstance(o, Variable) else (
+                    o[0]._graph_get(o[1]) if o is not None else leaf
+                )
+                for o, leaf in zip(entry.extraction.flattener.owners, entry.variables, strict=True)
+            ]
+        ordinary = [x for x in flat if not is_node(x)]
+        if entry.donated_idx or entry.donated_ord:
+            out = entry.jitted(
+                [values[i] for i in entry.donated_idx], [values[i] for i in entry.kept_idx],
+                [ordinary[i] for i in entry.donated_ord], [ordinary[i] for i in entry.kept_ord],
+            )
+        else:
+            out = entry.jitted([], values, [], ordinary)
+        new_values, out_ordinary, box = out
+        _, out_treedef, _, _, changed, has_out_nodes, updated = box.value
+        if not changed and not has_out_nodes and entry.all_variables:
+            variables = entry.variables
+            for i, x in zip(updated, new_values, strict=True):
+                _SET_RAW(variables[i], x)
+            return out_treedef.unflatten(out_ordinary)
+        full = full_leaf_values(box, new_values, values)
+        if not changed and not has_out_nodes and write_back_fast(entry.extraction, full):
+            return out_treedef.unflatten(out_ordinary)
+        return apply(entry.extraction, box, full, out_ordinary)
+
+    # -- introspection -------------------------------------------------------------------
+    def lower(self, *args: Any, **kwargs: Any) -> Any:
+        """Lower the pure function for these arguments (``jax.jit(...).lower``)."""
+        dyn_args, dyn_kwargs, static_args = self._split_static(args, kwargs)
+        flat, treedef = jax.tree_util.tree_flatten((dyn_args, dyn_kwargs), is_leaf=is_node)
+        entry = self._new_entry(
+            dyn_args, dyn_kwargs, static_args, flat, treedef, structure.version()
+        )
+        values = entry.extraction.leaf_values()
+        ordinary = [x for x in flat if not is_node(x)]
+        return entry.jitted.lower(
+            [values[i] for i in entry.donated_idx], [values[i] for i in entry.kept_idx],
+            [ordinary[i] for i in entry.donated_ord], [ordinary[i] for i in entry.kept_ord],
+        )
+
+
+from nnx.object import GraphNode  # noqa: E402
+
+_GRAPH_NODE = (GraphNode,)
+_SET_RAW = Variable._raw_value.__set__  # type: ignore[attr-defined]
+
+
+def jit(
+    fun: Callable[..., Any] | None = None,
+    *,
+    in_shardings: Any = None,
+    out_shardings: Any = None,
+    static_argnums: int | Sequence[int] | None = None,
+    static_argnames: str | Sequence[str] | None = None,
+    donate_argnums: int | Sequence[int] | None = None,
+    donate_argnames: str | Sequence[str] | None = None,
+    **jit_kwargs: Any,
+) -> Any:
+    """Compile ``fun`` with ``jax.jit``; graph nodes may appear anywhere in its arguments and
+    outputs, and whatever it mutates on them is written back to the caller's objects.
+
+    Use as ``nnx.jit(f)``, ``@nnx.jit`` or ``@nnx.jit(static_argnums=...)``, also on methods.
+
+    Args:
+      fun: the function to compile.
+      in_shardings: a Sharding for every input, or a tuple with one (or None) per positional
+        argument, applied to all arrays of that argument (a Module's whole state included).
+      out_shardings: a Sharding applied to every output array.
+      static_argnums / static_argnames: arguments treated as compile-time constants.
+      donate_argnums / donate_argnames: arguments whose buffers (a Module's whole state
+        included) may be reused for the outputs; arrays taken from them before the call become
+        invalid.
+      **jit_kwargs: passed to ``jax.jit`` (``keep_unused``, ``compiler_options``...).
+    """
+    kwargs = dict(
+        in_shardings=in_shardings, out_shardings=out_shardings, static_argnums=static_argnums,
+        static_argnames=static_argnames, donate_argnums=donate_argnums,
+        donate_argnames=donate_argnames, **jit_kwargs,
+    )
+    if fun is None:
+        return lambda f: jit(f, **kwargs)
+    self_node = getattr(fun, "__self__", None)
+    if self_node is not None and is_node(self_node):
+        # A bound method of a Module: its object is carried as the first argument.
+        wrapped = JitWrapped(fun.__func__, **kwargs)
+        return functools.partial(wrapped, self_node)
+    return JitWrapped(fun, **kwargs)

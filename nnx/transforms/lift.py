@@ -1,0 +1,249 @@
+"""Carry graph nodes across a JAX transform and write what happened inside back to the caller.
+
+Every nnx transform follows the same four steps:
+
+1. ``extract``: outside, the graph nodes (Modules, Variables, Rngs...) found in the arguments are
+   flattened with one shared reference table into static definitions plus a flat list of leaves
+   (Variables and raw arrays); the other pytree leaves of the arguments stay as they are.
+2. ``rebuild``: inside the trace, fresh objects are built from the definitions and the (traced)
+   leaf values, so the user function sees ordinary objects it may mutate.
+3. ``collect``: after the call, those objects and any nodes in the outputs are flattened again;
+   the new leaf values are returned as arrays and the new structure as static data.
+4. ``apply``: outside, the leaf values are written into the caller's own objects (their
+   identity kept), the structure is updated if it changed, and output nodes are rebuilt
+   (an input returned as output comes back as the same object).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from nnx import structure
+from nnx.graph import Flattener, Unflattener
+from nnx.object import GraphNode
+from nnx.tracing import TraceContextError, current_trace
+from nnx.variables import Variable
+
+NODE_TYPES = (GraphNode, Variable)
+_set_raw = Variable._raw_value.__set__  # type: ignore[attr-defined]
+
+
+def is_node(x: Any) -> bool:
+    return isinstance(x, NODE_TYPES)
+
+
+class StaticBox:
+    """A pytree with no children whose aux data is a static value: lets a traced function
+    return trace-time information (new structure) through ``jax.jit`` and friends."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+jax.tree_util.register_pytree_node(
+    StaticBox, lambda b: ((), b.value), lambda aux, _: StaticBox(aux)
+)
+
+
+class Extraction:
+    """The graph nodes of a sequence of arguments, flattened with one reference table.
+
+    Attributes:
+      static: hashable description of the arguments' structure (a cache / trace key).
+      leaves: Variables and raw arrays, in order (``leaf_args[i]`` is the argument index).
+      ordinary: the non-node pytree leaves of the arguments, in order.
+      flattener: the Flattener (its ``objects`` map indices to the caller's objects).
+    """
+
+    __slots__ = ("static", "leaves", "leaf_args", "ordinary", "ordinary_args", "flattener")
+
+    def __init__(self, args: Sequence[Any]):
+        f = Flattener()
+        static, ordinary, ordinary_args, leaf_args = [], [], [], []
+        for i, arg in enumerate(args):
+            if is_node(arg):
+                n = len(f.leaves)
+                static.append((None, (f.flatten(arg),)))
+                leaf_args.extend([i] * (len(f.leaves) - n))
+                continue
+            flat, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
+            defs = []
+            for x in flat:
+                if is_node(x):
+                    n = len(f.leaves)
+                    defs.append(f.flatten(x))
+                    leaf_args.extend([i] * (len(f.leaves) - n))
+                else:
+                    defs.append(None)
+                    ordinary.append(x)
+                    ordinary_args.append(i)
+            static.append((treedef, tuple(defs)))
+        self.static = tuple(static)
+        self.leaves = f.leaves
+        self.leaf_args = leaf_args
+        self.ordinary = ordinary
+        self.ordinary_args = ordinary_args
+        self.flattener = f
+
+    def leaf_values(self) -> list[Any]:
+        """The raw values of the leaves (a Variable's value, or the array itself)."""
+        return [x._raw_value if isinstance(x, Variable) else x for x in self.leaves]
+
+
+def rebuild(
+    static: tuple, leaf_values: Sequence[Any], ordinary: Sequence[Any]
+) -> tuple[list[Any], Unflattener, list[Any]]:
+    """Inside a trace: build fresh objects from the definitions and leaf values.
+
+    Returns the arguments, the Unflattener (whose ``objects`` map indices to the new objects)
+    and the list of top-level inner nodes per argument position (for ``collect``).
+    """
+    u = Unflattener(list(leaf_values))
+    it = iter(ordinary)
+    args, inner_nodes = [], []
+    for treedef, defs in static:
+        if treedef is None:
+            node = u.unflatten(defs[0])
+            args.append(node)
+            inner_nodes.append([node])
+            continue
+        items, nodes = [], []
+        for d in defs:
+            if d is None:
+                items.append(next(it))
+            else:
+                node = u.unflatten(d)
+                items.append(node)
+                nodes.append(node)
+        args.append(treedef.unflatten(items))
+        inner_nodes.append(nodes)
+    return args, u, inner_nodes
+
+
+def _creation_trace(obj: Any) -> Any:
+    return obj._trace if isinstance(obj, Variable) else obj._graph_trace()
+
+
+class Collected:
+    """What ``collect`` returns: new leaf values plus static information (in ``box``)."""
+
+    __slots__ = ("leaf_values", "out_ordinary", "box")
+
+    def __init__(self, leaf_values: list[Any], out_ordinary: list[Any], box: StaticBox):
+        self.leaf_values = leaf_values
+        self.out_ordinary = out_ordinary
+        self.box = box
+
+
+def collect(
+    static: tuple,
+    inner_nodes: list[list[Any]],
+    u: Unflattener,
+    out: Any,
+    input_values: Sequence[Any] | None = None,
+    always_return: Sequence[bool] | None = None,
+) -> tuple[list[Any], list[Any], StaticBox]:
+    """Inside a trace, after the call: flatten the argument nodes again, then the outputs.
+
+    Returns the new leaf values, the ordinary output leaves, and a StaticBox holding
+    ``(in_defs, out_treedef, out_defs, pre_of_post, changed, has_out_nodes, updated)``.
+    When the structure is unchanged and ``input_values`` is given, only the input leaves whose
+    value was replaced (or that ``always_return`` marks, e.g. donated ones) are returned, their
+    indices in ``updated``, followed by the leaves of new nodes in the outputs; returning
+    untouched arrays would make XLA copy them. Otherwise ``updated`` is None and all leaves are
+    returned.
+    """
+    g = Flattener()
+    in_defs = tuple(tuple(g.flatten(n) for n in nodes) for nodes in inner_nodes)
+    before = tuple(
+        defs if treedef is None else tuple(d for d in defs if d is not None)
+        for treedef, defs in static
+    )
+    changed = in_defs != before
+    flat_out, out_treedef = jax.tree_util.tree_flatten(out, is_leaf=is_node)
+    out_defs, out_ordinary = [], []
+    n_in_objects = len(g.objects)
+    for x in flat_out:
+        if is_node(x):
+            out_defs.append(g.flatten(x))
+        else:
+            out_defs.append(None)
+            out_ordinary.append(x)
+    pre_index = {id(obj): i for i, obj in u.objects.items()}
+    pre_of_post = tuple(pre_index.get(id(obj)) for obj in g.objects)
+    trace = current_trace()
+    for k, obj in enumerate(g.objects):
+        if pre_of_post[k] is None and _creation_trace(obj) != trace:
+            where = "returned from" if k >= n_in_objects else "attached inside"
+            raise TraceContextError(
+                f"A {type(obj).__name__} captured from outside the transform was {where} it. "
+                "Pass it as an argument to the transform instead, so it is carried through."
+            )
+    values = [x._raw_value if isinstance(x, Variable) else x for x in g.leaves]
+    has_out_nodes = any(d is not None for d in out_defs)
+    updated = None
+    if not changed and input_values is not None:
+        n_in = len(input_values)
+        updated = tuple(
+            i for i in range(n_in)
+            if values[i] is not input_values[i] or (always_return and always_return[i])
+        )
+        values = [values[i] for i in updated] + values[n_in:]
+    box = StaticBox(
+        (in_defs, out_treedef, tuple(out_defs), pre_of_post, changed, has_out_nodes, updated)
+    )
+    return values, out_ordinary, box
+
+
+def full_leaf_values(
+    box: StaticBox, values: Sequence[Any], input_values: Sequence[Any]
+) -> list[Any]:
+    """All leaf values after a call, given what ``collect`` returned and the inputs."""
+    updated = box.value[6]
+    if updated is None:
+        return list(values)
+    full = list(input_values)
+    for i, v in zip(updated, values, strict=False):
+        full[i] = v
+    return full + list(values[len(updated):])
+
+
+def apply(
+    extraction: Extraction, box: StaticBox, leaf_values: Sequence[Any], out_ordinary: Sequence[Any]
+) -> Any:
+    """Outside, after the transform: write the results into the caller's objects; return the
+    outputs with output nodes rebuilt (inputs returned as outputs keep their identity)."""
+    in_defs, out_treedef, out_defs, pre_of_post, changed, has_out_nodes, _ = box.value
+    outer = extraction.flattener.objects
+    existing = {k: outer[j] for k, j in enumerate(pre_of_post) if j is not None}
+    u = Unflattener(list(leaf_values), existing)
+    if changed:
+        structure.bump()
+    for defs in in_defs:
+        for d in defs:
+            u.unflatten(d)
+    it = iter(out_ordinary)
+    items = [next(it) if d is None else u.unflatten(d) for d in out_defs]
+    return out_treedef.unflatten(items)
+
+
+def write_back_fast(extraction: Extraction, leaf_values: Sequence[Any]) -> bool:
+    """Write new values into the leaves' owners when the structure did not change.
+
+    Returns False (writing nothing) when some leaf has no direct owner (an array nested in a
+    tuple), in which case the caller uses ``apply``.
+    """
+    owners = extraction.flattener.owners
+    if any(o is None for o in owners):
+        return False
+    for owner, value in zip(owners, leaf_values, strict=True):
+        if isinstance(owner, Variable):
+            _set_raw(owner, value)
+        else:
+            owner[0]._graph_set(owner[1], value)
+    return True
