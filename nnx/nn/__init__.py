@@ -2,5 +2,25 @@
 re-exported at the top of ``nnx``."""
 
 from nnx.nn import initializers
+from nnx.nn.activations import *
+from nnx.nn.activations import __all__ as _activations_all
+from nnx.nn.conv import Conv, ConvTranspose
+from nnx.nn.initializers import Initializer
+from nnx.nn.linear import Einsum, Embed, Linear, LinearGeneral
+from nnx.nn.lora import LoRA, LoRALinear
+from nnx.nn.normalization import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
+from nnx.nn.pooling import avg_pool, max_pool, min_pool, pool
+from nnx.nn.sequential import Sequential
+from nnx.nn.stochastic import Dropout
 
-__all__ = ["initializers"]
+__all__ = [
+    "initializers", "Initializer",
+    "Linear", "LinearGeneral", "Einsum", "Embed",
+    "Conv", "ConvTranspose",
+    "BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm",
+    "Dropout",
+    "LoRA", "LoRALinear",
+    "Sequential",
+    "pool", "avg_pool", "max_pool", "min_pool",
+    *_activations_all,
+]

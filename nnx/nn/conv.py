@@ -1,0 +1,312 @@
+"""Convolutions over channel-last inputs: ``Conv`` and ``ConvTranspose`` (1D, 2D or 3D)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from nnx.module import Module
+from nnx.nn import initializers
+from nnx.nn.dtypes import feature_error, promote_dtype
+from nnx.rngs import Rngs
+from nnx.variables import Param
+
+PaddingLike = str | int | Sequence[int | tuple[int, int]]
+
+default_kernel_init = initializers.lecun_normal()
+default_bias_init = initializers.zeros
+
+
+def _spatial_tuple(value: int | Sequence[int] | None, n: int, name: str, layer: str) -> tuple:
+    if value is None:
+        return (1,) * n
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(value)
+    if len(value) != n:
+        raise ValueError(f"{layer}: {name} needs {n} entries (one per spatial axis), got {value}")
+    return value
+
+
+def _canonical_padding(padding: PaddingLike, n: int, layer: str) -> str | tuple:
+    """'SAME'/'VALID'/'CIRCULAR'/'CAUSAL' stay strings; ints become ``n`` ``(lo, hi)`` pairs."""
+    if isinstance(padding, str):
+        padding = padding.upper()
+        if padding not in ("SAME", "VALID", "CIRCULAR", "CAUSAL", "SAME_LOWER"):
+            raise ValueError(
+                f"{layer}: padding must be 'SAME', 'VALID', 'CIRCULAR', 'CAUSAL', an int or a "
+                f"sequence of (low, high) pairs, got {padding!r}"
+            )
+        return padding
+    if isinstance(padding, int):
+        return ((padding, padding),) * n
+    pairs = []
+    for p in padding:
+        pairs.append((p, p) if isinstance(p, int) else tuple(p))
+    if len(pairs) != n or any(len(p) != 2 for p in pairs):
+        raise ValueError(
+            f"{layer}: padding needs {n} (low, high) pairs (one per spatial axis), got {padding}"
+        )
+    return tuple(pairs)
+
+
+class _ConvBase(Module):
+    _layer = "Conv"
+
+    def _flatten_batch(self, inputs: jax.Array) -> tuple[jax.Array, tuple[int, ...] | None]:
+        """Bring ``inputs`` to exactly one batch axis; return the original batch shape."""
+        n_spatial = len(self.kernel_size)
+        shape = jnp.shape(inputs)
+        n_batch = len(shape) - (n_spatial + 1)
+        if n_batch < 0:
+            raise ValueError(
+                f"{self._layer} with kernel_size {self.kernel_size} expects inputs with at least "
+                f"{n_spatial + 1} dims (spatial axes and features), got shape {shape}"
+            )
+        if shape[-1] != self.in_features:
+            raise feature_error(self._layer, self.in_features, shape[-1], shape, "the last axis")
+        batch_shape = shape[:n_batch]
+        return jnp.reshape(inputs, (-1, *shape[n_batch:])), batch_shape
+
+    def _finish(self, y: jax.Array, batch_shape: tuple, bias: jax.Array | None) -> jax.Array:
+        if bias is not None:
+            y = y + bias
+        return jnp.reshape(y, batch_shape + y.shape[1:])
+
+
+def _channel_last_spec(n_spatial: int) -> tuple[str, str, str]:
+    spatial = "HWDEFG"[:n_spatial]
+    return ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+
+
+class Conv(_ConvBase):
+    """A convolution over channel-last inputs ``(*batch, *spatial, in_features)``.
+
+    The number of spatial axes is ``len(kernel_size)`` (an int kernel size means 1D). Inputs may
+    have no batch axis or several; they are flattened to one and restored.
+
+    Args:
+      in_features: number of input channels.
+      out_features: number of output channels.
+      kernel_size: window size per spatial axis (an int means a 1D convolution).
+      strides: int or one stride per spatial axis.
+      padding: 'SAME', 'VALID', 'CIRCULAR' (periodic), 'CAUSAL' (1D), an int, or one int or
+        ``(low, high)`` pair per spatial axis.
+      input_dilation: int or one factor per spatial axis (dilates the input, ``lhs_dilation``).
+      kernel_dilation: int or one factor per spatial axis (atrous convolution).
+      feature_group_count: split the channels into this many groups (``in_features`` must be
+        divisible by it); ``in_features`` groups gives a depthwise convolution.
+      use_bias: add an ``(out_features,)`` bias.
+      mask: an array of the kernel's shape multiplied into the kernel (masked convolutions).
+      dtype: computation dtype; None promotes inputs and parameters together.
+      param_dtype: dtype of the parameters.
+      precision: passed to ``jax.lax.conv_general_dilated``.
+      kernel_init: initializer of the
+        ``kernel_size + (in_features // feature_group_count, out_features)`` kernel.
+      bias_init: bias initializer.
+      rngs: random streams; keys come from ``rngs.params()``.
+    """
+
+    _layer = "Conv"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        *,
+        padding: PaddingLike = "SAME",
+        input_dilation: int | Sequence[int] = 1,
+        kernel_dilation: int | Sequence[int] = 1,
+        feature_group_count: int = 1,
+        use_bias: bool = True,
+        mask: jax.Array | None = None,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: Any = None,
+        kernel_init: initializers.Initializer = default_kernel_init,
+        bias_init: initializers.Initializer = default_bias_init,
+        rngs: Rngs,
+    ):
+        kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+        n = len(kernel_size)
+        if in_features % feature_group_count or out_features % feature_group_count:
+            raise ValueError(
+                f"Conv: in_features ({in_features}) and out_features ({out_features}) must be "
+                f"divisible by feature_group_count ({feature_group_count})"
+            )
+        kernel_shape = kernel_size + (in_features // feature_group_count, out_features)
+        if mask is not None and tuple(mask.shape) != kernel_shape:
+            raise ValueError(
+                f"Conv: mask must have the kernel's shape {kernel_shape}, got {tuple(mask.shape)}"
+            )
+        self.kernel = Param(kernel_init(rngs.params(), kernel_shape, param_dtype))
+        self.bias = (
+            Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+        )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.kernel_size = kernel_size
+        self.kernel_shape = kernel_shape
+        self.strides = _spatial_tuple(strides, n, "strides", "Conv")
+        self.padding = _canonical_padding(padding, n, "Conv")
+        if self.padding == "CAUSAL" and n != 1:
+            raise ValueError(f"Conv: 'CAUSAL' padding needs a 1D kernel, got kernel_size {kernel_size}")
+        self.input_dilation = _spatial_tuple(input_dilation, n, "input_dilation", "Conv")
+        self.kernel_dilation = _spatial_tuple(kernel_dilation, n, "kernel_dilation", "Conv")
+        self.feature_group_count = feature_group_count
+        self.use_bias = use_bias
+        self.mask = mask
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """Convolve ``inputs`` of shape ``(*batch, *spatial, in_features)``."""
+        x, batch_shape = self._flatten_batch(inputs)
+        kernel = self.kernel.value
+        if self.mask is not None:
+            kernel = kernel * self.mask
+        bias = None if self.bias is None else self.bias.value
+        x, kernel, bias = promote_dtype((x, kernel, bias), dtype=self.dtype)
+        padding = self.padding
+        dilated = [(k - 1) * d + 1 for k, d in zip(self.kernel_size, self.kernel_dilation, strict=True)]
+        if padding == "CIRCULAR":
+            pads = [(0, 0)] + [((k - 1) // 2, k // 2) for k in dilated] + [(0, 0)]
+            x = jnp.pad(x, pads, mode="wrap")
+            padding = "VALID"
+        elif padding == "CAUSAL":
+            x = jnp.pad(x, [(0, 0), (dilated[0] - 1, 0), (0, 0)])
+            padding = "VALID"
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=self.strides,
+            padding=padding,
+            lhs_dilation=self.input_dilation,
+            rhs_dilation=self.kernel_dilation,
+            dimension_numbers=_channel_last_spec(x.ndim - 2),
+            feature_group_count=self.feature_group_count,
+            precision=self.precision,
+        )
+        return self._finish(y, batch_shape, bias)
+
+
+class ConvTranspose(_ConvBase):
+    """A transposed convolution (``jax.lax.conv_transpose``) over channel-last inputs.
+
+    Args:
+      in_features: number of input channels.
+      out_features: number of output channels.
+      kernel_size: window size per spatial axis (an int means 1D).
+      strides: int or one stride per spatial axis (the upsampling factor).
+      padding: 'SAME', 'VALID', 'CIRCULAR' (output of size ``input * stride`` wrapped
+        periodically), an int, or one int or ``(low, high)`` pair per spatial axis.
+      kernel_dilation: int or one factor per spatial axis.
+      use_bias: add an ``(out_features,)`` bias.
+      mask: an array of the kernel's shape multiplied into the kernel.
+      dtype: computation dtype; None promotes inputs and parameters together.
+      param_dtype: dtype of the parameters.
+      precision: passed to ``jax.lax.conv_transpose``.
+      kernel_init: initializer of the ``kernel_size + (in_features, out_features)`` kernel.
+      bias_init: bias initializer.
+      transpose_kernel: flip the spatial axes and swap in/out of the kernel (the gradient of a
+        ``Conv``).
+      rngs: random streams; keys come from ``rngs.params()``.
+    """
+
+    _layer = "ConvTranspose"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] | None = None,
+        *,
+        padding: PaddingLike = "SAME",
+        kernel_dilation: int | Sequence[int] | None = None,
+        use_bias: bool = True,
+        mask: jax.Array | None = None,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: Any = None,
+        kernel_init: initializers.Initializer = default_kernel_init,
+        bias_init: initializers.Initializer = default_bias_init,
+        transpose_kernel: bool = False,
+        rngs: Rngs,
+    ):
+        kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+        n = len(kernel_size)
+        if transpose_kernel:
+            kernel_shape = kernel_size + (out_features, in_features)
+        else:
+            kernel_shape = kernel_size + (in_features, out_features)
+        if mask is not None and tuple(mask.shape) != kernel_shape:
+            raise ValueError(
+                f"ConvTranspose: mask must have the kernel's shape {kernel_shape}, got "
+                f"{tuple(mask.shape)}"
+            )
+        self.kernel = Param(kernel_init(rngs.params(), kernel_shape, param_dtype))
+        self.bias = (
+            Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+        )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.kernel_size = kernel_size
+        self.kernel_shape = kernel_shape
+        self.strides = _spatial_tuple(strides, n, "strides", "ConvTranspose")
+        self.padding = _canonical_padding(padding, n, "ConvTranspose")
+        if self.padding == "CAUSAL":
+            raise ValueError("ConvTranspose: 'CAUSAL' padding is only supported by Conv")
+        self.kernel_dilation = _spatial_tuple(kernel_dilation, n, "kernel_dilation", "ConvTranspose")
+        self.use_bias = use_bias
+        self.mask = mask
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        self.transpose_kernel = transpose_kernel
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """Apply the transposed convolution to ``(*batch, *spatial, in_features)`` inputs."""
+        x, batch_shape = self._flatten_batch(inputs)
+        kernel = self.kernel.value
+        if self.mask is not None:
+            kernel = kernel * self.mask
+        bias = None if self.bias is None else self.bias.value
+        x, kernel, bias = promote_dtype((x, kernel, bias), dtype=self.dtype)
+        circular = self.padding == "CIRCULAR"
+        y = jax.lax.conv_transpose(
+            x,
+            kernel,
+            self.strides,
+            "VALID" if circular else self.padding,
+            rhs_dilation=self.kernel_dilation,
+            dimension_numbers=_channel_last_spec(x.ndim - 2),
+            transpose_kernel=self.transpose_kernel,
+            precision=self.precision,
+        )
+        if circular:
+            y = self._wrap_periodic(y, x.shape[1:-1])
+        return self._finish(y, batch_shape, bias)
+
+    def _wrap_periodic(self, y: jax.Array, in_spatial: tuple[int, ...]) -> jax.Array:
+        """Fold the full ('VALID') output onto a periodic grid of size ``input * stride``.
+
+        The full output is padded to an odd number of periods, centred, and the periods are
+        summed; for stride 1 and an odd kernel this equals a 'CIRCULAR' ``Conv``.
+        """
+        for i, (n_in, s) in enumerate(zip(in_spatial, self.strides, strict=True)):
+            axis = i + 1
+            period = n_in * s
+            surplus = (period - y.shape[axis]) % (2 * period)
+            lo = surplus // 2 if self.transpose_kernel else (surplus + 1) // 2
+            pads = [(0, 0)] * y.ndim
+            pads[axis] = (lo, surplus - lo)
+            y = jnp.pad(y, pads)
+            y = jnp.sum(jnp.reshape(y, y.shape[:axis] + (-1, period) + y.shape[axis + 1:]), axis)
+        return y

@@ -1,0 +1,43 @@
+"""Dtype promotion shared by the layers: ``dtype=None`` means "promote the inputs"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+
+def canonicalize_dtype(*args: Any, dtype: Any = None, inexact: bool = True) -> Any:
+    """The computation dtype: ``dtype`` if given, else the promoted dtype of the non-None ``args``.
+
+    Args:
+      *args: arrays (or None, ignored) taking part in the computation.
+      dtype: an explicit dtype, returned as is when not None.
+      inexact: promote integer results to a floating dtype.
+    """
+    if dtype is None:
+        dtype = jnp.result_type(*(jnp.asarray(a) for a in args if a is not None))
+        if inexact and not jnp.issubdtype(dtype, jnp.inexact):
+            dtype = jnp.promote_types(jnp.float32, dtype)
+    return jnp.dtype(dtype)
+
+
+def promote_dtype(args: tuple[Any, ...], *, dtype: Any = None, inexact: bool = True) -> tuple:
+    """Cast every non-None array in ``args`` to the common dtype (see ``canonicalize_dtype``).
+
+    Args:
+      args: a tuple of arrays or None.
+      dtype: the target dtype; None promotes the arrays together.
+      inexact: promote to a floating dtype when every array is an integer.
+    """
+    dtype = canonicalize_dtype(*args, dtype=dtype, inexact=inexact)
+    return tuple(None if a is None else jnp.asarray(a, dtype) for a in args)
+
+
+def feature_error(layer: str, expected: Any, got: Any, shape: tuple, where: str) -> ValueError:
+    """The error a layer raises when the input's feature size does not match its parameters."""
+    return ValueError(
+        f"{layer} expected inputs with {expected} features in {where}, got {got} "
+        f"(input shape {tuple(shape)})"
+    )
+

@@ -1,0 +1,523 @@
+"""Normalization layers: ``BatchNorm``, ``LayerNorm``, ``RMSNorm``, ``GroupNorm``, ``InstanceNorm``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from nnx.module import Module
+from nnx.nn import initializers
+from nnx.nn.dtypes import canonicalize_dtype, feature_error
+from nnx.rngs import Rngs
+from nnx.variables import BatchStat, Param
+
+Axes = int | Sequence[int]
+
+
+def _canonical_axes(axes: Axes, ndim: int, layer: str) -> tuple[int, ...]:
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(f"{layer}: axis {a} is out of range for inputs with {ndim} dims")
+    return tuple(sorted({a % ndim for a in axes}))
+
+
+def _check_features(layer: str, x: jax.Array, feature_axes: tuple[int, ...], expected: int) -> None:
+    got = 1
+    for a in feature_axes:
+        got *= x.shape[a]
+    if got != expected:
+        where = f"axis {feature_axes[0]}" if len(feature_axes) == 1 else f"axes {feature_axes}"
+        raise feature_error(layer, expected, got, x.shape, where)
+
+
+def _compute_stats(
+    x: jax.Array,
+    axes: tuple[int, ...],
+    *,
+    dtype: Any,
+    axis_name: str | None,
+    axis_index_groups: Any,
+    use_mean: bool = True,
+    use_fast_variance: bool = True,
+    mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Mean and variance of ``x`` over ``axes`` (reduced away), in at least float32.
+
+    With ``axis_name`` the moments are averaged over that mapped axis (``vmap``/``pmap``/
+    ``shard_map``) with ``jax.lax.pmean``. With ``use_mean=False`` the mean is zero and the
+    "variance" is the mean square (RMSNorm).
+    """
+    dtype = jnp.promote_types(canonicalize_dtype(x, dtype=dtype), jnp.float32)
+    x = jnp.asarray(x, dtype)
+
+    def mean(v: jax.Array) -> jax.Array:
+        m = jnp.mean(v, axis=axes, where=mask)
+        if axis_name is not None:
+            m = jax.lax.pmean(m, axis_name, axis_index_groups=axis_index_groups)
+        return m
+
+    if not use_mean:
+        return jnp.zeros((), dtype), mean(jnp.square(x))
+    if use_fast_variance:
+        mu = mean(x)
+        var = jnp.maximum(0.0, mean(jnp.square(x)) - jnp.square(mu))
+    else:
+        mu = mean(x)
+        shape = list(x.shape)
+        for a in axes:
+            shape[a] = 1
+        var = mean(jnp.square(x - jnp.reshape(mu, shape)))
+    return mu, var
+
+
+def _normalize(
+    x: jax.Array,
+    mean: jax.Array,
+    var: jax.Array,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    reduction_axes: tuple[int, ...],
+    feature_axes: tuple[int, ...],
+    dtype: Any,
+    epsilon: float,
+) -> jax.Array:
+    """``(x - mean) / sqrt(var + eps) * scale + bias``, cast to ``dtype`` (or the promoted one)."""
+    stats_shape = [1 if a in reduction_axes else n for a, n in enumerate(x.shape)]
+    feature_shape = [n if a in feature_axes else 1 for a, n in enumerate(x.shape)]
+    mean = jnp.reshape(mean, stats_shape) if mean.ndim else mean
+    y = x - mean
+    mul = jax.lax.rsqrt(jnp.reshape(var, stats_shape) + epsilon)
+    if scale is not None:
+        mul = mul * jnp.reshape(scale, feature_shape)
+    y = y * mul
+    if bias is not None:
+        y = y + jnp.reshape(bias, feature_shape)
+    return jnp.asarray(y, canonicalize_dtype(x, scale, bias, dtype=dtype))
+
+
+class _Affine(Module):
+    """Shared constructor parts: the optional ``scale`` and ``bias`` Params."""
+
+    def _init_affine(
+        self,
+        num_features: int,
+        *,
+        use_bias: bool,
+        use_scale: bool,
+        bias_init: initializers.Initializer,
+        scale_init: initializers.Initializer,
+        param_dtype: Any,
+        rngs: Rngs | None,
+    ) -> None:
+        if (use_bias or use_scale) and rngs is None:
+            raise ValueError(f"{type(self).__name__} needs rngs= to create its scale and bias")
+        shape = (num_features,)
+        self.scale = Param(scale_init(rngs.params(), shape, param_dtype)) if use_scale else None
+        self.bias = Param(bias_init(rngs.params(), shape, param_dtype)) if use_bias else None
+        self.num_features = num_features
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.param_dtype = param_dtype
+
+    def _affine(self) -> tuple[jax.Array | None, jax.Array | None]:
+        scale = None if self.scale is None else self.scale.value
+        bias = None if self.bias is None else self.bias.value
+        return scale, bias
+
+
+class BatchNorm(_Affine):
+    """Batch normalization with running averages of the batch statistics.
+
+    In training mode (``use_running_average=False``) the batch mean and variance over every axis
+    but ``axis`` normalize the input, and the running ``mean``/``var`` (``BatchStat``) move
+    towards them: ``new = momentum * old + (1 - momentum) * batch``. In evaluation mode the
+    running statistics are used and left unchanged. ``model.eval()`` / ``model.train()`` set
+    ``use_running_average``.
+
+    Args:
+      num_features: size of the feature axis.
+      use_running_average: use the stored statistics (evaluation mode).
+      axis: the feature axis (or axes).
+      momentum: decay of the running averages.
+      epsilon: added to the variance.
+      dtype: output dtype; None promotes inputs and parameters together.
+      param_dtype: dtype of ``scale`` and ``bias``.
+      use_bias: learn a ``bias``.
+      use_scale: learn a ``scale``.
+      bias_init: bias initializer.
+      scale_init: scale initializer.
+      axis_name: a mapped axis (``vmap``/``pmap``) over which to average the batch statistics.
+      axis_index_groups: device groups for the cross-replica mean.
+      use_fast_variance: ``E[x^2] - E[x]^2`` (one pass) instead of ``E[(x - E[x])^2]``.
+      rngs: random streams for the parameter initializers.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        use_running_average: bool = False,
+        axis: Axes = -1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-5,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: initializers.Initializer = initializers.zeros,
+        scale_init: initializers.Initializer = initializers.ones,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        rngs: Rngs | None = None,
+    ):
+        self.mean = BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = BatchStat(jnp.ones((num_features,), jnp.float32))
+        self._init_affine(
+            num_features, use_bias=use_bias, use_scale=use_scale, bias_init=bias_init,
+            scale_init=scale_init, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.use_running_average = use_running_average
+        self.axis = axis
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+
+    def __call__(
+        self,
+        x: jax.Array,
+        use_running_average: bool | None = None,
+        *,
+        mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """Normalize ``x``; ``use_running_average`` overrides the attribute for this call.
+
+        Args:
+          x: inputs with ``num_features`` entries along ``axis``.
+          use_running_average: evaluation mode for this call (None: the attribute).
+          mask: booleans broadcastable to ``x``; only True entries count in the statistics.
+        """
+        if use_running_average is None:
+            use_running_average = self.use_running_average
+        feature_axes = _canonical_axes(self.axis, x.ndim, "BatchNorm")
+        _check_features("BatchNorm", x, feature_axes, self.num_features)
+        reduction_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+        if use_running_average:
+            mean, var = self.mean.value, self.var.value
+        else:
+            mean, var = _compute_stats(
+                x, reduction_axes, dtype=self.dtype, axis_name=self.axis_name,
+                axis_index_groups=self.axis_index_groups,
+                use_fast_variance=self.use_fast_variance, mask=mask,
+            )
+            m = self.momentum
+            self.mean.value = m * self.mean.value + (1 - m) * jnp.reshape(mean, (-1,))
+            self.var.value = m * self.var.value + (1 - m) * jnp.reshape(var, (-1,))
+        scale, bias = self._affine()
+        return _normalize(
+            x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
+        )
+
+
+class LayerNorm(_Affine):
+    """Layer normalization: each example is normalized over ``reduction_axes``.
+
+    Args:
+      num_features: size of the feature axis (the ``scale`` and ``bias`` length).
+      epsilon: added to the variance.
+      dtype: output dtype; None promotes inputs and parameters together.
+      param_dtype: dtype of ``scale`` and ``bias``.
+      use_bias: learn a ``bias``.
+      use_scale: learn a ``scale``.
+      bias_init: bias initializer.
+      scale_init: scale initializer.
+      reduction_axes: axes to compute the statistics over.
+      feature_axes: axes that ``scale`` and ``bias`` apply to.
+      axis_name: a mapped axis over which to average the statistics.
+      axis_index_groups: device groups for the cross-replica mean.
+      use_fast_variance: one-pass variance.
+      rngs: random streams for the parameter initializers.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: initializers.Initializer = initializers.zeros,
+        scale_init: initializers.Initializer = initializers.ones,
+        reduction_axes: Axes = -1,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        rngs: Rngs | None = None,
+    ):
+        self._init_affine(
+            num_features, use_bias=use_bias, use_scale=use_scale, bias_init=bias_init,
+            scale_init=scale_init, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.reduction_axes = reduction_axes
+        self.feature_axes = feature_axes
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """Normalize ``x`` over ``reduction_axes`` (``mask`` selects the entries that count)."""
+        layer = type(self).__name__
+        reduction_axes = _canonical_axes(self.reduction_axes, x.ndim, layer)
+        feature_axes = _canonical_axes(self.feature_axes, x.ndim, layer)
+        _check_features(layer, x, feature_axes, self.num_features)
+        mean, var = _compute_stats(
+            x, reduction_axes, dtype=self.dtype, axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups, use_fast_variance=self.use_fast_variance,
+            mask=mask,
+        )
+        scale, bias = self._affine()
+        return _normalize(
+            x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
+        )
+
+
+class RMSNorm(_Affine):
+    """Root-mean-square normalization: ``x / sqrt(mean(x^2) + eps) * scale`` (no centring).
+
+    Args:
+      num_features: size of the feature axis.
+      epsilon: added to the mean square.
+      dtype: output dtype; None promotes inputs and parameters together.
+      param_dtype: dtype of ``scale``.
+      use_scale: learn a ``scale``.
+      scale_init: scale initializer.
+      reduction_axes: axes to compute the mean square over.
+      feature_axes: axes that ``scale`` applies to.
+      axis_name: a mapped axis over which to average the statistics.
+      axis_index_groups: device groups for the cross-replica mean.
+      use_fast_variance: accepted for signature compatibility (no variance is computed).
+      rngs: random streams for the parameter initializer.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_scale: bool = True,
+        scale_init: initializers.Initializer = initializers.ones,
+        reduction_axes: Axes = -1,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        rngs: Rngs | None = None,
+    ):
+        self._init_affine(
+            num_features, use_bias=False, use_scale=use_scale, bias_init=initializers.zeros,
+            scale_init=scale_init, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.reduction_axes = reduction_axes
+        self.feature_axes = feature_axes
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """Normalize ``x`` by its root mean square over ``reduction_axes``."""
+        reduction_axes = _canonical_axes(self.reduction_axes, x.ndim, "RMSNorm")
+        feature_axes = _canonical_axes(self.feature_axes, x.ndim, "RMSNorm")
+        _check_features("RMSNorm", x, feature_axes, self.num_features)
+        mean, var = _compute_stats(
+            x, reduction_axes, dtype=self.dtype, axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups, use_mean=False, mask=mask,
+        )
+        scale, _ = self._affine()
+        return _normalize(
+            x, mean, var, scale, None, reduction_axes, feature_axes, self.dtype, self.epsilon
+        )
+
+
+class GroupNorm(_Affine):
+    """Group normalization: channels are split into groups normalized separately per example.
+
+    Statistics are taken over ``reduction_axes`` (default: every axis but the first, the batch
+    axis) within each group of ``group_size`` consecutive channels of the last axis.
+
+    Args:
+      num_features: number of channels (last axis).
+      num_groups: number of groups (set it to None when giving ``group_size``).
+      group_size: channels per group, instead of ``num_groups``.
+      epsilon: added to the variance.
+      dtype: output dtype; None promotes inputs and parameters together.
+      param_dtype: dtype of ``scale`` and ``bias``.
+      use_bias: learn a ``bias``.
+      use_scale: learn a ``scale``.
+      bias_init: bias initializer.
+      scale_init: scale initializer.
+      reduction_axes: axes to reduce (must include the last); None means all but the first.
+      axis_name: a mapped axis over which to average the statistics.
+      axis_index_groups: device groups for the cross-replica mean.
+      use_fast_variance: one-pass variance.
+      rngs: random streams for the parameter initializers.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_groups: int | None = 32,
+        group_size: int | None = None,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: initializers.Initializer = initializers.zeros,
+        scale_init: initializers.Initializer = initializers.ones,
+        reduction_axes: Axes | None = None,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        rngs: Rngs | None = None,
+    ):
+        if (num_groups is None) == (group_size is None):
+            raise ValueError(
+                f"GroupNorm: give exactly one of num_groups and group_size, got num_groups="
+                f"{num_groups} and group_size={group_size} (set num_groups=None to use group_size)"
+            )
+        if group_size is not None:
+            if num_features % group_size:
+                raise ValueError(
+                    f"GroupNorm: num_features ({num_features}) must be a multiple of group_size "
+                    f"({group_size})"
+                )
+            num_groups = num_features // group_size
+        if num_groups <= 0 or num_features % num_groups:
+            raise ValueError(
+                f"GroupNorm: num_features ({num_features}) must be a positive multiple of "
+                f"num_groups ({num_groups})"
+            )
+        self._init_affine(
+            num_features, use_bias=use_bias, use_scale=use_scale, bias_init=bias_init,
+            scale_init=scale_init, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.num_groups = num_groups
+        self.group_size = num_features // num_groups
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.reduction_axes = reduction_axes
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """Normalize each group of channels of ``x`` (``(batch, ..., num_features)``)."""
+        layer = type(self).__name__
+        ndim = x.ndim
+        _check_features(layer, x, (ndim - 1,), self.num_features)
+        if self.reduction_axes is None:
+            reduction_axes = tuple(range(1, ndim))
+        else:
+            reduction_axes = _canonical_axes(self.reduction_axes, ndim, layer)
+            if ndim - 1 not in reduction_axes:
+                raise ValueError(f"{layer}: reduction_axes must include the last (channel) axis")
+        grouped_shape = (*x.shape[:-1], self.num_groups, self.group_size)
+        xg = jnp.reshape(x, grouped_shape)
+        # reduce over the chosen axes and within each group (the new last axis)
+        group_axes = tuple(a for a in reduction_axes if a != ndim - 1) + (ndim,)
+        if mask is not None:
+            mask = jnp.reshape(jnp.broadcast_to(mask, x.shape), grouped_shape)
+        mean, var = _compute_stats(
+            xg, group_axes, dtype=self.dtype, axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups, use_fast_variance=self.use_fast_variance,
+            mask=mask,
+        )
+        stats_shape = [1 if a in group_axes else n for a, n in enumerate(grouped_shape)]
+        y = (xg - jnp.reshape(mean, stats_shape)) * jax.lax.rsqrt(
+            jnp.reshape(var, stats_shape) + self.epsilon
+        )
+        y = jnp.reshape(y, x.shape)
+        scale, bias = self._affine()
+        if scale is not None:
+            y = y * scale
+        if bias is not None:
+            y = y + bias
+        return jnp.asarray(y, canonicalize_dtype(x, scale, bias, dtype=self.dtype))
+
+
+class InstanceNorm(LayerNorm):
+    """Instance normalization: each example and channel is normalized over the other axes.
+
+    Statistics are taken over every axis except the first (batch) and ``feature_axes``.
+
+    Args:
+      num_features: size of the feature axis.
+      epsilon: added to the variance.
+      dtype: output dtype; None promotes inputs and parameters together.
+      param_dtype: dtype of ``scale`` and ``bias``.
+      use_bias: learn a ``bias``.
+      use_scale: learn a ``scale``.
+      bias_init: bias initializer.
+      scale_init: scale initializer.
+      feature_axes: the channel axis (or axes).
+      axis_name: a mapped axis over which to average the statistics.
+      axis_index_groups: device groups for the cross-replica mean.
+      use_fast_variance: one-pass variance.
+      rngs: random streams for the parameter initializers.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: initializers.Initializer = initializers.zeros,
+        scale_init: initializers.Initializer = initializers.ones,
+        feature_axes: Axes = -1,
+        axis_name: str | None = None,
+        axis_index_groups: Any = None,
+        use_fast_variance: bool = True,
+        rngs: Rngs | None = None,
+    ):
+        super().__init__(
+            num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+            use_bias=use_bias, use_scale=use_scale, bias_init=bias_init, scale_init=scale_init,
+            reduction_axes=(), feature_axes=feature_axes, axis_name=axis_name,
+            axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance, rngs=rngs,
+        )
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """Normalize ``x`` over all axes but the batch axis and ``feature_axes``."""
+        feature_axes = _canonical_axes(self.feature_axes, x.ndim, "InstanceNorm")
+        _check_features("InstanceNorm", x, feature_axes, self.num_features)
+        reduction_axes = tuple(a for a in range(1, x.ndim) if a not in feature_axes)
+        mean, var = _compute_stats(
+            x, reduction_axes, dtype=self.dtype, axis_name=self.axis_name,
+            axis_index_groups=self.axis_index_groups, use_fast_variance=self.use_fast_variance,
+            mask=mask,
+        )
+        scale, bias = self._affine()
+        return _normalize(
+            x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
+        )
