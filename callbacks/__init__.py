@@ -1,3 +1,10 @@
 """Callbacks: the hooks a Trainer calls, and the built-in callbacks."""
 
 from callbacks.base import Callback, CallbackList
+from callbacks.csv_logger import CSVLogger
+from callbacks.early_stopping import EarlyStopping
+from callbacks.lambda_callback import LambdaCallback
+from callbacks.lr_scheduler import LearningRateScheduler
+from callbacks.reduce_lr import ReduceLROnPlateau
+from callbacks.tensorboard import TensorBoard
+from callbacks.terminate_on_nan import TerminateOnNaN

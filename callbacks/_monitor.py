@@ -1,0 +1,40 @@
+"""Shared by EarlyStopping and ReduceLROnPlateau: which direction of a monitored log improves."""
+
+from __future__ import annotations
+
+# Parts of a metric name that mark it as "higher is better" when mode="auto".
+_MAXIMIZED_NAMES = ("acc", "auc", "precision", "recall", "f1", "iou")
+
+
+def resolve_mode(owner: str, monitor: str, mode: str) -> str:
+    """'min' or 'max' for ``monitor``: ``mode`` itself, or guessed from the name when 'auto'.
+
+    Args:
+      owner: the callback's name, for the error message.
+      monitor: the log key, e.g. ``"val_loss"`` or ``"val_accuracy"``.
+      mode: ``"auto"``, ``"min"`` or ``"max"``.
+    """
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"{owner}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode != "auto":
+        return mode
+    name = monitor.removeprefix("val_").lower()
+    if name != "loss" and any(part in name for part in _MAXIMIZED_NAMES):
+        return "max"
+    return "min"
+
+
+def improves(mode: str, current: float, reference: float | None, min_delta: float) -> bool:
+    """Whether ``current`` beats ``reference`` by more than ``min_delta`` (None: always)."""
+    if reference is None:
+        return True
+    if mode == "min":
+        return current < reference - abs(min_delta)
+    return current > reference + abs(min_delta)
+
+
+def monitored_value(logs: dict[str, float] | None, monitor: str) -> float | None:
+    """The float under ``monitor`` in ``logs``, or None when absent (NaN never improves)."""
+    if not logs or monitor not in logs:
+        return None
+    return float(logs[monitor])

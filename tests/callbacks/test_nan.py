@@ -1,0 +1,32 @@
+import math
+
+from _standin import StandInTrainer, TinyModel, run_epochs
+
+from callbacks import CallbackList, TerminateOnNaN
+
+
+def test_nan_batch_loss_stops_training(capsys):
+    trainer = StandInTrainer(TinyModel())
+    ran = run_epochs(trainer, [TerminateOnNaN()], [{"loss": 1.0}, {"loss": math.nan}, {"loss": 0.5}])
+    assert ran == 2 and trainer.stop_training is True
+    assert "Batch 0: invalid loss nan, terminating training" in capsys.readouterr().out
+
+
+def test_infinite_epoch_loss_stops_training():
+    trainer = StandInTrainer(TinyModel())
+    cb = TerminateOnNaN()
+    cb.set_trainer(trainer)
+    cb.on_epoch_end(0, {"loss": 2.0})
+    assert trainer.stop_training is False
+    cb.on_epoch_end(1, {"loss": -math.inf})
+    assert trainer.stop_training is True
+
+
+def test_finite_losses_and_missing_loss_keep_training():
+    trainer = StandInTrainer(TinyModel())
+    ran = run_epochs(trainer, [TerminateOnNaN()], [{"loss": 1.0}, {"accuracy": 0.5}, {"loss": 1e30}])
+    assert ran == 3 and trainer.stop_training is False
+
+
+def test_asks_for_batch_logs():
+    assert CallbackList([TerminateOnNaN()]).needs_batch_logs("train")
