@@ -280,13 +280,8 @@ def _partition(
             f"Non-exhaustive filters: {len(rest)} Variable(s) matched none of {filters!r}:\n"
             f"{shown}{more}\nAdd a filter for them, or `...` as the last filter to take the rest."
         )
-    return [State.from_flat_path(b) for b in buckets]
-
-
-def _single_or_states(node: Any, states: list[State]) -> Any:
-    if isinstance(node, Variable):
-        return [s.flat_state()[0][1] if len(s) else s for s in states]
-    return states
+    # A standalone Variable is a single leaf at path (): it is returned as is, unwrapped.
+    return [b[0][1] if b and b[0][0] == () else State.from_flat_path(b) for b in buckets]
 
 
 def split(node: Any, *filters: Any) -> tuple[Any, ...]:
@@ -300,13 +295,13 @@ def split(node: Any, *filters: Any) -> tuple[Any, ...]:
     """
     graphdef, pairs = _flat_leaves(node)
     states = _partition(pairs, filters or (...,), exhaustive=True)
-    return (graphdef, *_single_or_states(node, states))
+    return (graphdef, *states)
 
 
 def state(node: Any, *filters: Any) -> Any:
     """The State of ``node``: all of it, or one State per filter (unmatched Variables dropped)."""
     _, pairs = _flat_leaves(node)
-    states = _single_or_states(node, _partition(pairs, filters or (...,), exhaustive=False))
+    states = _partition(pairs, filters or (...,), exhaustive=False)
     return states[0] if len(states) == 1 else tuple(states)
 
 
