@@ -1,5 +1,21 @@
 """JAX transforms that understand graph nodes; ``__all__`` is re-exported at the top of ``nnx``."""
 
+from nnx.transforms.autodiff import DiffState, checkpoint, grad, remat, value_and_grad
+from nnx.transforms.control import cond, eval_shape, shard_map, switch
+from nnx.transforms.iteration import (
+    Carry,
+    StateAxes,
+    fori_loop,
+    pmap,
+    scan,
+    split_rngs,
+    vmap,
+    while_loop,
+)
 from nnx.transforms.jit import jit
 
-__all__ = ["jit"]
+__all__ = [
+    "Carry", "DiffState", "StateAxes", "checkpoint", "cond", "eval_shape", "fori_loop", "grad",
+    "jit", "pmap", "remat", "scan", "shard_map", "split_rngs", "switch", "value_and_grad", "vmap",
+    "while_loop",
+]

@@ -60,16 +60,20 @@ class Extraction:
       flattener: the Flattener (its ``objects`` map indices to the caller's objects).
     """
 
-    __slots__ = ("static", "leaves", "leaf_args", "ordinary", "ordinary_args", "flattener")
+    __slots__ = (
+        "static", "leaves", "leaf_args", "ordinary", "ordinary_args", "flattener", "node_ranges",
+    )
 
     def __init__(self, args: Sequence[Any]):
         f = Flattener()
         static, ordinary, ordinary_args, leaf_args = [], [], [], []
+        node_ranges: list[tuple[int, int]] = []  # leaf range of each node occurrence, in order
         for i, arg in enumerate(args):
             if is_node(arg):
                 n = len(f.leaves)
                 static.append((None, (f.flatten(arg),)))
                 leaf_args.extend([i] * (len(f.leaves) - n))
+                node_ranges.append((n, len(f.leaves)))
                 continue
             flat, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
             defs = []
@@ -78,6 +82,7 @@ class Extraction:
                     n = len(f.leaves)
                     defs.append(f.flatten(x))
                     leaf_args.extend([i] * (len(f.leaves) - n))
+                    node_ranges.append((n, len(f.leaves)))
                 else:
                     defs.append(None)
                     ordinary.append(x)
@@ -89,6 +94,11 @@ class Extraction:
         self.ordinary = ordinary
         self.ordinary_args = ordinary_args
         self.flattener = f
+        self.node_ranges = node_ranges
+
+    @property
+    def paths(self) -> list[tuple]:
+        return self.flattener.paths
 
     def leaf_values(self) -> list[Any]:
         """The raw values of the leaves (a Variable's value, or the array itself)."""
@@ -247,3 +257,21 @@ def write_back_fast(extraction: Extraction, leaf_values: Sequence[Any]) -> bool:
         else:
             owner[0]._graph_set(owner[1], value)
     return True
+
+
+def lifted_call(
+    transform: Any, f: Any, args: Sequence[Any], kwargs: dict[str, Any], *, elide: bool = True
+) -> Any:
+    """Run ``f(*args, **kwargs)`` under ``transform(pure)`` (e.g. ``jax.checkpoint``), where
+    ``pure`` maps leaf values to results, and write the results back to the caller's objects."""
+    extraction = Extraction([*args, kwargs])
+    values = extraction.leaf_values()
+    static = extraction.static
+
+    def pure(vals: list, ords: list) -> tuple:
+        a, u, inner = rebuild(static, vals, ords)
+        *pos, kw = a
+        return collect(static, inner, u, f(*pos, **kw), vals if elide else None)
+
+    new_vals, out_ord, box = transform(pure)(values, extraction.ordinary)
+    return apply(extraction, box, full_leaf_values(box, new_vals, values), out_ord)

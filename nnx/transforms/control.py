@@ -1,0 +1,136 @@
+"""``nnx.cond``, ``nnx.switch``, ``nnx.eval_shape`` and ``nnx.shard_map`` for graph nodes."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+from nnx.transforms.lift import Extraction, apply, collect, rebuild
+
+
+def _branches_call(
+    index_fn: Callable[[list], Any], branches: Sequence[Callable[..., Any]], operands: tuple
+) -> Any:
+    extraction = Extraction(list(operands))
+    values = extraction.leaf_values()
+    static = extraction.static
+
+    def make(branch: Callable[..., Any]) -> Callable[..., Any]:
+        def pure(vals: list, ords: list) -> tuple:
+            a, u, inner = rebuild(static, vals, ords)
+            # All leaves are returned so every branch has the same output structure.
+            return collect(static, inner, u, branch(*a))
+
+        return pure
+
+    new_vals, out_ord, box = index_fn([make(b) for b in branches])(values, extraction.ordinary)
+    return apply(extraction, box, new_vals, out_ord)
+
+
+def cond(pred: Any, true_fun: Callable[..., Any], false_fun: Callable[..., Any], *operands: Any) -> Any:
+    """``jax.lax.cond`` whose operands may hold graph nodes; both branches must leave the
+    nodes' structure the same, and their updates are written back."""
+    return _branches_call(
+        lambda fns: lambda v, o: jax.lax.cond(pred, fns[0], fns[1], v, o),
+        (true_fun, false_fun), operands,
+    )
+
+
+def switch(index: Any, branches: Sequence[Callable[..., Any]], *operands: Any) -> Any:
+    """``jax.lax.switch`` whose operands may hold graph nodes."""
+    return _branches_call(
+        lambda fns: lambda v, o: jax.lax.switch(index, fns, v, o), tuple(branches), operands
+    )
+
+
+def eval_shape(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``f`` abstractly: outputs (Modules included) hold ``jax.ShapeDtypeStruct`` leaves and
+    nothing is allocated; the arguments are not changed. ``nnx.eval_shape(lambda: Model(...))``
+    gives an abstract model, e.g. as a checkpoint restore target."""
+    extraction = Extraction([*args, kwargs])
+    values = extraction.leaf_values()
+    static = extraction.static
+
+    def pure(vals: list, ords: list) -> tuple:
+        a, u, inner = rebuild(static, vals, ords)
+        *pos, kw = a
+        return collect(static, inner, u, f(*pos, **kw))
+
+    new_vals, out_ord, box = jax.eval_shape(pure, values, extraction.ordinary)
+    in_defs, out_treedef, out_defs, pre_of_post, *_ = box.value
+    # Outputs only: the arguments keep their concrete values.
+    existing = {k: extraction.flattener.objects[j] for k, j in enumerate(pre_of_post)
+                if j is not None}
+    u = _OutputsOnly(list(new_vals), existing)
+    for defs in in_defs:
+        for d in defs:
+            u.skip(d)
+    it = iter(out_ord)
+    items = [next(it) if d is None else u.unflatten(d) for d in out_defs]
+    return out_treedef.unflatten(items)
+
+
+class _OutputsOnly:
+    """Rebuilds output nodes while leaving the caller's argument objects untouched."""
+
+    def __init__(self, leaves: list[Any], existing: dict[int, Any]):
+        from nnx.graph import Unflattener
+
+        self.u = Unflattener(leaves)
+        self.u.objects.update(existing)
+
+    def skip(self, d: Any) -> None:
+        from nnx.transforms.iteration import _count_leaves
+
+        self.u.pos += _count_leaves(d)
+
+    def unflatten(self, d: Any) -> Any:
+        return self.u.unflatten(d)
+
+
+def shard_map(
+    f: Callable[..., Any] | None = None,
+    *,
+    mesh: Any,
+    in_specs: Any,
+    out_specs: Any,
+    check_vma: bool = True,
+) -> Any:
+    """``jax.shard_map`` for functions of graph nodes: each argument's spec (a
+    ``PartitionSpec``) applies to all of its arrays, a Module's state included."""
+    if f is None:
+        return lambda fn: shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                                    check_vma=check_vma)
+
+    @functools.wraps(f)
+    def wrapper(*args: Any) -> Any:
+        extraction = Extraction(list(args))
+        specs = in_specs if isinstance(in_specs, tuple) else (in_specs,) * len(args)
+        leaf_specs = [specs[a] for a in extraction.leaf_args]
+        ord_specs = [specs[a] for a in extraction.ordinary_args]
+        box_cell: list[Any] = []
+
+        def pure(vals: list, ords: list) -> tuple:
+            a, u, inner = rebuild(extraction.static, vals, ords)
+            new_vals, out_ord, box = collect(extraction.static, inner, u, f(*a))
+            box_cell[:] = [box]
+            return new_vals[:len(vals)], out_ord
+
+        def out_spec_fn() -> Any:
+            return (leaf_specs, out_specs)
+
+        mapped = jax.shard_map(
+            pure, mesh=mesh, in_specs=(leaf_specs, ord_specs), out_specs=out_spec_fn(),
+            check_vma=check_vma,
+        )
+        new_vals, out_ord = mapped(extraction.leaf_values(), extraction.ordinary)
+        out_ord = jax.tree_util.tree_leaves(out_ord)
+        return apply(extraction, box_cell[0], new_vals, out_ord)
+
+    return wrapper
+
+
+__all__ = ["cond", "eval_shape", "shard_map", "switch"]

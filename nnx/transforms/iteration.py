@@ -1,0 +1,554 @@
+"""``nnx.vmap``, ``nnx.pmap``, ``nnx.scan`` (with ``StateAxes`` and ``Carry``), ``split_rngs``,
+``fori_loop`` and ``while_loop``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from nnx import filters as filterlib
+from nnx.transforms.lift import Extraction, StaticBox, apply, collect, is_node, rebuild
+
+
+class StateAxes:
+    """Per-filter axes for a graph node's state: ``StateAxes({nnx.Param: 0, ...: None})``.
+
+    Each Variable takes the axis of the first filter it matches (``None`` broadcasts,
+    ``nnx.Carry`` carries it through ``scan``).
+    """
+
+    def __init__(self, filter_axes: Mapping[Any, Any] | Sequence[tuple[Any, Any]]):
+        items = filter_axes.items() if isinstance(filter_axes, Mapping) else filter_axes
+        self.filters = tuple(f for f, _ in items)
+        self.axes = tuple(a for _, a in items)
+        self.predicates = filterlib.filters_to_predicates(self.filters)
+
+    def axis_for(self, path: tuple, leaf: Any) -> Any:
+        for pred, axis in zip(self.predicates, self.axes, strict=True):
+            if pred(path, leaf):
+                return axis
+        raise ValueError(
+            f"StateAxes{dict(zip(self.filters, self.axes, strict=True))!r} has no filter for "
+            f"'{'/'.join(map(str, path))}' ({type(leaf).__name__}); add `...: axis` last."
+        )
+
+    def __repr__(self) -> str:
+        return f"StateAxes({dict(zip(self.filters, self.axes, strict=True))!r})"
+
+
+class _CarryType:
+    """Marks the carried argument or output of ``nnx.scan``."""
+
+    def __repr__(self) -> str:
+        return "Carry"
+
+
+Carry = _CarryType()
+
+
+class _Leaves:
+    """A node's leaf values inside a transform's argument or output tree (a pytree)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: list[Any]):
+        self.values = values
+
+
+jax.tree_util.register_pytree_node(
+    _Leaves, lambda x: (x.values, None), lambda _, values: _Leaves(list(values))
+)
+
+
+def _is_leaves(x: Any) -> bool:
+    return isinstance(x, _Leaves)
+
+
+def _per_arg(axes: Any, n: int, name: str) -> list[Any]:
+    if isinstance(axes, list | tuple) and not isinstance(axes, StateAxes):
+        if len(axes) != n:
+            raise ValueError(f"{name} has {len(axes)} entries but the function got {n} arguments")
+        return list(axes)
+    return [axes] * n
+
+
+def _leaf_axes(extraction: Extraction, arg_axes: list[Any]) -> list[Any]:
+    """The axis of every leaf, from its argument's axis (an int, None or StateAxes)."""
+    out = []
+    for j, a in enumerate(extraction.leaf_args):
+        axis = arg_axes[a] if a < len(arg_axes) else None
+        if isinstance(axis, StateAxes):
+            axis = axis.axis_for(extraction.paths[j], extraction.leaves[j])
+        out.append(axis)
+    return out
+
+
+def _structured_args(extraction: Extraction, args: Sequence[Any], values: list[Any]) -> list:
+    """The arguments with every node occurrence replaced by ``_Leaves`` of its leaf values."""
+    ranges = iter(extraction.node_ranges)
+    out = []
+    for arg in args:
+        if is_node(arg):
+            s, e = next(ranges)
+            out.append(_Leaves(values[s:e]))
+            continue
+        flat, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
+        items = []
+        for x in flat:
+            if is_node(x):
+                s, e = next(ranges)
+                items.append(_Leaves(values[s:e]))
+            else:
+                items.append(x)
+        out.append(treedef.unflatten(items))
+    return out
+
+
+def _structured_axes(extraction: Extraction, args: Sequence[Any], arg_axes: list[Any]) -> list:
+    """in_axes matching ``_structured_args``: StateAxes become per-leaf lists."""
+    leaf_axes = _leaf_axes(extraction, arg_axes)
+    ranges = iter(extraction.node_ranges)
+    out = []
+    for arg, axis in zip(args, arg_axes, strict=True):
+        if not isinstance(axis, StateAxes):
+            # A prefix: it applies to the whole argument, nodes included.
+            for x in jax.tree_util.tree_leaves(arg, is_leaf=is_node):
+                if is_node(x):
+                    next(ranges)
+            out.append(axis)
+            continue
+        if is_node(arg):
+            s, e = next(ranges)
+            out.append(_Leaves(leaf_axes[s:e]))
+            continue
+        flat, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
+        items = []
+        for x in flat:
+            if is_node(x):
+                s, e = next(ranges)
+                items.append(_Leaves(leaf_axes[s:e]))
+            else:
+                items.append(None)
+        out.append(treedef.unflatten(items))
+    return out
+
+
+def _flat_values(structured: Any) -> tuple[list[Any], list[Any]]:
+    """Leaf values (from ``_Leaves``) and ordinary leaves of a structured argument tree."""
+    leaf_values, ordinary = [], []
+    for x in jax.tree_util.tree_leaves(structured, is_leaf=_is_leaves):
+        if isinstance(x, _Leaves):
+            leaf_values.extend(x.values)
+        else:
+            ordinary.append(x)
+    return leaf_values, ordinary
+
+
+def _out_structured(box: StaticBox, values: list[Any], out_ordinary: list[Any], n_in: int) -> Any:
+    """The user's output tree with output nodes replaced by ``_Leaves`` of their leaves."""
+    _, out_treedef, out_defs, *_ = box.value
+    pos = n_in
+    ords = iter(out_ordinary)
+    items = []
+    for d in out_defs:
+        if d is None:
+            items.append(next(ords))
+        else:
+            n = _count_leaves(d)
+            items.append(_Leaves(values[pos:pos + n]))
+            pos += n
+    return out_treedef.unflatten(items)
+
+
+def _count_leaves(d: Any) -> int:
+    from nnx.graph import LEAF
+    from nnx.statics import Static
+
+    if type(d) is Static:
+        return 0
+    if d is LEAF:
+        return 1
+    kind = d[0]
+    if kind == "var":
+        return 1
+    if kind == "ref":
+        return 0
+    if kind == "node":
+        return sum(_count_leaves(c) for _, c in d[3])
+    return sum(_count_leaves(c) for c in d[2])
+
+
+def _vmap_like(
+    jax_transform: Callable[..., Any], f: Callable[..., Any], in_axes: Any, out_axes: Any,
+    name: str, **transform_kwargs: Any,
+) -> Callable[..., Any]:
+    @functools.wraps(f)
+    def wrapper(*args: Any) -> Any:
+        extraction = Extraction(list(args))
+        values = extraction.leaf_values()
+        arg_axes = _per_arg(in_axes, len(args), "in_axes")
+        in_leaf_axes = _leaf_axes(extraction, arg_axes)
+        static = extraction.static
+        box_cell: list[StaticBox] = []
+
+        state_axes_args = [i for i, ax in enumerate(arg_axes) if isinstance(ax, StateAxes)]
+
+        def pure(*structured: Any) -> tuple:
+            vals, ords = _flat_values(list(structured))
+            a, u, inner = rebuild(static, vals, ords)
+            out = f(*a)
+            new_vals, out_ord, box = collect(static, inner, u, out)
+            box_cell[:] = [box]
+            in_defs = box.value[0]
+            counts = [sum(_count_leaves(d) for d in defs) for defs in in_defs]
+            if box.value[4] and any(
+                counts[i] != sum(1 for a in extraction.leaf_args if a == i) for i in state_axes_args
+            ):
+                raise ValueError(
+                    f"{name}: the function changed the structure of an argument mapped with "
+                    "StateAxes (added or removed Variables); use a single axis for it instead."
+                )
+            groups, pos = [], 0
+            for n in counts:
+                groups.append(_Leaves(new_vals[pos:pos + n]))
+                pos += n
+            out_struct = _out_structured(box, new_vals, out_ord, pos)
+            return tuple(groups), out_struct
+
+        structured_args = _structured_args(extraction, args, values)
+        structured_axes = _structured_axes(extraction, args, arg_axes)
+        state_out_axes = tuple(
+            _Leaves([ax for ax, a in zip(in_leaf_axes, extraction.leaf_args, strict=True)
+                     if a == i]) if isinstance(arg_axes[i], StateAxes) else arg_axes[i]
+            for i in range(len(args))
+        )
+        mapped = jax_transform(
+            pure, in_axes=tuple(structured_axes), out_axes=(state_out_axes, out_axes),
+            **transform_kwargs,
+        )
+        groups, out_struct = mapped(*structured_args)
+        box = box_cell[0]
+        new_vals = [v for g in groups for v in g.values]
+        out_ord = []
+        for x in jax.tree_util.tree_leaves(out_struct, is_leaf=_is_leaves):
+            if isinstance(x, _Leaves):
+                new_vals.extend(x.values)
+            else:
+                out_ord.append(x)
+        return apply(extraction, box, new_vals, out_ord)
+
+    return wrapper
+
+
+def vmap(
+    f: Callable[..., Any] | None = None,
+    *,
+    in_axes: Any = 0,
+    out_axes: Any = 0,
+    axis_name: Any = None,
+    axis_size: int | None = None,
+    spmd_axis_name: Any = None,
+) -> Any:
+    """``jax.vmap`` for functions of graph nodes. A Module argument maps all its state along
+    its axis (or per filter with ``StateAxes``); Modules may be created and returned (a stack
+    of layers); state updates inside are written back. Usable as a decorator, also on
+    ``__init__`` and ``__call__``.
+
+    Args:
+      f: the function.
+      in_axes: an axis (int or None) per argument, a StateAxes for Module arguments, or one
+        value for all arguments.
+      out_axes: axes of the outputs (a prefix of the output tree; Modules included).
+      axis_name, axis_size, spmd_axis_name: as in ``jax.vmap``.
+    """
+    if f is None:
+        return lambda fn: vmap(
+            fn, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size,
+            spmd_axis_name=spmd_axis_name,
+        )
+    return _vmap_like(
+        jax.vmap, f, in_axes, out_axes, "vmap", axis_name=axis_name, axis_size=axis_size,
+        spmd_axis_name=spmd_axis_name,
+    )
+
+
+def pmap(
+    f: Callable[..., Any] | None = None,
+    *,
+    in_axes: Any = 0,
+    out_axes: Any = 0,
+    axis_name: Any = None,
+    axis_size: int | None = None,
+    devices: Any = None,
+    backend: str | None = None,
+    static_broadcasted_argnums: tuple[int, ...] = (),
+    donate_argnums: tuple[int, ...] = (),
+) -> Any:
+    """``jax.pmap`` for functions of graph nodes (same conventions as ``nnx.vmap``)."""
+    if f is None:
+        return lambda fn: pmap(
+            fn, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size,
+            devices=devices, backend=backend,
+        )
+    if static_broadcasted_argnums or donate_argnums:
+        raise NotImplementedError(
+            "nnx.pmap does not take static_broadcasted_argnums or donate_argnums; use nnx.jit "
+            "with shardings for those."
+        )
+    kwargs = dict(axis_name=axis_name, devices=devices, backend=backend)
+    if axis_size is not None:
+        kwargs["axis_size"] = axis_size
+    return _vmap_like(jax.pmap, f, in_axes, out_axes, "pmap", **kwargs)
+
+
+# -- scan ------------------------------------------------------------------------------
+
+
+def _moveaxis(x: Any, src: int, dst: int) -> Any:
+    return x if src == dst else jnp.moveaxis(x, src, dst)
+
+
+def scan(
+    f: Callable[..., Any] | None = None,
+    *,
+    length: int | None = None,
+    reverse: bool = False,
+    unroll: int | bool = 1,
+    in_axes: Any = (Carry, 0),
+    out_axes: Any = (Carry, 0),
+) -> Any:
+    """``jax.lax.scan`` with vmap-style axes: each argument is the carry (``nnx.Carry``),
+    scanned along an axis (an int; Modules: a stack of layers), or broadcast (``None``).
+
+    The output is the carry where ``out_axes`` says ``Carry`` and stacked along the given axis
+    elsewhere (``out_axes=nnx.Carry``: the function returns only the carry). State updates of
+    scanned Modules (BatchNorm statistics, RNG counters) are stacked back into them; state of
+    carried or broadcast Modules is carried.
+    """
+    if f is None:
+        return lambda fn: scan(
+            fn, length=length, reverse=reverse, unroll=unroll, in_axes=in_axes, out_axes=out_axes
+        )
+
+    @functools.wraps(f)
+    def wrapper(*args: Any) -> Any:
+        arg_axes = _per_arg(in_axes, len(args), "in_axes")
+        if sum(1 for a in arg_axes if a is Carry) > 1:
+            raise ValueError("scan: at most one argument may be nnx.Carry")
+        extraction = Extraction(list(args))
+        values = extraction.leaf_values()
+        leaf_axes = _leaf_axes(extraction, [None if a is Carry else a for a in arg_axes])
+        carried_leaf = [ax is None or ax is Carry or arg_axes[a] is Carry
+                        for ax, a in zip(leaf_axes, extraction.leaf_args, strict=True)]
+        ord_axes = []
+        for a in extraction.ordinary_args:
+            ax = arg_axes[a]
+            if isinstance(ax, StateAxes):
+                raise ValueError("scan: StateAxes applies to Module arguments only")
+            ord_axes.append(ax)
+        carry_ord = [j for j, ax in enumerate(ord_axes) if ax is Carry]
+        scan_ord = [j for j, ax in enumerate(ord_axes) if isinstance(ax, int)]
+        const_ord = [j for j, ax in enumerate(ord_axes) if ax is None]
+        carry_leaf = [j for j, c in enumerate(carried_leaf) if c]
+        scan_leaf = [j for j, c in enumerate(carried_leaf) if not c]
+        static = extraction.static
+        ordinary = extraction.ordinary
+        single_out = not isinstance(out_axes, tuple)
+        out_spec = (out_axes,) if single_out else out_axes
+        box_cell: list[StaticBox] = []
+
+        def body(carry: tuple, xs: tuple) -> tuple:
+            c_leaf, c_ord = carry
+            x_leaf, x_ord = xs
+            vals: list[Any] = [None] * len(values)
+            for j, v in zip(carry_leaf, c_leaf, strict=True):
+                vals[j] = v
+            for j, v in zip(scan_leaf, x_leaf, strict=True):
+                vals[j] = v
+            ords: list[Any] = [None] * len(ordinary)
+            for j in const_ord:
+                ords[j] = ordinary[j]
+            for j, v in zip(carry_ord, c_ord, strict=True):
+                ords[j] = v
+            for j, v in zip(scan_ord, x_ord, strict=True):
+                ords[j] = v
+            a, u, inner = rebuild(static, vals, ords)
+            out = f(*a)
+            outs = (out,) if single_out else out
+            if not isinstance(outs, tuple) or len(outs) != len(out_spec):
+                raise ValueError(
+                    f"scan: out_axes={out_axes!r} expects {len(out_spec)} outputs, the function "
+                    f"returned {type(out).__name__}"
+                )
+            carry_out = [o for o, ax in zip(outs, out_spec, strict=True) if ax is Carry]
+            ys = [o for o, ax in zip(outs, out_spec, strict=True) if ax is not Carry]
+            new_vals, out_ord, box = collect(static, inner, u, (carry_out, ys))
+            if box.value[4]:
+                raise ValueError(
+                    "scan: the function changed the structure of an argument (added or removed "
+                    "attributes or Variables); that cannot be carried across iterations."
+                )
+            if len(new_vals) > len(values):
+                raise ValueError("scan: new graph nodes cannot be returned from a scanned function")
+            n_carry = _count_ordinary(carry_out)
+            if n_carry != len(carry_ord):
+                raise ValueError(
+                    "scan: the carry returned by the function does not match the carry argument "
+                    f"({n_carry} array leaves returned, {len(carry_ord)} expected)"
+                )
+            y_axes = [ax for ax in out_spec if ax is not Carry]
+            y_leaf_axes = [ax for y, ax in zip(ys, y_axes, strict=True)
+                           for _ in range(_count_ordinary(y))]
+            box_cell[:] = [(box, y_leaf_axes)]
+            new_c = [new_vals[j] for j in carry_leaf]
+            new_x = [new_vals[j] for j in scan_leaf]
+            return (new_c, out_ord[:n_carry]), (new_x, out_ord[n_carry:])
+
+        x_leaf = [_moveaxis(values[j], leaf_axes[j], 0) for j in scan_leaf]
+        x_ord = [_moveaxis(ordinary[j], ord_axes[j], 0) for j in scan_ord]
+        init = ([values[j] for j in carry_leaf], [ordinary[j] for j in carry_ord])
+        (c_leaf, c_ord), (ys_leaf, ys_ord) = jax.lax.scan(
+            body, init, (x_leaf, x_ord), length=length, reverse=reverse, unroll=unroll
+        )
+        box, y_leaf_axes = box_cell[0]
+        new_vals = list(values)
+        for j, v in zip(carry_leaf, c_leaf, strict=True):
+            new_vals[j] = v
+        for j, v in zip(scan_leaf, ys_leaf, strict=True):
+            new_vals[j] = _moveaxis(v, 0, leaf_axes[j])
+        ys = [_moveaxis(y, 0, ax) for y, ax in zip(ys_ord, y_leaf_axes, strict=True)]
+        carry_out, ys_out = apply(extraction, box, new_vals, list(c_ord) + ys)
+        outs = []
+        carry_it, ys_it = iter(carry_out), iter(ys_out)
+        for ax in out_spec:
+            outs.append(next(carry_it) if ax is Carry else next(ys_it))
+        return outs[0] if single_out else tuple(outs)
+
+    return wrapper
+
+
+def _count_ordinary(tree: Any) -> int:
+    return sum(1 for x in jax.tree_util.tree_leaves(tree, is_leaf=is_node) if not is_node(x))
+
+
+# -- split_rngs ------------------------------------------------------------------------
+
+
+def split_rngs(
+    f: Callable[..., Any] | None = None,
+    *,
+    splits: int | tuple[int, ...],
+    only: Any = ...,
+    squeeze: bool = False,
+) -> Any:
+    """Give every RNG stream in the arguments ``splits`` keys (a leading axis) for the call,
+    so ``vmap``/``scan`` hand each layer its own keys; the streams are restored afterwards
+    except for their advanced counters.
+
+    Args:
+      f: the function (or use as a decorator).
+      splits: number of keys (or a shape).
+      only: a filter on the streams to split (e.g. ``'dropout'``).
+    """
+    if f is None:
+        return lambda fn: split_rngs(fn, splits=splits, only=only, squeeze=squeeze)
+    from nnx.graph import iter_graph
+    from nnx.rngs import RngStream
+
+    predicate = filterlib.to_predicate(only)
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        backups = []
+        for arg in jax.tree_util.tree_leaves((args, kwargs), is_leaf=is_node):
+            if not is_node(arg):
+                continue
+            for path, node in iter_graph(arg):
+                if isinstance(node, RngStream) and predicate((*path, "key"), node.key):
+                    backups.append((node, node.key.value, node.count.value))
+                    key = jax.random.split(node(), splits)
+                    node.key.value = key
+                    node.count.value = jnp.zeros(key.shape, dtype=jnp.uint32)
+        try:
+            return f(*args, **kwargs)
+        finally:
+            for node, key, count in backups:
+                node.key.value = key
+                node.count.value = count + 1
+
+    return wrapper
+
+
+# -- loops -----------------------------------------------------------------------------
+
+
+def _loop_lift(init_val: Any) -> tuple[Extraction, list[Any]]:
+    extraction = Extraction([init_val])
+    return extraction, extraction.leaf_values()
+
+
+def fori_loop(
+    lower: int, upper: int, body_fun: Callable[[Any, Any], Any], init_val: Any, *,
+    unroll: int | bool | None = None,
+) -> Any:
+    """``jax.lax.fori_loop`` where the loop value may hold graph nodes; ``body_fun(i, val)``
+    returns the new value (the same nodes, mutated); the caller's objects are updated."""
+    extraction, values = _loop_lift(init_val)
+    static = extraction.static
+    box_cell: list[StaticBox] = []
+
+    def body(i: Any, carry: tuple) -> tuple:
+        vals, ords = carry
+        (val,), u, inner = rebuild(static, vals, ords)
+        out = body_fun(i, val)
+        new_vals, out_ord, box = collect(static, inner, u, out)
+        _check_loop_box(box, "fori_loop")
+        box_cell[:] = [box]
+        return new_vals[:len(vals)], out_ord
+
+    kwargs = {} if unroll is None else {"unroll": unroll}
+    vals, ords = jax.lax.fori_loop(lower, upper, body, (values, extraction.ordinary), **kwargs)
+    if not box_cell:  # zero-trip loops known statically never trace the body
+        return init_val
+    return apply(extraction, box_cell[0], vals, ords)
+
+
+def while_loop(
+    cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], init_val: Any
+) -> Any:
+    """``jax.lax.while_loop`` where the loop value may hold graph nodes."""
+    extraction, values = _loop_lift(init_val)
+    static = extraction.static
+    box_cell: list[StaticBox] = []
+
+    def cond(carry: tuple) -> Any:
+        vals, ords = carry
+        (val,), _, _ = rebuild(static, vals, ords)
+        return cond_fun(val)
+
+    def body(carry: tuple) -> tuple:
+        vals, ords = carry
+        (val,), u, inner = rebuild(static, vals, ords)
+        out = body_fun(val)
+        new_vals, out_ord, box = collect(static, inner, u, out)
+        _check_loop_box(box, "while_loop")
+        box_cell[:] = [box]
+        return new_vals[:len(vals)], out_ord
+
+    vals, ords = jax.lax.while_loop(cond, body, (values, extraction.ordinary))
+    return apply(extraction, box_cell[0], vals, ords)
+
+
+def _check_loop_box(box: StaticBox, name: str) -> None:
+    in_defs, out_treedef, out_defs, pre_of_post, changed, has_out_nodes, _ = box.value
+    if changed:
+        raise ValueError(f"{name}: the body changed the structure of the loop value's nodes")
+
+
+__all__ = [
+    "Carry", "StateAxes", "fori_loop", "pmap", "scan", "split_rngs", "vmap", "while_loop",
+]
