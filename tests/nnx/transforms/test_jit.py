@@ -1,0 +1,259 @@
+"""nnx.jit: write-back, identity, retracing, trace errors, and a cache that is never stale."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nnx
+
+
+class Count(nnx.Variable):
+    pass
+
+
+class Lin(nnx.Module):
+    def __init__(self, din, dout, seed=0):
+        key = jax.random.key(seed)
+        self.w = nnx.Param(jax.random.normal(key, (din, dout)))
+        self.b = nnx.Param(jnp.zeros((dout,)))
+        self.count = Count(jnp.array(0))
+
+    def __call__(self, x):
+        self.count += 1
+        return x @ self.w + self.b
+
+
+class Net(nnx.Module):
+    def __init__(self):
+        self.layers = [Lin(3, 3, 0), Lin(3, 3, 1)]
+        self.scale = 1.0
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = jnp.tanh(layer(x))
+        return x * self.scale
+
+
+def _uncached(model, x):
+    """The same computation through split/merge/update with plain jax.jit."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def f(state, x):
+        m = nnx.merge(graphdef, state)
+        y = m(x)
+        return y, nnx.state(m)
+
+    y, new_state = f(state, x)
+    nnx.update(model, new_state)
+    return y
+
+
+def test_updates_are_written_back_and_identity_kept():
+    m = Lin(3, 2)
+    w = m.w
+    f = nnx.jit(lambda m, x: m(x))
+    y = f(m, jnp.ones((1, 3)))
+    np.testing.assert_allclose(y, jnp.ones((1, 3)) @ m.w.value, rtol=1e-6)
+    assert int(m.count.value) == 1
+    f(m, jnp.ones((1, 3)))
+    assert int(m.count.value) == 2
+    assert m.w is w
+
+
+def test_returning_an_input_gives_the_same_object_and_new_modules_are_new():
+    m = Lin(3, 2)
+    assert nnx.jit(lambda m: m)(m) is m
+    new = nnx.jit(lambda k: Lin(2, 2, 1))(jnp.array(0))
+    assert isinstance(new, Lin) and new.w.shape == (2, 2)
+
+
+def test_no_retrace_on_same_structure_and_one_retrace_per_static_change():
+    traces = []
+
+    @nnx.jit
+    def f(m, x):
+        traces.append(1)
+        return m(x)
+
+    m = Net()
+    x = jnp.ones((2, 3))
+    f(m, x)
+    f(m, x)
+    assert len(traces) == 1
+    m.scale = 2.0
+    f(m, x)
+    f(m, x)
+    assert len(traces) == 2
+
+
+def test_mutating_captured_object_raises():
+    m = Lin(3, 2)
+
+    @nnx.jit
+    def f(x):
+        m.count.value = m.count.value + 1
+        return x
+
+    with pytest.raises(nnx.TraceContextError, match="Count"):
+        f(1.0)
+
+
+def test_returning_captured_module_raises():
+    m = Lin(3, 2)
+    with pytest.raises(nnx.TraceContextError, match="captured"):
+        nnx.jit(lambda x: m)(1.0)
+
+
+def test_structure_change_inside_is_carried_out():
+    m = Lin(3, 2)
+
+    @nnx.jit
+    def f(m):
+        m.extra = nnx.Param(jnp.ones(2))
+        m.sow(nnx.Intermediate, "seen", jnp.array(3.0))
+
+    f(m)
+    assert m.extra.shape == (2,)
+    assert isinstance(m.seen, nnx.Intermediate) and float(m.seen.value[0]) == 3.0
+
+
+def test_shared_variable_between_two_arguments_stays_shared():
+    a, b = Lin(3, 3), Lin(3, 3)
+    b.w = a.w
+
+    @nnx.jit
+    def f(a, b):
+        a.w.value = a.w.value + 1.0
+
+    before = np.asarray(a.w.value)
+    f(a, b)
+    assert b.w is a.w
+    np.testing.assert_allclose(b.w.value, before + 1.0)
+
+
+def test_static_argnums_and_donation():
+    m = Lin(3, 2)
+
+    @nnx.jit(static_argnums=1, donate_argnums=0)
+    def f(m, power):
+        m.w.value = m.w.value ** power
+        return m.w.value.sum()
+
+    expected = float((m.w.value ** 2).sum())
+    assert float(f(m, 2)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_method_decorator():
+    class M(nnx.Module):
+        def __init__(self):
+            self.c = Count(jnp.array(0))
+
+        @nnx.jit
+        def step(self, n):
+            self.c.value += n
+            return self.c.value
+
+    m = M()
+    assert int(m.step(2)) == 2
+    assert int(m.step(3)) == 5
+
+
+# -- the cache must never be stale: change the graph by every route between two calls ------
+
+
+def _check_equal(f, m, x):
+    reference = nnx.clone(m)
+    y = f(m, x)
+    y_ref = _uncached(reference, x)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6)
+    for (p1, v1), (p2, v2) in zip(nnx.state(m).flat_state(), nnx.state(reference).flat_state()):
+        assert p1 == p2
+        np.testing.assert_allclose(v1.value, v2.value, rtol=1e-6)
+
+
+def test_cache_follows_every_structural_route():
+    f = nnx.jit(lambda m, x: m(x))
+    m = Net()
+    x = jnp.ones((2, 3))
+    _check_equal(f, m, x)
+    m.scale = 3.0  # attribute set
+    _check_equal(f, m, x)
+    m.layers.append(Lin(3, 3, 2))  # list append
+    _check_equal(f, m, x)
+    m.layers.pop(0)  # list pop
+    _check_equal(f, m, x)
+    m.layers[0] = Lin(3, 3, 5)  # item assignment
+    _check_equal(f, m, x)
+    m.layers[0].w = nnx.Param(jnp.eye(3))  # a Variable replaced by a new one
+    _check_equal(f, m, x)
+    vars(m.layers[1])["w"] = nnx.Param(2 * jnp.eye(3))  # surgery through vars()
+    _check_equal(f, m, x)
+    m.layers[1].b.value = jnp.full((3,), 0.5)  # value change only (no retrace needed)
+    _check_equal(f, m, x)
+    del m.scale  # attribute delete: __call__ now fails the same way uncached would
+    m.scale = 1.5
+    _check_equal(f, m, x)
+
+
+def test_cache_follows_dict_mutation_and_iter_graph_surgery():
+    class D(nnx.Module):
+        def __init__(self):
+            self.blocks = {"a": Lin(3, 3, 0)}
+
+        def __call__(self, x):
+            for k in sorted(self.blocks):
+                x = self.blocks[k](x)
+            return x
+
+    f = nnx.jit(lambda m, x: m(x))
+    m = D()
+    x = jnp.ones((1, 3))
+    _check_equal(f, m, x)
+    m.blocks["b"] = Lin(3, 3, 1)
+    _check_equal(f, m, x)
+    for _, node in list(nnx.iter_graph(m)):
+        if isinstance(node, nnx.Module):
+            for name, value in list(vars(node).items()):
+                if isinstance(value, Lin):
+                    setattr(node, name, Lin(3, 3, 7))
+    for key in list(m.blocks):
+        m.blocks[key] = Lin(3, 3, 9)
+    _check_equal(f, m, x)
+
+
+def test_cache_follows_train_eval_flips():
+    class M(nnx.Module):
+        def __init__(self):
+            self.lin = nnx.Linear(3, 3, rngs=nnx.Rngs(0))
+            self.drop = nnx.Dropout(0.5, rngs=nnx.Rngs(1))
+
+        def __call__(self, x):
+            return self.drop(self.lin(x))
+
+    f = nnx.jit(lambda m, x: m(x))
+    m = M()
+    x = jnp.ones((4, 3))
+    m.eval()
+    y_eval = f(m, x)
+    np.testing.assert_allclose(y_eval, m.lin(x), rtol=1e-6)
+    m.train()
+    y_train = f(m, x)
+    assert np.any(np.asarray(y_train) == 0.0)
+    m.eval()
+    np.testing.assert_allclose(f(m, x), y_eval, rtol=1e-6)
+
+
+def test_submodule_replaced_from_callback_mid_loop():
+    f = nnx.jit(lambda m, x: m(x))
+    m = Net()
+    x = jnp.ones((2, 3))
+
+    def callback(step):
+        if step == 2:
+            m.layers[1] = Lin(3, 3, 11)
+
+    for step in range(4):
+        callback(step)
+        _check_equal(f, m, x)
