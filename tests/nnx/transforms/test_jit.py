@@ -168,7 +168,9 @@ def _check_equal(f, m, x):
     y = f(m, x)
     y_ref = _uncached(reference, x)
     np.testing.assert_allclose(y, y_ref, rtol=1e-6)
-    for (p1, v1), (p2, v2) in zip(nnx.state(m).flat_state(), nnx.state(reference).flat_state()):
+    for (p1, v1), (p2, v2) in zip(
+        nnx.state(m).flat_state(), nnx.state(reference).flat_state(), strict=True
+    ):
         assert p1 == p2
         np.testing.assert_allclose(v1.value, v2.value, rtol=1e-6)
 
