@@ -172,7 +172,9 @@ class Optimizer(Object):
     def _write_opt_state(self, new_state: Any) -> None:
         old_leaves, old_def = jax.tree.flatten(self.opt_state, is_leaf=_is_variable)
         new_leaves, new_def = jax.tree.flatten(new_state)
-        if old_def != new_def:
+        # a raw optax state (assigned back from a checkpoint) holds arrays, not OptStates
+        plain = any(isinstance(old, ARRAY_TYPES) for old in old_leaves)
+        if old_def != new_def or plain:
             metadata = {path: (var.shape, var.get_metadata()) for path, var in self._params()}
             self.opt_state = _wrap_opt_state(new_state, metadata)
             return

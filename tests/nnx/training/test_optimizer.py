@@ -199,3 +199,17 @@ def test_linear_regression_recovers_slope_and_intercept():
         optimizer.update(grads)
     np.testing.assert_allclose(float(model.w.value[0, 0]), 0.8, atol=0.05)
     np.testing.assert_allclose(float(model.b.value[0]), 0.4, atol=0.05)
+
+
+def test_raw_opt_state_assigned_back_is_rewrapped():
+    x, y = _data()
+    model = Affine(3, 2, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(0.05))
+    optimizer.update(_grads_of(model, x, y))
+    raw = jax.tree.map(
+        lambda v: v.value, optimizer.opt_state, is_leaf=lambda v: isinstance(v, nnx.Variable)
+    )
+    optimizer.opt_state = raw  # as after restoring a checkpoint of plain arrays
+    optimizer.update(_grads_of(model, x, y))
+    assert int(optimizer.opt_state[0].count.value) == 2
+    assert isinstance(optimizer.opt_state[0].mu["w"], nnx.OptState)
