@@ -72,6 +72,11 @@ class GraphDef:
         return graphdef_repr(self)
 
 
+# A GraphDef is a pytree without leaves (it is its own aux data), so it can be passed to
+# jax.jit and other JAX transforms as an ordinary argument, as in ``forward(graphdef, state)``.
+jax.tree_util.register_pytree_node(GraphDef, lambda g: ((), g), lambda g, _: g)
+
+
 # -- flatten ---------------------------------------------------------------------------
 
 

@@ -150,6 +150,20 @@ def test_graphdef_differs_for_shared_versus_separate_submodules():
     assert g_shared != g_separate
 
 
+def test_graphdef_is_a_leafless_pytree_accepted_by_jax_jit():
+    model = Linear(2, 3, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    assert jax.tree.leaves(graphdef) == []
+    assert jax.tree.map(lambda x: x, graphdef) == graphdef
+
+    @jax.jit
+    def forward(graphdef, state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    x = jnp.ones((1, 2))
+    np.testing.assert_allclose(forward(graphdef, state, x), x @ np.asarray(model.kernel.value))
+
+
 # -- filters in split / state -------------------------------------------------------------
 
 
