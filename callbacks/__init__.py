@@ -3,8 +3,10 @@
 from callbacks.base import Callback, CallbackList
 from callbacks.csv_logger import CSVLogger
 from callbacks.early_stopping import EarlyStopping
+from callbacks.history import History
 from callbacks.lambda_callback import LambdaCallback
 from callbacks.lr_scheduler import LearningRateScheduler
+from callbacks.progress import ProgressBar
 from callbacks.reduce_lr import ReduceLROnPlateau
 from callbacks.tensorboard import TensorBoard
 from callbacks.terminate_on_nan import TerminateOnNaN

@@ -1,0 +1,46 @@
+"""History: records the logs of every epoch; ``Trainer.fit`` returns it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from callbacks.base import Callback
+
+
+class History(Callback):
+    """Per-epoch logs as lists: ``history.history['loss'][i]`` is epoch ``history.epoch[i]``.
+
+    The Trainer adds one to every ``fit`` call (first in the list) and returns it.
+
+    Example::
+
+      >>> history = trainer.fit(x, y, epochs=3)
+      >>> len(history.history["loss"])
+      3
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self.history, self.epoch = {}, []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.epoch.append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+    def __repr__(self) -> str:
+        return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": {k: list(v) for k, v in self.history.items()}, "epoch": list(self.epoch)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = {k: [float(x) for x in v] for k, v in state.get("history", {}).items()}
+        self.epoch = [int(e) for e in state.get("epoch", [])]

@@ -1,0 +1,357 @@
+"""Input data for the Trainer: arrays kept on the device, or iterables of batches.
+
+A batch is ``(inputs, targets)``, ``(inputs, targets, sample_weight)``, ``(inputs,)`` or a dict
+whose parts are named by ``BatchKeys``. Arrays are placed on the device once (``ArrayData``) and
+the compiled steps gather each batch there from a permutation; any other source (a list of
+batches, a generator, grain ``MapDataset`` / ``IterDataset`` / ``DataLoader``) is an
+``IterData`` whose batches move to the device one step ahead of use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchKeys:
+    """Names of the parts of dict batches."""
+
+    inputs: Any = "x"
+    target: str = "y"
+    weight: str = "sample_weight"
+
+
+def is_array(x: Any) -> bool:
+    """Whether ``x`` is a numpy or JAX array (or another object with shape, dtype, __array__)."""
+    if isinstance(x, np.ndarray | jax.Array):
+        return True
+    return hasattr(x, "__array__") and hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _all_arrays(tree: Any) -> bool:
+    leaves = jax.tree.leaves(tree)
+    return bool(leaves) and all(is_array(v) for v in leaves)
+
+
+def _num_examples(tree: Any) -> int:
+    return int(jax.tree.leaves(tree)[0].shape[0])
+
+
+def _check_lengths(parts: dict[str, Any]) -> int:
+    sizes: dict[str, int] = {}
+    for name, tree in parts.items():
+        if tree is None:
+            continue
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            if np.ndim(leaf) == 0:
+                raise ValueError(f"{name}{jax.tree_util.keystr(path)} is a scalar; expected an array with a batch axis.")
+            sizes[f"{name}{jax.tree_util.keystr(path)}"] = int(np.shape(leaf)[0])
+    if len(set(sizes.values())) > 1:
+        shown = ", ".join(f"{k} has {v}" for k, v in sizes.items())
+        raise ValueError(f"x, y and sample_weight must have the same number of examples: {shown}.")
+    n = next(iter(sizes.values()))
+    if n == 0:
+        raise ValueError("The dataset is empty: the arrays have 0 examples.")
+    return n
+
+
+@dataclasses.dataclass
+class ArrayData:
+    """In-memory arrays, on the device, with ``n`` examples along axis 0 of every leaf."""
+
+    batch: Any
+    n: int
+
+    def take(self, start: int, stop: int) -> ArrayData:
+        return ArrayData(jax.tree.map(lambda a: a[start:stop], self.batch), stop - start)
+
+
+@dataclasses.dataclass
+class IterData:
+    """A source of ready-made batches.
+
+    ``one_shot`` sources (iterators, grain ``IterDataset``) are read as one stream across epochs;
+    others are iterated afresh each epoch. ``length`` is ``len(source)`` when known.
+    """
+
+    source: Any
+    one_shot: bool
+    length: int | None
+    class_weight: dict[int, float] | None = None
+    keys: BatchKeys = dataclasses.field(default_factory=BatchKeys)
+    _stream: Iterator[Any] | None = None
+
+    def peek(self) -> Any:
+        """The first batch, without consuming it (raises if the source is empty)."""
+        if self.one_shot:
+            if self._stream is None:
+                self._stream = iter(self.source)
+            try:
+                first = next(self._stream)
+            except StopIteration:
+                raise ValueError("The dataset is empty: its iterator yielded no batch.") from None
+            self._stream = itertools.chain([first], self._stream)
+        else:
+            try:
+                first = next(iter(self.source))
+            except StopIteration:
+                raise ValueError("The dataset is empty: iterating it yielded no batch.") from None
+        return self._prepare(first)
+
+    def epoch(self, steps: int | None, skip: int = 0) -> Iterator[Any]:
+        """Batches of one epoch: at most ``steps`` (all when None), after skipping ``skip``."""
+        if self.one_shot:
+            if self._stream is None:
+                self._stream = iter(self.source)
+            it = self._stream
+        else:
+            it = iter(self.source)
+            if skip:
+                it = itertools.islice(it, skip, None)
+        if steps is not None:
+            it = itertools.islice(it, max(steps - skip, 0))
+        return (self._prepare(b) for b in it)
+
+    def _prepare(self, batch: Any) -> Any:
+        batch = normalize_batch(batch)
+        if self.class_weight is not None:
+            _, targets, weights = batch_parts(batch, self.keys)
+            cw = class_weights(targets, self.class_weight)
+            batch = with_weights(batch, cw if weights is None else np.asarray(weights) * cw, self.keys)
+        return batch
+
+
+def normalize_batch(batch: Any) -> Any:
+    """Lists become tuples, mappings become dicts, array-likes become numpy arrays."""
+    if isinstance(batch, list | tuple) and not hasattr(batch, "_fields"):
+        return tuple(normalize_batch(b) if isinstance(b, list | tuple | dict) else _as_array(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: normalize_batch(v) if isinstance(v, list | tuple | dict) else _as_array(v) for k, v in batch.items()}
+    return jax.tree.map(_as_array, batch)
+
+
+def _as_array(x: Any) -> Any:
+    if isinstance(x, jax.Array | np.ndarray):
+        return x
+    return np.asarray(x)
+
+
+def batch_parts(batch: Any, keys: BatchKeys) -> tuple[Any, Any, Any]:
+    """Split a batch into ``(inputs, targets, sample_weight)``; absent parts are None."""
+    if isinstance(batch, dict):
+        if isinstance(keys.inputs, str):
+            inputs = batch.get(keys.inputs)
+        else:
+            inputs = tuple(batch[k] for k in keys.inputs)
+        return inputs, batch.get(keys.target), batch.get(keys.weight)
+    if isinstance(batch, tuple):
+        if len(batch) == 1:
+            return batch[0], None, None
+        if len(batch) == 2:
+            return batch[0], batch[1], None
+        if len(batch) == 3:
+            return batch
+        raise ValueError(
+            f"A batch tuple must be (inputs,), (inputs, targets) or (inputs, targets, "
+            f"sample_weight); got a tuple of {len(batch)} parts. Pack several inputs as a "
+            "tuple: ((x1, x2), y)."
+        )
+    return batch, None, None
+
+
+def with_weights(batch: Any, weights: Any, keys: BatchKeys) -> Any:
+    """The batch with its sample weights replaced by ``weights``."""
+    if isinstance(batch, dict):
+        return {**batch, keys.weight: weights}
+    inputs, targets, _ = batch_parts(batch, keys)
+    return (inputs, targets, weights)
+
+
+def class_weights(targets: Any, table: dict[int, float]) -> np.ndarray:
+    """Per-example weights looked up from integer (or one-hot) ``targets`` in ``table``."""
+    t = np.asarray(jax.device_get(targets))
+    if t.ndim == 2 and t.shape[1] > 1:
+        t = t.argmax(axis=1)
+    t = t.reshape(t.shape[0], -1)[:, 0].astype(np.int64)
+    size = max(int(t.max(initial=0)), max(table)) + 1
+    lookup = np.ones(size, np.float32)
+    for k, v in table.items():
+        lookup[int(k)] = v
+    return lookup[t]
+
+
+def _is_one_shot(x: Any) -> bool:
+    try:
+        import grain
+
+        if isinstance(x, grain.IterDataset):
+            return True
+    except ImportError:  # pragma: no cover - grain is a dependency
+        pass
+    return iter(x) is x
+
+
+def from_user(
+    x: Any,
+    y: Any = None,
+    sample_weight: Any = None,
+    class_weight: dict[int, float] | None = None,
+    *,
+    keys: BatchKeys,
+    need_targets: bool = True,
+) -> ArrayData | IterData:
+    """Normalize the Keras calling styles into ArrayData or IterData.
+
+    Args:
+      x: inputs (array, tuple or dict of arrays), a ``(x, y[, w])`` tuple, a dict batch of
+        arrays, or an iterable of batches.
+      y: targets when ``x`` holds only inputs.
+      sample_weight: per-example weights for array data.
+      class_weight: ``{class: weight}``, multiplied into the sample weights.
+      keys: names of dict batch parts.
+      need_targets: raise when no targets are found (fit).
+    """
+    if x is None:
+        raise ValueError("No data: pass x (arrays or a dataset).")
+    if y is None and not is_array(x) and not isinstance(x, dict | tuple | list):
+        if sample_weight is not None:
+            raise ValueError("sample_weight is for array data; put the weights in the dataset's batches.")
+        if not isinstance(x, Iterable):
+            raise TypeError(f"x must be arrays or an iterable of batches, got {type(x).__name__}.")
+        length = len(x) if hasattr(x, "__len__") else None
+        if length == 0:
+            raise ValueError("The dataset is empty: it has length 0.")
+        return IterData(x, _is_one_shot(x), length, class_weight, keys)
+    if y is None and isinstance(x, list | tuple) and x and not _all_arrays(x):
+        if sample_weight is not None:
+            raise ValueError("sample_weight is for array data; put the weights in the batches.")
+        return IterData(list(x), False, len(x), class_weight, keys)
+    if y is None and isinstance(x, list | tuple) and not x:
+        raise ValueError("The dataset is empty: x is an empty sequence.")
+    batch = _array_batch(x, y, sample_weight, keys, need_targets)
+    n = _check_lengths(_named_parts(batch, keys))
+    if class_weight is not None:
+        _, targets, weights = batch_parts(batch, keys)
+        cw = class_weights(targets, class_weight)
+        batch = with_weights(batch, cw if weights is None else np.asarray(weights) * cw, keys)
+    return ArrayData(jax.device_put(jax.tree.map(_as_array, batch)), n)
+
+
+def _named_parts(batch: Any, keys: BatchKeys) -> dict[str, Any]:
+    inputs, targets, weights = batch_parts(batch, keys)
+    return {"x": inputs, "y": targets, "sample_weight": weights}
+
+
+def _array_batch(x: Any, y: Any, w: Any, keys: BatchKeys, need_targets: bool) -> Any:
+    if not _all_arrays(x):
+        raise TypeError(f"x must hold arrays; got {type(x).__name__} with non-array leaves.")
+    if y is not None:
+        batch: Any = (x if not isinstance(x, list) else tuple(x), y)
+    elif isinstance(x, dict):
+        batch = dict(x)
+        if isinstance(keys.inputs, str) and keys.inputs not in batch:
+            raise KeyError(
+                f"The dict data has no input key {keys.inputs!r} (it has {sorted(batch)}); "
+                "pass Trainer(input_keys=...) or x and y separately."
+            )
+    elif isinstance(x, tuple | list) and len(x) in (2, 3):
+        batch = tuple(x)
+    else:
+        batch = (x,)
+    if w is not None:
+        batch = with_weights(batch, w, keys)
+    if need_targets and batch_parts(batch, keys)[1] is None:
+        raise ValueError(
+            "fit needs targets: pass y, a (x, y) tuple, or dict batches with the target key "
+            f"{keys.target!r}."
+        )
+    return batch
+
+
+def split_tail(data: ArrayData | IterData, fraction: float) -> tuple[ArrayData, ArrayData]:
+    """Keras's ``validation_split``: the last ``fraction`` of the (unshuffled) arrays."""
+    if not isinstance(data, ArrayData):
+        raise ValueError("validation_split needs array data; pass validation_data for datasets.")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation_split must be in (0, 1), got {fraction}.")
+    cut = int(data.n * (1.0 - fraction))
+    if cut == 0 or cut == data.n:
+        raise ValueError(
+            f"validation_split={fraction} of {data.n} examples leaves an empty training or "
+            "validation set."
+        )
+    return data.take(0, cut), data.take(cut, data.n)
+
+
+# -- inside compiled steps ---------------------------------------------------------------
+
+
+def gather(batch: Any, indices: jax.Array) -> Any:
+    """Rows ``indices`` of every leaf of an on-device batch (traced)."""
+    return jax.tree.map(lambda a: jnp.take(a, indices, axis=0, mode="clip"), batch)
+
+
+def masked_gather(batch: Any, start: jax.Array, size: int, n: jax.Array, keys: BatchKeys) -> Any:
+    """Rows ``start .. start+size`` in order; rows past ``n`` repeat the last one, weight 0."""
+    idx = start + jnp.arange(size)
+    valid = (idx < n).astype(jnp.float32)
+    rows = gather(batch, jnp.minimum(idx, n - 1))
+    _, _, weights = batch_parts(rows, keys)
+    weights = valid if weights is None else weights.astype(jnp.float32) * valid
+    if isinstance(rows, tuple) and len(rows) == 1:
+        return rows
+    return with_weights(rows, weights, keys)
+
+
+# -- host-side batch shaping --------------------------------------------------------------
+
+
+def batch_size_of(batch: Any) -> int:
+    """The leading dimension of a batch."""
+    leaves = jax.tree.leaves(batch)
+    if not leaves:
+        raise ValueError("A batch has no arrays.")
+    return int(np.shape(leaves[0])[0])
+
+
+def pad_batch(batch: Any, size: int, keys: BatchKeys, add_weights: bool = True) -> Any:
+    """Pad a batch to ``size`` rows by repeating its last row; the pad rows weigh 0."""
+    n = batch_size_of(batch)
+    pad = size - n
+
+    def grow(a: Any) -> Any:
+        a = np.asarray(a) if not isinstance(a, jax.Array) else a
+        if pad == 0:
+            return a
+        tail = jnp.repeat(a[-1:], pad, axis=0) if isinstance(a, jax.Array) else np.repeat(a[-1:], pad, axis=0)
+        return jnp.concatenate([a, tail]) if isinstance(a, jax.Array) else np.concatenate([a, tail])
+
+    padded = jax.tree.map(grow, batch)
+    if not add_weights:
+        return padded
+    valid = np.zeros(size, np.float32)
+    valid[:n] = 1.0
+    _, _, weights = batch_parts(batch, keys)
+    if weights is not None:
+        valid[:n] *= np.asarray(jax.device_get(weights), np.float32)
+    if isinstance(padded, tuple) and len(padded) == 1:
+        return padded
+    return with_weights(padded, valid, keys)
+
+
+def stack(batches: list[Any]) -> Any:
+    """Stack equal-structured host batches along a new leading axis."""
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *batches)
+
+
+def shapes_of(batch: Any) -> Any:
+    """A hashable description of a batch's structure and leaf shapes/dtypes."""
+    leaves, treedef = jax.tree.flatten(batch)
+    return treedef, tuple((tuple(np.shape(x)), str(np.asarray(x).dtype) if not hasattr(x, "dtype") else str(x.dtype)) for x in leaves)

@@ -1,0 +1,313 @@
+"""The pure pieces of the compiled steps: the model's State as flat leaves, merge and read-back,
+and the wrappers that gather a batch on the device, run a step (or ``lax.scan`` over several),
+and advance the batch position.
+
+The model is split once per ``fit``/``evaluate``/``predict`` into a ``ModelSpec`` (static: the
+GraphDefs of train and eval mode, which leaves are trained) and arrays: the trained leaves as a
+nested dict (what optax sees, shaped like ``nnx.state(model, wrt)``) and the other leaves
+(BatchNorm statistics, RNG counters, frozen parameters) as a tuple.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+import nnx
+from trainer import data as datalib
+
+Path = tuple[Any, ...]
+
+
+class TrainState(NamedTuple):
+    """Everything a compiled step reads and returns (a pytree of arrays).
+
+    Attributes:
+      params: the trained leaves, a nested dict like ``nnx.state(model, wrt).to_pure_dict()``.
+      others: the other leaves of the model, in GraphDef order.
+      opt_state: the optax state (None in evaluate / predict).
+      metrics: running ``(total, weight)`` pairs and metric-object leaves.
+      counters: int32 scalars ``step``, ``pos`` (batch index in the epoch), ``nonfinite``
+        (steps with a non-finite loss) and ``first_nonfinite`` (the first such step, or -1).
+    """
+
+    params: Any
+    others: tuple
+    opt_state: Any
+    metrics: dict
+    counters: dict
+
+
+def new_counters(step: int = 0, pos: int = 0) -> dict[str, jax.Array]:
+    """Fresh counters on the device."""
+    return {
+        "step": jnp.asarray(step, jnp.int32),
+        "pos": jnp.asarray(pos, jnp.int32),
+        "nonfinite": jnp.zeros((), jnp.int32),
+        "first_nonfinite": jnp.full((), -1, jnp.int32),
+    }
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelSpec:
+    """The static description of a split model (identity-hashed; one per split)."""
+
+    graphdef_train: Any
+    graphdef_eval: Any
+    paths: tuple[Path, ...]
+    param_order: tuple[int, ...]  # GraphDef leaf index of each trained leaf, in pytree order
+    other_index: tuple[int, ...]  # GraphDef leaf index of each other leaf
+    variables: tuple[Any, ...]  # the user's leaves (Variables or raw arrays), GraphDef order
+    train_kw: str | None  # 'train' or 'training' when the model's __call__ takes it
+
+    @property
+    def num_leaves(self) -> int:
+        return len(self.paths)
+
+    @property
+    def key(self) -> tuple:
+        """What the compiled code depends on (for the jit cache)."""
+        return (self.graphdef_train, self.graphdef_eval, self.param_order, self.other_index, self.train_kw)
+
+
+def _nest(paths: list[Path], values: list[Any]) -> dict[Any, Any]:
+    root: dict[Any, Any] = {}
+    for path, value in zip(paths, values, strict=True):
+        node = root
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return root
+
+
+def _raw(x: Any) -> Any:
+    return x.get_value() if isinstance(x, nnx.Variable) else x
+
+
+def train_keyword(model: Any) -> str | None:
+    """'train' or 'training' when ``model.__call__`` accepts that keyword, else None."""
+    if not callable(model):
+        return None
+    try:
+        params = inspect.signature(model).parameters
+    except (TypeError, ValueError):
+        return None
+    for name in ("train", "training"):
+        p = params.get(name)
+        if p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            return name
+    return None
+
+
+def _mode_attributes(model: Any) -> list[tuple[Any, str, Any]]:
+    out = []
+    if not hasattr(model, "iter_modules"):
+        return out
+    for _, module in model.iter_modules():
+        for attr in ("deterministic", "use_running_average"):
+            if attr in vars(module):
+                out.append((module, attr, vars(module)[attr]))
+    return out
+
+
+def restore_mode(saved: list[tuple[Any, str, Any]]) -> None:
+    """Put back the mode attributes recorded by ``split_model``."""
+    for module, attr, value in saved:
+        if vars(module).get(attr, object()) is not value:
+            setattr(module, attr, value)
+
+
+def split_model(model: Any, wrt: Any) -> tuple[ModelSpec, list[Any], list[tuple[Any, str, Any]]]:
+    """Split ``model`` into a ModelSpec and its leaves; also return its current mode to restore.
+
+    Sown ``nnx.Intermediate`` Variables are removed from the model first: they grow on every
+    call, so they cannot be part of a fixed State.
+    """
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"Trainer(model=...) expects an nnx.Module, got {type(model).__name__}.")
+    if len(nnx.state(model, nnx.Intermediate)):
+        nnx.pop(model, nnx.Intermediate)
+    saved = _mode_attributes(model)
+    try:
+        model.eval()
+        graphdef_eval, _ = nnx.flatten(model)
+        model.train()
+        graphdef_train, leaves = nnx.flatten(model)
+    finally:
+        restore_mode(saved)
+    paths = graphdef_train.paths
+    predicate = nnx.filters.to_predicate(wrt)
+    trained = [i for i, (p, v) in enumerate(zip(paths, leaves, strict=True)) if isinstance(v, nnx.Variable) and predicate(p, v)]
+    if not trained:
+        kinds = sorted({type(v).__name__ for v in leaves})
+        raise ValueError(
+            f"Trainer(wrt={wrt!r}) matches no Variable of {type(model).__name__}; its leaves are "
+            f"of types {kinds}. Pass a filter that selects the Variables to train (e.g. nnx.Param)."
+        )
+    index_tree = _nest([paths[i] for i in trained], trained)
+    param_order = tuple(jax.tree.leaves(index_tree))
+    others = tuple(i for i in range(len(leaves)) if i not in set(trained))
+    spec = ModelSpec(
+        graphdef_train, graphdef_eval, tuple(paths), param_order, others, tuple(leaves), train_keyword(model)
+    )
+    return spec, leaves, saved
+
+
+def initial_arrays(spec: ModelSpec, copy: bool) -> tuple[dict, tuple]:
+    """The trained leaves as a nested dict and the other leaves, copied when ``copy``."""
+    values = [_raw(v) for v in spec.variables]
+    if copy:
+        values = [jnp.array(v, copy=True) if hasattr(v, "shape") else v for v in values]
+    params = _nest([spec.paths[i] for i in spec.param_order], [values[i] for i in spec.param_order])
+    return params, tuple(values[i] for i in spec.other_index)
+
+
+def write_back(spec: ModelSpec, params: Any, others: tuple) -> None:
+    """Write arrays into the user's Variables (in place, identities kept)."""
+    for i, value in zip(spec.param_order, jax.tree.leaves(params), strict=True):
+        spec.variables[i].set_value(value)
+    for i, value in zip(spec.other_index, others, strict=True):
+        var = spec.variables[i]
+        if isinstance(var, nnx.Variable):
+            var.set_value(value)
+
+
+def merge(spec: ModelSpec, params: Any, others: tuple, training: bool) -> Any:
+    """A fresh model (inside a trace) from the arrays; ``training`` picks the GraphDef."""
+    leaves: list[Any] = [None] * spec.num_leaves
+    for i, value in zip(spec.param_order, jax.tree.leaves(params), strict=True):
+        leaves[i] = value
+    for i, value in zip(spec.other_index, others, strict=True):
+        leaves[i] = value
+    graphdef = spec.graphdef_train if training else spec.graphdef_eval
+    return nnx.unflatten(graphdef, leaves)
+
+
+def read_others(spec: ModelSpec, model: Any) -> tuple:
+    """The current values of the non-trained leaves of a merged model (sown Variables dropped)."""
+    graphdef, leaves = nnx.flatten(model)
+    by_path = dict(zip(graphdef.paths, leaves, strict=True))
+    out = []
+    for i in spec.other_index:
+        path = spec.paths[i]
+        if path not in by_path:
+            raise ValueError(
+                f"The model lost its Variable at '{'/'.join(map(str, path))}' during a step; "
+                "a step may change Variable values but not remove them."
+            )
+        out.append(_raw(by_path[path]))
+    return tuple(out)
+
+
+def call_model(model: Any, inputs: Any, train_kw: str | None, training: bool) -> Any:
+    """Call the model: tuple inputs are positional, a dict is keywords, anything else one arg."""
+    kwargs = {train_kw: training} if train_kw else {}
+    if isinstance(inputs, tuple):
+        return model(*inputs, **kwargs)
+    if isinstance(inputs, dict):
+        return model(**inputs, **kwargs)
+    return model(inputs, **kwargs)
+
+
+def weighted_mean(values: jax.Array, weights: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """``(sum(w * v) / sum(w), sum(w))``; 0 (not NaN) when every weight is 0."""
+    if values.ndim == 0:
+        total = jnp.asarray(1.0, jnp.float32) if weights is None else jnp.sum(weights).astype(jnp.float32)
+        return values, total
+    if weights is None:
+        return jnp.mean(values), jnp.asarray(values.shape[0], jnp.float32)
+    w = jnp.asarray(weights, jnp.float32).reshape(values.shape[0], *([1] * (values.ndim - 1)))
+    w = jnp.broadcast_to(w, values.shape)
+    total = jnp.sum(w)
+    safe = jnp.where(total == 0, 1.0, total)
+    weight_total = jnp.sum(jnp.asarray(weights, jnp.float32))
+    return jnp.sum(values * w) / safe, weight_total
+
+
+# -- wrappers compiled by the Trainer -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Gather:
+    """How a step takes its batch from on-device arrays: ``size`` rows from position
+    ``pos * stride`` of a permutation (fit) or in order with masking past ``n`` (evaluate)."""
+
+    size: int
+    stride: int
+    masked: bool
+
+
+def _take(data: Any, perm: Any, n: Any, pos: jax.Array, gather: Gather, keys: datalib.BatchKeys) -> Any:
+    start = pos * gather.stride
+    if gather.masked:
+        return datalib.masked_gather(data, start, gather.size, n, keys)
+    idx = jax.lax.dynamic_slice(perm, (start,), (gather.size,))
+    return datalib.gather(data, idx)
+
+
+def make_train_fn(
+    step: Callable[[TrainState, Any], tuple[TrainState, dict]],
+    *,
+    gather: Gather | None,
+    fused: int,
+    with_logs: bool,
+    keys: datalib.BatchKeys,
+) -> Callable[..., tuple[TrainState, Any]]:
+    """A pure ``(state, data, perm) -> (state, logs)`` running ``step`` once or ``fused`` times.
+
+    ``data`` is the whole on-device dataset when ``gather`` is set (the batch is taken at
+    ``counters['pos']``), else one batch, or ``fused`` stacked batches.
+    """
+
+    def one(state: TrainState, data: Any, perm: Any) -> tuple[TrainState, Any]:
+        pos = state.counters["pos"]
+        batch = data if gather is None else _take(data, perm, None, pos, gather, keys)
+        state, logs = step(state, batch)
+        state = state._replace(counters={**state.counters, "pos": pos + 1})
+        return state, (logs if with_logs else None)
+
+    if fused <= 1:
+        return one
+
+    def scanned(state: TrainState, data: Any, perm: Any) -> tuple[TrainState, Any]:
+        if gather is None:
+            return jax.lax.scan(lambda s, b: one(s, b, None), state, data)
+        return jax.lax.scan(lambda s, _: one(s, data, perm), state, None, length=fused)
+
+    return scanned
+
+
+def make_eval_fn(
+    step: Callable[[TrainState, Any], tuple[TrainState, dict]],
+    *,
+    gather: Gather | None,
+    with_logs: bool,
+    keys: datalib.BatchKeys,
+) -> Callable[..., tuple[TrainState, Any]]:
+    """A pure ``(state, data, perm, n) -> (state, logs)`` for one evaluation batch."""
+
+    def run(state: TrainState, data: Any, perm: Any, n: Any) -> tuple[TrainState, Any]:
+        pos = state.counters["pos"]
+        batch = data if gather is None else _take(data, perm, n, pos, gather, keys)
+        state, logs = step(state, batch)
+        state = state._replace(counters={**state.counters, "pos": pos + 1})
+        return state, (logs if with_logs else None)
+
+    return run
+
+
+def make_predict_fn(
+    step: Callable[[TrainState, Any], Any], *, gather: Gather | None, keys: datalib.BatchKeys
+) -> Callable[..., Any]:
+    """A pure ``(state, data, perm, n, pos) -> outputs`` for one prediction batch."""
+
+    def run(state: TrainState, data: Any, perm: Any, n: Any, pos: Any) -> Any:
+        batch = data if gather is None else _take(data, perm, n, pos, gather, keys)
+        return step(state, batch)
+
+    return run

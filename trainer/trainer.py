@@ -1,0 +1,652 @@
+"""Trainer: Keras-style ``fit`` / ``evaluate`` / ``predict`` over an nnx Module and optax.
+
+The loop logic (epochs, callbacks, logs) lives here; the compiled steps are pure functions of a
+``TrainState`` (see ``steps.py``) built from the overridable ``compute_loss``, ``train_step``,
+``eval_step`` and ``predict_step``. The loops themselves are in ``loops.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import nnx
+from callbacks.base import Callback, CallbackList
+from callbacks.history import History
+from callbacks.progress import ProgressBar
+from trainer import data as datalib
+from trainer import losses as losslib
+from trainer import lr as lrlib
+from trainer import metrics as metriclib
+from trainer import steps as steplib
+from trainer.loops import Loops
+from trainer.steps import TrainState
+
+
+def _overridden(obj: Any, name: str) -> bool:
+    return getattr(type(obj), name) is not getattr(Trainer, name)
+
+
+def _unwrap(tree: Any) -> Any:
+    return jax.tree.map(
+        lambda v: v.get_value() if isinstance(v, nnx.Variable) else v,
+        tree,
+        is_leaf=lambda v: isinstance(v, nnx.Variable),
+    )
+
+
+class Trainer(Loops):
+    """Compiled training, evaluation and prediction for an nnx Module.
+
+    Args:
+      model: the ``nnx.Module`` to train; it is kept up to date in place.
+      optimizer: an optax ``GradientTransformation``, or an ``nnx.Optimizer`` of ``model``.
+      loss: None (``model.loss`` or inferred from the first batch), a built-in name, or a
+        callable ``loss(predictions, targets)`` in optax's argument order (Keras's is the
+        reverse) returning one loss per example.
+      metrics: metric names ("accuracy", "top_k_accuracy", "mae", "mse") or nnx.metrics objects.
+      callbacks: callbacks used by every call (``fit`` may add more).
+      seed: seeds the per-epoch shuffle (a pure function of ``(seed, epoch)``).
+      steps_per_execution: steps fused into one compiled call with ``lax.scan``.
+      wrt: a filter choosing the Variables to train; the rest are frozen.
+      donate: donate the state buffers to each step (the Trainer owns copies).
+      input_keys, target_key, weight_key: the parts of dict batches.
+
+    Example::
+
+      >>> trainer = Trainer(model, optax.adam(1e-3), metrics=("accuracy",))
+      >>> history = trainer.fit(x, y, epochs=5, validation_split=0.2)
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        optimizer: Any,
+        *,
+        loss: Any = None,
+        metrics: Any = None,
+        callbacks: Any = None,
+        seed: int = 0,
+        steps_per_execution: int = 1,
+        wrt: Any = nnx.Param,
+        donate: bool = True,
+        input_keys: Any = "x",
+        target_key: str = "y",
+        weight_key: str = "sample_weight",
+    ):
+        if not isinstance(model, nnx.Module):
+            raise TypeError(f"Trainer(model=...) expects an nnx.Module, got {type(model).__name__}.")
+        self._nnx_optimizer = None
+        if hasattr(optimizer, "tx") and hasattr(optimizer, "model") and not hasattr(optimizer, "init"):
+            if optimizer.model is not model:
+                raise ValueError(
+                    f"Trainer(optimizer=...): the nnx.Optimizer was created for another model "
+                    f"({type(optimizer.model).__name__} at {id(optimizer.model):#x}), not this "
+                    f"{type(model).__name__} at {id(model):#x}. Pass nnx.Optimizer(model, tx) "
+                    "for this model, or the optax transformation itself."
+                )
+            self._nnx_optimizer = optimizer
+            wrt = getattr(optimizer, "wrt", wrt)
+            tx = optimizer.tx
+        elif hasattr(optimizer, "init") and hasattr(optimizer, "update"):
+            tx = optimizer
+        else:
+            raise TypeError(
+                f"Trainer(optimizer=...) expects an optax GradientTransformation or an "
+                f"nnx.Optimizer, got {type(optimizer).__name__}."
+            )
+        if int(steps_per_execution) < 1:
+            raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}.")
+        self._model = model
+        self._user_optimizer = optimizer
+        self._tx = tx
+        self._wrt = wrt
+        self.seed = int(seed)
+        self.steps_per_execution = int(steps_per_execution)
+        self.donate = bool(donate)
+        self._keys = datalib.BatchKeys(input_keys, target_key, weight_key)
+        self._loss_arg = loss
+        self._loss_name: str | None = None
+        self._loss_fn: Callable[..., jax.Array] | None = None
+        self._maskable = True
+        if loss is not None:
+            self._loss_name, self._loss_fn = losslib.get_loss(loss)
+        self._metric_specs = metriclib.resolve_metrics(metrics)
+        self._aux_keys: tuple[str, ...] | None = None
+        self._callbacks = list(callbacks or [])
+        self._full_tx: optax.GradientTransformation | None = None
+        self._opt_state: Any = None
+        self._opt_params_def: Any = None
+        self._jits: dict[Any, Any] = {}
+        self._ctx: tuple[Any, bool] | None = None
+        self._spec: steplib.ModelSpec | None = None
+        self._state: TrainState | None = None
+        self._written: list[Any] = []
+        self._saved_mode: list[Any] = []
+        self._last_batch: Any = None
+        self._interrupted = False
+        self.history: History | None = None
+        self.stop_training = False
+        self.step = 0
+        self.epoch = 0
+        self._batch_in_epoch = 0
+        self._epoch_complete = False
+
+    # -- public attributes -------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        """The user's model object, current whenever a callback runs and after every call."""
+        if self._state is not None:
+            self._sync()
+        return self._model
+
+    @property
+    def optimizer(self) -> Any:
+        """The optimizer given to the Trainer (an optax transformation or ``nnx.Optimizer``)."""
+        return self._user_optimizer
+
+    @property
+    def learning_rate(self) -> float | None:
+        """The ``learning_rate`` of an ``inject_hyperparams`` optimizer; None for others."""
+        hyper = lrlib.find_hyperparams(self._live_opt_state())
+        return None if hyper is None else float(hyper["learning_rate"])
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        lrlib.set_learning_rate(self._live_opt_state(), value)
+
+    @property
+    def lr_scale(self) -> float:
+        """The multiplier chained after the optimizer (1.0 unless changed); see ``lr.py``."""
+        node = lrlib.find_lr_scale(self._live_opt_state())
+        return 1.0 if node is None else float(node.scale)
+
+    @lr_scale.setter
+    def lr_scale(self, value: float) -> None:
+        opt_state = self._live_opt_state()
+        if lrlib.find_lr_scale(opt_state) is None:
+            raise AttributeError(
+                "This optimizer was built with optax.inject_hyperparams; set "
+                "trainer.learning_rate instead of trainer.lr_scale."
+            )
+        new = lrlib.replace_lr_scale(opt_state, value)
+        if self._state is not None:
+            self._state = self._state._replace(opt_state=new)
+        self._opt_state = new
+
+    def _live_opt_state(self) -> Any:
+        if self._state is not None and self._state.opt_state is not None:
+            return self._state.opt_state
+        if self._opt_state is None:
+            spec, _, _ = steplib.split_model(self._model, self._wrt)
+            self._ensure_optimizer(spec, steplib.initial_arrays(spec, copy=False)[0])
+        return self._opt_state
+
+    # -- overridable pure pieces ---------------------------------------------------------
+    def call_model(self, model: Any, inputs: Any) -> Any:
+        """Call ``model`` on ``inputs`` in the step's mode (passes ``train=``/``training=``)."""
+        spec, training = self._context()
+        return steplib.call_model(model, inputs, spec.train_kw, training)
+
+    def compute_loss(self, model: Any, batch: Any) -> tuple[jax.Array, dict[str, Any]]:
+        """The batch's loss and an aux dict (compiled; override for full control).
+
+        The default calls the model on the batch's inputs and takes the weighted mean of the
+        per-example loss. Scalar aux entries appear in the logs; ``aux['predictions']`` (when
+        present) feeds the metrics.
+
+        Args:
+          model: the model, merged inside the trace in the step's mode.
+          batch: the batch as given (tuple or dict).
+        """
+        inputs, targets, weights = datalib.batch_parts(batch, self._keys)
+        predictions = self.call_model(model, inputs)
+        per_example = self._loss_fn(predictions, targets)
+        loss, _ = steplib.weighted_mean(per_example, weights)
+        return loss, {"predictions": predictions, "per_example_loss": per_example}
+
+    def train_step(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One optimization step (pure, compiled): loss, gradients, optax update, metrics."""
+        spec, _ = self._context()
+
+        def loss_of(params: Any) -> tuple[jax.Array, tuple[dict, tuple]]:
+            model = steplib.merge(spec, params, state.others, training=True)
+            loss, aux = self.compute_loss(model, batch)
+            return loss, (aux, steplib.read_others(spec, model))
+
+        (loss, (aux, others)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        updates, opt_state = self._full_tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        state = state._replace(params=params, others=others, opt_state=opt_state)
+        state = self.update_metrics(state, batch, loss, aux)
+        return state, self.compute_logs(state)
+
+    def eval_step(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One evaluation step (pure, compiled): the loss and metrics in eval mode."""
+        spec, _ = self._context()
+        model = steplib.merge(spec, state.params, state.others, training=False)
+        loss, aux = self.compute_loss(model, batch)
+        state = self.update_metrics(state, batch, loss, aux)
+        return state, self.compute_logs(state)
+
+    def predict_step(self, state: TrainState, batch: Any) -> Any:
+        """The model's outputs for one batch (pure, compiled, eval mode)."""
+        spec, _ = self._context()
+        model = steplib.merge(spec, state.params, state.others, training=False)
+        return self.call_model(model, datalib.batch_parts(batch, self._keys)[0])
+
+    def update_metrics(self, state: TrainState, batch: Any, loss: jax.Array, aux: dict) -> TrainState:
+        """Add a batch to the running metrics and count a non-finite loss (pure)."""
+        _, targets, weights = datalib.batch_parts(batch, self._keys)
+        if weights is not None:
+            weight_total = jnp.sum(jnp.asarray(weights, jnp.float32))
+        else:
+            weight_total = jnp.asarray(datalib.batch_size_of(batch), jnp.float32)
+        metrics = metriclib.update_state(
+            self._metric_specs,
+            state.metrics,
+            loss=loss,
+            weight_total=weight_total,
+            aux=aux,
+            predictions=aux.get("predictions"),
+            targets=targets,
+            weights=weights,
+            per_example_loss=aux.get("per_example_loss"),
+        )
+        c = state.counters
+        bad = ~jnp.isfinite(loss)
+        counters = {
+            **c,
+            "step": c["step"] + 1,
+            "nonfinite": c["nonfinite"] + bad.astype(jnp.int32),
+            "first_nonfinite": jnp.where(bad & (c["first_nonfinite"] < 0), c["step"], c["first_nonfinite"]),
+        }
+        return state._replace(metrics=metrics, counters=counters)
+
+    def compute_logs(self, state: TrainState) -> dict[str, jax.Array]:
+        """The running values of loss and metrics (pure)."""
+        logs = metriclib.results(self._metric_specs, state.metrics)
+        logs["_nonfinite"] = state.counters["nonfinite"]
+        return logs
+
+    def _context(self) -> tuple[steplib.ModelSpec, bool]:
+        if self._ctx is None:
+            raise RuntimeError("Trainer steps run only inside the Trainer's compiled calls.")
+        return self._ctx
+
+    @contextlib.contextmanager
+    def _tracing(self, spec: steplib.ModelSpec, training: bool) -> Iterator[None]:
+        previous, self._ctx = self._ctx, (spec, training)
+        try:
+            yield
+        finally:
+            self._ctx = previous
+
+    def _in_context(self, fn: Callable[..., Any], spec: steplib.ModelSpec, training: bool) -> Callable[..., Any]:
+        def wrapped(*args: Any) -> Any:
+            with self._tracing(spec, training):
+                return fn(*args)
+
+        return wrapped
+
+    # -- preparation (before any compile) -----------------------------------------------
+    def _begin(self, training: bool) -> None:
+        """Split the model, copy its arrays, and switch the user's model to the call's mode."""
+        spec, _, saved = steplib.split_model(self._model, self._wrt)
+        self._spec = spec
+        self._saved_mode = saved
+        params, others = steplib.initial_arrays(spec, copy=self.donate)
+        opt_state = self._ensure_optimizer(spec, params) if training else None
+        self._state = TrainState(params, others, opt_state, {}, steplib.new_counters(self.step))
+        self._written = [v.get_value() if isinstance(v, nnx.Variable) else v for v in spec.variables]
+        if training:
+            self._model.train()
+        else:
+            self._model.eval()
+
+    def _end(self) -> None:
+        """Write the state back into the model and restore its previous mode."""
+        if self._state is None:
+            return
+        if not any(getattr(a, "is_deleted", lambda: False)() for a in jax.tree.leaves(self._state.params)):
+            self._sync()
+        if self._state.opt_state is not None:
+            self._opt_state = self._state.opt_state
+            self._write_nnx_optimizer()
+        self._state = None
+        steplib.restore_mode(self._saved_mode)
+
+    def _ensure_optimizer(self, spec: steplib.ModelSpec, params: Any) -> Any:
+        params_def = jax.tree.structure(params), tuple(jnp.shape(p) for p in jax.tree.leaves(params))
+        if self._opt_state is not None and params_def == self._opt_params_def:
+            return self._opt_state
+        base_state = self._tx.init(params)
+        if self._nnx_optimizer is not None:
+            from_opt = _unwrap(self._nnx_optimizer.opt_state)
+            if jax.tree.structure(from_opt) == jax.tree.structure(base_state):
+                base_state = from_opt
+        if lrlib.find_hyperparams(base_state) is not None:
+            self._full_tx, state = self._tx, base_state
+        else:
+            self._full_tx = optax.chain(self._tx, lrlib.scale_by_lr_scale())
+            state = (base_state, lrlib.scale_by_lr_scale().init(params))
+        # distinct buffers everywhere, so that donation never sees one buffer twice
+        self._opt_state = jax.tree.map(lambda a: jnp.array(a, copy=True), state)
+        self._opt_params_def = params_def
+        return self._opt_state
+
+    def _write_nnx_optimizer(self) -> None:
+        opt = self._nnx_optimizer
+        if opt is None or self._opt_state is None:
+            return
+        inner = self._opt_state if self._full_tx is self._tx else self._opt_state[0]
+        targets, treedef = jax.tree.flatten(opt.opt_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+        values, new_def = jax.tree.flatten(inner)
+        if len(targets) == len(values):
+            for var, value in zip(targets, values, strict=True):
+                if isinstance(var, nnx.Variable):
+                    var.set_value(value)
+        opt.step.set_value(jnp.asarray(self.step, opt.step.get_value().dtype))
+
+    def _prepare(self, batch: Any, training: bool, verbose: int) -> None:
+        """Choose and check the loss on the first batch (shapes only: no compile)."""
+        spec, state = self._spec, self._state
+        inputs, targets, _ = datalib.batch_parts(batch, self._keys)
+        if _overridden(self, "compute_loss"):
+            self._maskable = False
+            if self._aux_keys is None:
+                self._aux_keys = self._trace_aux_keys(batch)
+            self._init_metrics()
+            return
+        self._aux_keys = ()
+        if targets is None:
+            raise ValueError(
+                "The batches hold no targets: pass y, (x, y) batches, or dict batches with the "
+                f"key {self._keys.target!r} (Trainer(target_key=...))."
+            )
+
+        def forward(params: Any, others: tuple, inputs: Any) -> Any:
+            with self._tracing(spec, training):
+                return self.call_model(steplib.merge(spec, params, others, training), inputs)
+
+        predictions = jax.eval_shape(forward, state.params, state.others, inputs)
+        if self._loss_fn is None:
+            model_loss = getattr(self._model, "loss", None)
+            if callable(model_loss) and not isinstance(model_loss, nnx.Module):
+                self._loss_name, self._loss_fn = "model.loss", model_loss
+            else:
+                name = losslib.infer_loss(predictions, targets)
+                self._loss_name, self._loss_fn = name, losslib.LOSSES[name]
+                if verbose:
+                    print(
+                        f"Trainer: loss={name!r} ({losslib.describe(name)}), inferred from "
+                        f"predictions {tuple(predictions.shape)} and targets "
+                        f"{tuple(np.shape(targets))} {np.dtype(targets.dtype).name}; pass "
+                        "loss=... to choose another."
+                    )
+        if self._loss_fn is losslib.LOSSES.get(self._loss_name):
+            losslib.check_targets(self._loss_name, predictions, targets)
+        target_spec = jax.ShapeDtypeStruct(np.shape(targets), targets.dtype)
+        out = jax.eval_shape(self._loss_fn, predictions, target_spec)
+        self._maskable = getattr(out, "ndim", 0) >= 1 and all(
+            "mask" in _update_params(s) for s in self._metric_specs if s.graphdef is not None
+        )
+        self._init_metrics()
+
+    def _trace_aux_keys(self, batch: Any) -> tuple[str, ...]:
+        spec, state = self._spec, self._state
+
+        def run(params: Any, others: tuple, batch: Any) -> Any:
+            with self._tracing(spec, True):
+                model = steplib.merge(spec, params, others, training=True)
+                return self.compute_loss(model, batch)[1]
+
+        aux = jax.eval_shape(run, state.params, state.others, batch)
+        return tuple(sorted(k for k, v in aux.items() if getattr(v, "shape", None) == () and not k.startswith("_")))
+
+    def _init_metrics(self) -> None:
+        self._state = self._state._replace(metrics=self._fresh_metrics())
+
+    def _fresh_metrics(self) -> dict[str, Any]:
+        state = metriclib.init_state(self._metric_specs, self._aux_keys or ())
+        return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
+
+    # -- keeping the user's model current ---------------------------------------------
+    def _sync(self) -> None:
+        """Write the live state into the user's Variables (skipped when already there)."""
+        spec, state = self._spec, self._state
+        if state is None:
+            return
+        steplib.write_back(spec, state.params, state.others)
+        self._written = [v.get_value() if isinstance(v, nnx.Variable) else v for v in spec.variables]
+
+    def _pull_changes(self) -> None:
+        """Take back values that a callback wrote into the model (e.g. restored weights)."""
+        spec, state = self._spec, self._state
+        if state is None:
+            return
+        changed = [
+            i for i, v in enumerate(spec.variables)
+            if isinstance(v, nnx.Variable) and v.get_value() is not self._written[i]
+        ]
+        if not changed:
+            return
+        params, others = steplib.initial_arrays(spec, copy=self.donate)
+        self._state = state._replace(params=params, others=others)
+        self._written = [v.get_value() if isinstance(v, nnx.Variable) else v for v in spec.variables]
+
+    # -- compiled functions ------------------------------------------------------------
+    def _compiled(self, kind: str, **options: Any) -> Any:
+        spec = self._spec
+        key = (kind, spec.key, self._loss_name, self._maskable, tuple(sorted(options.items())))
+        fn = self._jits.get(key)
+        if fn is not None:
+            return fn
+        if kind == "train":
+            pure = steplib.make_train_fn(self._in_context(self.train_step, spec, True), keys=self._keys, **options)
+            fn = jax.jit(pure, donate_argnums=(0,) if self.donate else ())
+        elif kind == "eval":
+            pure = steplib.make_eval_fn(self._in_context(self.eval_step, spec, False), keys=self._keys, **options)
+            fn = jax.jit(pure)
+        elif kind == "predict":
+            pure = steplib.make_predict_fn(self._in_context(self.predict_step, spec, False), keys=self._keys, **options)
+            fn = jax.jit(pure)
+        elif kind == "logs":
+            fn = jax.jit(lambda metrics, counters: self.compute_logs(TrainState(None, (), None, metrics, counters)))
+        else:  # pragma: no cover - internal
+            raise ValueError(kind)
+        self._jits[key] = fn
+        return fn
+
+    # -- callbacks ----------------------------------------------------------------------
+    def _callback_list(self, extra: Any, verbose: int, mode: str) -> tuple[CallbackList, bool]:
+        cbs = [*self._callbacks, *(extra or [])]
+        if mode == "fit":
+            self.history = History()
+            cbs.insert(0, self.history)
+        if verbose and not any(isinstance(c, ProgressBar) for c in cbs):
+            cbs.append(ProgressBar(verbose=verbose))
+        if not verbose:
+            cbs = [c for c in cbs if not isinstance(c, ProgressBar)]
+        for c in cbs:
+            if not isinstance(c, Callback):
+                raise TypeError(f"callbacks must be callbacks.Callback instances, got {type(c).__name__}.")
+        return CallbackList(cbs, trainer=self), True
+
+    @staticmethod
+    def _needs_logs(cbs: CallbackList, mode: str) -> bool:
+        hooks = (f"on_{mode}_batch_begin", f"on_{mode}_batch_end")
+        return any(c.overrides(h) and not getattr(c, "pulls_batch_logs", False) for c in cbs for h in hooks)
+
+    def batch_logs(self) -> dict[str, float]:
+        """The running logs of the call in progress, fetched from the device (a host sync)."""
+        if self._state is None or not self._state.metrics:
+            return {}
+        fn = self._compiled("logs")
+        return self._host_logs(fn(self._state.metrics, self._state.counters))
+
+    def _host_logs(self, logs: dict[str, Any], index: int | None = None) -> dict[str, float]:
+        values = jax.device_get(logs)
+        out: dict[str, float] = {}
+        order = ["loss", *(s.name for s in self._metric_specs)]
+        for k, v in sorted(values.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+            v = np.asarray(v)
+            if index is not None:
+                v = v[index]
+            if k == "_nonfinite":
+                if int(v) > 0:
+                    out["nonfinite_steps"] = float(v)
+                continue
+            out[k] = float(v)
+        return out
+
+    # -- checkpoints -------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """A pytree (arrays and Python scalars) of everything needed to resume exactly.
+
+        Keys: ``model`` (pure nested dict of the model's State), ``optimizer`` (optax state
+        leaves keyed ``'0000'``...), ``step``, ``epoch`` and ``batch`` (the next batch to run),
+        ``rng`` (the shuffle key's data), ``metrics`` (running sums of the epoch in progress).
+        """
+        model = self.model  # synced
+        opt_state = self._live_opt_state()
+        leaves = [jnp.array(x, copy=True) for x in jax.tree.leaves(opt_state)]
+        epoch, batch = (self.epoch + 1, 0) if self._epoch_complete else (self.epoch, self._batch_in_epoch)
+        tree: dict[str, Any] = {
+            "model": jax.tree.map(lambda a: jnp.array(a, copy=True), nnx.state(model).to_pure_dict()),
+            "optimizer": {f"{i:04d}": v for i, v in enumerate(leaves)},
+            "step": int(self.step),
+            "epoch": int(epoch),
+            "batch": int(batch),
+            "rng": np.asarray(jax.random.key_data(jax.random.key(self.seed))),
+        }
+        if self._state is not None and self._state.metrics and not self._epoch_complete:
+            tree["metrics"] = {
+                f"{i:04d}": jnp.array(x, copy=True) for i, x in enumerate(jax.tree.leaves(self._state.metrics))
+            }
+        return tree
+
+    def load_checkpoint_state(self, tree: dict[str, Any]) -> None:
+        """Restore what ``checkpoint_state`` returned (works inside ``on_train_begin``)."""
+        flat_model = {"/".join(map(str, p)): v for p, v in nnx.State.flatten_mapping(tree["model"]).items()}
+        current = nnx.state(self._model)
+        missing = []
+        for path, var in current.flat_state():
+            key = "/".join(map(str, path))
+            if key not in flat_model:
+                missing.append(key)
+                continue
+            value = jnp.asarray(flat_model[key])
+            if value.shape != jnp.shape(var.get_value()):
+                raise ValueError(
+                    f"load_checkpoint_state: '{key}' has shape {value.shape} in the checkpoint "
+                    f"but {jnp.shape(var.get_value())} in the model."
+                )
+            var.set_value(value)
+        if missing:
+            raise KeyError(f"load_checkpoint_state: the checkpoint lacks {missing[:5]} (and {max(len(missing) - 5, 0)} more).")
+        opt_state = self._live_opt_state()
+        treedef = jax.tree.structure(opt_state)
+        saved = tree["optimizer"]
+        values = [saved[k] for k in sorted(saved)] if isinstance(saved, dict) else jax.tree.leaves(saved)
+        if len(values) != treedef.num_leaves:
+            raise ValueError(
+                f"load_checkpoint_state: the optimizer state has {treedef.num_leaves} arrays, the "
+                f"checkpoint {len(values)}; was it saved with the same optimizer?"
+            )
+        old = jax.tree.leaves(opt_state)
+        new_opt = jax.tree.unflatten(treedef, [jnp.asarray(v, dtype=jnp.asarray(o).dtype) for v, o in zip(values, old, strict=True)])
+        self._opt_state = new_opt
+        self.step = int(tree["step"])
+        self.epoch = int(tree["epoch"])
+        self._batch_in_epoch = int(tree["batch"])
+        self._epoch_complete = False
+        if self._state is not None:
+            params, others = steplib.initial_arrays(self._spec, copy=self.donate)
+            metrics = self._state.metrics
+            if "metrics" in tree and metrics:
+                saved_m = tree["metrics"]
+                mdef = jax.tree.structure(metrics)
+                metrics = jax.tree.unflatten(mdef, [jnp.asarray(saved_m[k]) for k in sorted(saved_m)])
+            self._state = TrainState(
+                params, others,
+                new_opt if self._state.opt_state is not None else None,
+                metrics,
+                steplib.new_counters(self.step, self._batch_in_epoch),
+            )
+            self._written = [v.get_value() if isinstance(v, nnx.Variable) else v for v in self._spec.variables]
+
+    # -- summary ----------------------------------------------------------------------
+    def summary(self, *example_inputs: Any) -> None:
+        """Print the per-layer table of ``nnx.tabulate`` (or parameter counts without it).
+
+        Without inputs it uses the first batch seen, or lists parameters only before any.
+        """
+        inputs = example_inputs
+        if not inputs and self._last_batch is not None:
+            first = datalib.batch_parts(self._last_batch, self._keys)[0]
+            inputs = first if isinstance(first, tuple) else (first,)
+        tabulate = getattr(nnx, "tabulate", None)
+        if tabulate is not None:
+            print(tabulate(self._model, *inputs))
+            return
+        total = 0
+        lines = [f"{type(self._model).__name__}"]
+        for path, var in nnx.state(self._model).flat_state():
+            value = var.get_value() if isinstance(var, nnx.Variable) else var
+            size = int(np.prod(np.shape(value)))
+            if isinstance(var, nnx.Param):
+                total += size
+            lines.append(f"  {'/'.join(map(str, path)):<40} {type(var).__name__:<12} {tuple(np.shape(value))}")
+        lines.append(f"Total parameters: {total:,}")
+        print("\n".join(lines))
+
+    # -- interrupts --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _catch_interrupt(self) -> Iterator[None]:
+        """Turn the first SIGINT into a request to stop after the current step."""
+        self._interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is not signal.default_int_handler:
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            self._interrupted = True
+            self.stop_training = True
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts at once
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if self._interrupted:
+                print(
+                    f"Trainer: interrupted; stopped after step {self.step} (epoch {self.epoch}). "
+                    "The model holds the last completed step.",
+                    file=sys.stderr,
+                )
+
+
+def _update_params(spec: metriclib.MetricSpec) -> set[str]:
+    import inspect
+
+    metric = nnx.unflatten(spec.graphdef, list(spec.initial))
+    try:
+        params = inspect.signature(metric.update).parameters
+    except (TypeError, ValueError):
+        return set()
+    return set(params)
