@@ -58,7 +58,7 @@ class State(MutableMapping):
         return key in self._mapping
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
+        if name.startswith("__") or name == "_mapping":  # _mapping unset: not initialised yet
             raise AttributeError(name)
         try:
             return self._mapping[name]
@@ -74,6 +74,11 @@ class State(MutableMapping):
         del self[name]
 
     __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple:
+        # Rebuild through __init__: the default slot restore would go through __setattr__,
+        # which stores keys in the mapping.
+        return (State, (self._mapping,))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mapping):

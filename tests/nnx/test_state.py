@@ -1,6 +1,8 @@
 """State: nested mapping access, pytree behaviour, flat views, filtering, pure dicts."""
 
+import copy
 import json
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -164,3 +166,19 @@ def test_repr_shows_nested_keys_and_variables():
     assert "'linear': State({" in text
     assert "'kernel': Param(" in text and "shape=(2, 3)" in text
     assert "0: State({" in text
+
+
+def test_pickle_copy_and_deepcopy():
+    s = _state()
+    for c in (pickle.loads(pickle.dumps(s)), copy.deepcopy(s)):
+        assert isinstance(c, nnx.State) and c is not s
+        assert c == s
+        assert type(c.layers[1].n) is Count and c.linear.kernel is not s.linear.kernel
+    shallow = copy.copy(s)
+    assert shallow is not s and shallow.linear is s.linear
+
+
+def test_missing_internal_attribute_raises_attribute_error():
+    bare = object.__new__(nnx.State)
+    with pytest.raises(AttributeError):
+        _ = bare._mapping
