@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,6 +100,62 @@ def _normalize(
     return jnp.asarray(y, canonicalize_dtype(x, scale, bias, dtype=dtype))
 
 
+_STATIC = (
+    "reduction_axes", "feature_axes", "dtype", "epsilon", "axis_name", "axis_index_groups",
+    "use_mean", "use_fast_variance",
+)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _forward(
+    x: jax.Array,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    mask: jax.Array | None,
+    stats: tuple[jax.Array, jax.Array] | None,
+    *,
+    reduction_axes: tuple[int, ...],
+    feature_axes: tuple[int, ...],
+    dtype: Any,
+    epsilon: float,
+    axis_name: str | None,
+    axis_index_groups: tuple | None,
+    use_mean: bool,
+    use_fast_variance: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Normalize ``x`` with ``stats`` (or with its own statistics when None) in one compiled
+    function, so an eager call compiles once instead of once per primitive.
+
+    Returns the output and the mean and variance used.
+    """
+    if stats is None:
+        mean, var = _compute_stats(
+            x, reduction_axes, dtype=dtype, axis_name=axis_name,
+            axis_index_groups=axis_index_groups, use_mean=use_mean,
+            use_fast_variance=use_fast_variance, mask=mask,
+        )
+    else:
+        mean, var = stats
+    y = _normalize(x, mean, var, scale, bias, reduction_axes, feature_axes, dtype, epsilon)
+    return y, mean, var
+
+
+@jax.jit
+def _moving_average(running: tuple, batch: tuple, momentum: float) -> tuple:
+    """``momentum * running + (1 - momentum) * batch`` for each pair (batch stats flattened)."""
+    return tuple(
+        momentum * r + (1 - momentum) * jnp.reshape(b, r.shape)
+        for r, b in zip(running, batch, strict=True)
+    )
+
+
+def _groups(axis_index_groups: Any) -> tuple | None:
+    """``axis_index_groups`` as nested tuples (a hashable, static argument)."""
+    if axis_index_groups is None:
+        return None
+    return tuple(tuple(group) for group in axis_index_groups)
+
+
 class _Affine(Module):
     """Shared constructor parts: the optional ``scale`` and ``bias`` Params."""
 
@@ -127,6 +184,24 @@ class _Affine(Module):
         scale = None if self.scale is None else self.scale.value
         bias = None if self.bias is None else self.bias.value
         return scale, bias
+
+    def _apply(
+        self,
+        x: jax.Array,
+        reduction_axes: tuple[int, ...],
+        feature_axes: tuple[int, ...],
+        *,
+        mask: jax.Array | None,
+        stats: tuple[jax.Array, jax.Array] | None = None,
+        use_mean: bool = True,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        scale, bias = self._affine()
+        return _forward(
+            x, scale, bias, mask, stats, reduction_axes=reduction_axes,
+            feature_axes=feature_axes, dtype=self.dtype, epsilon=self.epsilon,
+            axis_name=self.axis_name, axis_index_groups=_groups(self.axis_index_groups),
+            use_mean=use_mean, use_fast_variance=self.use_fast_variance,
+        )
 
 
 class BatchNorm(_Affine):
@@ -210,20 +285,16 @@ class BatchNorm(_Affine):
         _check_features("BatchNorm", x, feature_axes, self.num_features)
         reduction_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
         if use_running_average:
-            mean, var = self.mean.value, self.var.value
-        else:
-            mean, var = _compute_stats(
-                x, reduction_axes, dtype=self.dtype, axis_name=self.axis_name,
-                axis_index_groups=self.axis_index_groups,
-                use_fast_variance=self.use_fast_variance, mask=mask,
+            y, _, _ = self._apply(
+                x, reduction_axes, feature_axes, mask=mask,
+                stats=(self.mean.value, self.var.value),
             )
-            m = self.momentum
-            self.mean.value = m * self.mean.value + (1 - m) * jnp.reshape(mean, (-1,))
-            self.var.value = m * self.var.value + (1 - m) * jnp.reshape(var, (-1,))
-        scale, bias = self._affine()
-        return _normalize(
-            x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
+            return y
+        y, mean, var = self._apply(x, reduction_axes, feature_axes, mask=mask)
+        self.mean.value, self.var.value = _moving_average(
+            (self.mean.value, self.var.value), (mean, var), self.momentum
         )
+        return y
 
 
 class LayerNorm(_Affine):
@@ -282,15 +353,7 @@ class LayerNorm(_Affine):
         reduction_axes = _canonical_axes(self.reduction_axes, x.ndim, layer)
         feature_axes = _canonical_axes(self.feature_axes, x.ndim, layer)
         _check_features(layer, x, feature_axes, self.num_features)
-        mean, var = _compute_stats(
-            x, reduction_axes, dtype=self.dtype, axis_name=self.axis_name,
-            axis_index_groups=self.axis_index_groups, use_fast_variance=self.use_fast_variance,
-            mask=mask,
-        )
-        scale, bias = self._affine()
-        return _normalize(
-            x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
-        )
+        return self._apply(x, reduction_axes, feature_axes, mask=mask)[0]
 
 
 class RMSNorm(_Affine):
@@ -344,14 +407,7 @@ class RMSNorm(_Affine):
         reduction_axes = _canonical_axes(self.reduction_axes, x.ndim, "RMSNorm")
         feature_axes = _canonical_axes(self.feature_axes, x.ndim, "RMSNorm")
         _check_features("RMSNorm", x, feature_axes, self.num_features)
-        mean, var = _compute_stats(
-            x, reduction_axes, dtype=self.dtype, axis_name=self.axis_name,
-            axis_index_groups=self.axis_index_groups, use_mean=False, mask=mask,
-        )
-        scale, _ = self._affine()
-        return _normalize(
-            x, mean, var, scale, None, reduction_axes, feature_axes, self.dtype, self.epsilon
-        )
+        return self._apply(x, reduction_axes, feature_axes, mask=mask, use_mean=False)[0]
 
 
 class GroupNorm(_Affine):
@@ -438,28 +494,58 @@ class GroupNorm(_Affine):
             reduction_axes = _canonical_axes(self.reduction_axes, ndim, layer)
             if ndim - 1 not in reduction_axes:
                 raise ValueError(f"{layer}: reduction_axes must include the last (channel) axis")
-        grouped_shape = (*x.shape[:-1], self.num_groups, self.group_size)
-        xg = jnp.reshape(x, grouped_shape)
-        # reduce over the chosen axes and within each group (the new last axis)
-        group_axes = tuple(a for a in reduction_axes if a != ndim - 1) + (ndim,)
-        if mask is not None:
-            mask = jnp.reshape(jnp.broadcast_to(mask, x.shape), grouped_shape)
-        mean, var = _compute_stats(
-            xg, group_axes, dtype=self.dtype, axis_name=self.axis_name,
-            axis_index_groups=self.axis_index_groups, use_fast_variance=self.use_fast_variance,
-            mask=mask,
-        )
-        stats_shape = [1 if a in group_axes else n for a, n in enumerate(grouped_shape)]
-        y = (xg - jnp.reshape(mean, stats_shape)) * jax.lax.rsqrt(
-            jnp.reshape(var, stats_shape) + self.epsilon
-        )
-        y = jnp.reshape(y, x.shape)
         scale, bias = self._affine()
-        if scale is not None:
-            y = y * scale
-        if bias is not None:
-            y = y + bias
-        return jnp.asarray(y, canonicalize_dtype(x, scale, bias, dtype=self.dtype))
+        return _group_forward(
+            x, scale, bias, mask, num_groups=self.num_groups, reduction_axes=reduction_axes,
+            dtype=self.dtype, epsilon=self.epsilon, axis_name=self.axis_name,
+            axis_index_groups=_groups(self.axis_index_groups),
+            use_fast_variance=self.use_fast_variance,
+        )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "num_groups", "reduction_axes", "dtype", "epsilon", "axis_name", "axis_index_groups",
+        "use_fast_variance",
+    ),
+)
+def _group_forward(
+    x: jax.Array,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    mask: jax.Array | None,
+    *,
+    num_groups: int,
+    reduction_axes: tuple[int, ...],
+    dtype: Any,
+    epsilon: float,
+    axis_name: str | None,
+    axis_index_groups: tuple | None,
+    use_fast_variance: bool,
+) -> jax.Array:
+    """GroupNorm's computation: split the last axis into groups, normalize, scale and shift."""
+    ndim = x.ndim
+    grouped_shape = (*x.shape[:-1], num_groups, x.shape[-1] // num_groups)
+    xg = jnp.reshape(x, grouped_shape)
+    # reduce over the chosen axes and within each group (the new last axis)
+    group_axes = tuple(a for a in reduction_axes if a != ndim - 1) + (ndim,)
+    if mask is not None:
+        mask = jnp.reshape(jnp.broadcast_to(mask, x.shape), grouped_shape)
+    mean, var = _compute_stats(
+        xg, group_axes, dtype=dtype, axis_name=axis_name, axis_index_groups=axis_index_groups,
+        use_fast_variance=use_fast_variance, mask=mask,
+    )
+    stats_shape = [1 if a in group_axes else n for a, n in enumerate(grouped_shape)]
+    y = (xg - jnp.reshape(mean, stats_shape)) * jax.lax.rsqrt(
+        jnp.reshape(var, stats_shape) + epsilon
+    )
+    y = jnp.reshape(y, x.shape)
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return jnp.asarray(y, canonicalize_dtype(x, scale, bias, dtype=dtype))
 
 
 class InstanceNorm(LayerNorm):
@@ -512,12 +598,4 @@ class InstanceNorm(LayerNorm):
         feature_axes = _canonical_axes(self.feature_axes, x.ndim, "InstanceNorm")
         _check_features("InstanceNorm", x, feature_axes, self.num_features)
         reduction_axes = tuple(a for a in range(1, x.ndim) if a not in feature_axes)
-        mean, var = _compute_stats(
-            x, reduction_axes, dtype=self.dtype, axis_name=self.axis_name,
-            axis_index_groups=self.axis_index_groups, use_fast_variance=self.use_fast_variance,
-            mask=mask,
-        )
-        scale, bias = self._affine()
-        return _normalize(
-            x, mean, var, scale, bias, reduction_axes, feature_axes, self.dtype, self.epsilon
-        )
+        return self._apply(x, reduction_axes, feature_axes, mask=mask)[0]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 
@@ -95,10 +97,16 @@ class Dropout(Module):
                 "rngs: pass rngs=nnx.Rngs(dropout=0) to the constructor or to the call, or set "
                 "deterministic=True (model.eval())."
             )
-        keep = 1.0 - self.rate
         shape = list(jnp.shape(inputs))
         for d in self.broadcast_dims:
             shape[d] = 1
-        mask = jax.random.bernoulli(key, p=keep, shape=tuple(shape))
-        mask = jnp.broadcast_to(mask, jnp.shape(inputs))
-        return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
+        return _apply_mask(key, inputs, 1.0 - self.rate, tuple(shape))
+
+
+@functools.partial(jax.jit, static_argnames=("mask_shape",))
+def _apply_mask(key: jax.Array, inputs: jax.Array, keep: float, mask_shape: tuple) -> jax.Array:
+    """Keep each entry with probability ``keep`` (shared along axes of size 1 in
+    ``mask_shape``) and scale the kept ones by ``1 / keep``."""
+    mask = jax.random.bernoulli(key, p=keep, shape=mask_shape)
+    mask = jnp.broadcast_to(mask, jnp.shape(inputs))
+    return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
