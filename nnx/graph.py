@@ -433,6 +433,8 @@ def _update_node(node: GraphNode, mapping: Mapping, path: Path) -> None:
 
     items = dict(node._graph_items())
     for key, new in mapping.items():
+        if isinstance(key, str) and key not in items and key.isdigit() and int(key) in items:
+            key = int(key)  # a list index that became a string in a JSON round trip
         child_path = (*path, key)
         if key not in items:
             if _has_raw_leaf(new) or isinstance(new, Mapping):

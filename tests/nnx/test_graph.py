@@ -418,3 +418,21 @@ def test_seed000_parameter_surgery_shares_the_backbone():
     # an update through the classifier is visible in the pretrained model
     nnx.update(model, {"backbone": {"layers": {1: {"bias": jnp.ones(32)}}}})
     np.testing.assert_array_equal(pretrained.layers[1].bias.value, np.ones(32))
+
+
+def test_update_pure_dict_after_json_round_trip_resolves_string_list_indices():
+    import json
+
+    class Net(nnx.Module):
+        def __init__(self, value):
+            self.layers = [nnx.Param(jnp.full(2, value)), nnx.Param(jnp.full(1, value))]
+
+    net = Net(0.0)
+    pure = jax.tree.map(lambda x: np.asarray(x).tolist(), nnx.state(Net(3.0)).to_pure_dict())
+    loaded = json.loads(json.dumps(pure))
+    assert set(loaded["layers"]) == {"0", "1"}
+    nnx.update(net, loaded)
+    np.testing.assert_array_equal(net.layers[0].value, [3.0, 3.0])
+    np.testing.assert_array_equal(net.layers[1].value, [3.0])
+    with pytest.raises(KeyError, match="'layers/2' does not exist"):
+        nnx.update(net, {"layers": {"2": [1.0]}})
