@@ -150,7 +150,7 @@ class EarlyStopping(Callback):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """``wait``, ``best``, ``best_epoch``, ``stopped_epoch``, and the best weights if kept."""
+        """``wait``, ``best``, ``best_epoch``, ``stopped_epoch``, and the best weights (a pure dict)."""
         state: dict[str, Any] = {
             "wait": self.wait,
             "best": self.best,
@@ -158,11 +158,11 @@ class EarlyStopping(Callback):
             "stopped_epoch": self.stopped_epoch,
         }
         if self.best_weights is not None:
-            state["best_weights"] = {
-                _path_name(path): leaf.value for path, leaf in self.best_weights.flat_state()
-            }
+            state["best_weights"] = self.best_weights.to_pure_dict()
         elif self._pending_weights is not None:
-            state["best_weights"] = dict(self._pending_weights)
+            state["best_weights"] = nnx.State.from_flat_path(
+                (tuple(name.split("/")), value) for name, value in self._pending_weights.items()
+            ).to_pure_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -172,5 +172,8 @@ class EarlyStopping(Callback):
         self.best_epoch = int(state["best_epoch"])
         self.stopped_epoch = int(state.get("stopped_epoch", 0))
         self.best_weights = None
-        self._pending_weights = state.get("best_weights")
+        weights = state.get("best_weights")
+        self._pending_weights = None if weights is None else {
+            _path_name(path): value for path, value in nnx.State.flatten_mapping(weights).items()
+        }
         self._restored = True

@@ -18,8 +18,9 @@ class TensorBoard(Callback):
     the learning rate (``lr``, or ``lr_scale``) under ``train``, and ``val_<name>`` as
     ``epoch_<name>`` under ``validation``, so TensorBoard draws both runs on one chart. With
     ``update_freq=N`` the batch logs are also written every N training batches as
-    ``batch_<name>`` at the global batch number; with ``"epoch"`` no batch hook is defined, so
-    the Trainer adds no host sync per batch. With ``histogram_freq=N`` a histogram of every
+    ``batch_<name>`` at the global batch number (the logs are fetched from the device only at
+    those batches); with ``"epoch"`` no batch hook is defined, so the Trainer adds no host sync
+    per batch. With ``histogram_freq=N`` a histogram of every
     ``nnx.Param`` is written every N epochs, tagged with its path (``"layers/0/kernel"``).
 
     Args:
@@ -50,6 +51,9 @@ class TensorBoard(Callback):
         self._writers: dict[str, SummaryWriter] = {}
         self._batches_seen = 0
 
+    # With update_freq=N the batch logs are fetched only every N batches (trainer.batch_logs()).
+    pulls_batch_logs = True
+
     def overrides(self, hook: str) -> bool:
         """Batch hooks only when ``update_freq`` is a number of batches."""
         if hook == "on_train_batch_end":
@@ -69,8 +73,11 @@ class TensorBoard(Callback):
         self._batches_seen += 1
         if self.update_freq == "epoch" or self._batches_seen % self.update_freq:
             return
+        if logs is None:
+            batch_logs = getattr(self.trainer, "batch_logs", None)
+            logs = batch_logs() if callable(batch_logs) else {}
         writer = self._writer("train")
-        for name, value in (logs or {}).items():
+        for name, value in logs.items():
             writer.add_scalar(f"batch_{name}", float(value), self._batches_seen)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:

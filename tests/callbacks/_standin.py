@@ -67,3 +67,37 @@ def run_epochs(
             break
     hooks.on_train_end()
     return epochs_run
+
+
+class Regressor(nnx.Module):
+    """A 3 -> 1 linear model for end-to-end runs of ``Trainer.fit`` (one small compile)."""
+
+    def __init__(self) -> None:
+        self.kernel = nnx.Param(jnp.zeros((3, 1)))
+        self.bias = nnx.Param(jnp.zeros((1,)))
+
+    def __call__(self, x):
+        return x @ self.kernel.value + self.bias.value
+
+
+def regression_data(n: int = 32):
+    """``n`` examples of y = x . (1, -2, 0.5) + 0.3, float32."""
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=(n, 3)).astype(np.float32)
+    y = (x @ np.array([[1.0], [-2.0], [0.5]], np.float32) + 0.3).astype(np.float32)
+    return x, y
+
+
+def counting_trainer(*args, **kwargs):
+    """A real ``Trainer`` whose ``traces`` counts how often its train step is traced (compiled)."""
+    from trainer.trainer import Trainer
+
+    class CountingTrainer(Trainer):
+        traces = 0
+
+        def train_step(self, state, batch):
+            type(self).traces += 1
+            return super().train_step(state, batch)
+
+    return CountingTrainer(*args, **kwargs)

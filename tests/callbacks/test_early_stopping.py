@@ -104,6 +104,7 @@ def test_state_dict_round_trip_keeps_progress_and_best_weights():
     saved = stop.state_dict()
     assert {k: saved[k] for k in ("wait", "best", "best_epoch")} == {"wait": 1, "best": 0.2, "best_epoch": 0}
     assert sorted(saved["best_weights"]) == ["bias", "kernel", "mean"]
+    np.testing.assert_array_equal(saved["best_weights"]["kernel"], np.full((3, 2), 3.0))
 
     resumed = EarlyStopping(patience=3, restore_best_weights=True)
     resumed.set_trainer(trainer)
@@ -128,3 +129,34 @@ def test_defines_no_batch_hooks():
     stop = EarlyStopping()
     assert not stop.overrides("on_train_batch_end") and not stop.overrides("on_train_batch_begin")
     assert stop.overrides("on_epoch_end")
+
+
+def test_fit_stops_and_restores_the_parameters_of_the_best_epoch():
+    import optax
+    from _standin import Regressor, regression_data
+
+    from callbacks import LambdaCallback
+    from trainer.trainer import Trainer
+
+    x, y = regression_data(32)
+    model = Regressor()
+    seen = {}
+
+    def record(epoch, logs):
+        seen[epoch] = np.asarray(model.kernel.value).copy()
+        seen[("bias", epoch)] = np.asarray(model.bias.value).copy()
+
+    # the loss falls every epoch; with mode="max" the first epoch is the best, so training
+    # stops after `patience` more epochs and the first epoch's parameters come back
+    stop = EarlyStopping(monitor="loss", mode="max", patience=2, restore_best_weights=True)
+    trainer = Trainer(model, optax.sgd(0.05), loss="mse")
+    history = trainer.fit(
+        x, y, epochs=10, batch_size=8, verbose=0,
+        callbacks=[LambdaCallback(on_epoch_end=record), stop],
+    )
+    assert len(history.history["loss"]) == 3 and stop.stopped_epoch == 2 and stop.best_epoch == 0
+    assert not np.array_equal(seen[0], seen[2])
+    np.testing.assert_array_equal(np.asarray(model.kernel.value), seen[0])
+    # the Trainer takes the restored weights back: evaluating uses them
+    expected = float(np.mean((x @ seen[0] + seen[("bias", 0)] - y) ** 2))
+    assert trainer.evaluate(x, y, batch_size=8, verbose=0)["loss"] == pytest.approx(expected, rel=1e-5)

@@ -89,3 +89,49 @@ def test_scheduler_rejects_non_float_output():
         run_epochs(trainer, [LearningRateScheduler(lambda epoch, lr: "fast")], [{"loss": 1.0}])
     with pytest.raises(TypeError, match="schedule must be a callable"):
         LearningRateScheduler(0.1)
+
+
+def test_fit_reduce_lr_changes_injected_rate_without_recompiling():
+    import optax
+    from _standin import Regressor, counting_trainer, regression_data
+
+    x, y = regression_data(32)
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    trainer = counting_trainer(Regressor(), tx, loss="mse")
+    traces = []
+    record = LambdaCallback(on_epoch_end=lambda epoch, logs: traces.append(trainer.traces))
+    # min_delta is huge: no epoch after the first improves, so the rate drops every epoch
+    reduce = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1, min_delta=1e9)
+    history = trainer.fit(x, y, epochs=4, batch_size=8, verbose=0, callbacks=[reduce, record])
+    assert history.history["lr"] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+    assert trainer.learning_rate == pytest.approx(0.0125)
+    assert traces == [1, 1, 1, 1]  # compiled once, before any change
+
+
+def test_fit_reduce_lr_scales_lr_scale_and_scheduler_needs_injected_rate():
+    import optax
+    from _standin import Regressor, counting_trainer, regression_data
+
+    x, y = regression_data(32)
+    trainer = counting_trainer(Regressor(), optax.sgd(0.1), loss="mse")
+    reduce = ReduceLROnPlateau(monitor="loss", factor=0.1, patience=1, min_delta=1e9, min_lr=0.005)
+    history = trainer.fit(x, y, epochs=4, batch_size=8, verbose=0, callbacks=[reduce])
+    assert history.history["lr_scale"] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+    assert trainer.lr_scale == pytest.approx(0.005)
+    assert trainer.traces == 1
+    with pytest.raises(ValueError, match="optimizer has no injected learning_rate"):
+        trainer.fit(x, y, epochs=1, batch_size=8, verbose=0,
+                    callbacks=[LearningRateScheduler(lambda epoch, lr: lr)])
+
+
+def test_fit_scheduler_sets_the_rate_used_by_each_epoch():
+    import optax
+    from _standin import Regressor, counting_trainer, regression_data
+
+    x, y = regression_data(32)
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    trainer = counting_trainer(Regressor(), tx, loss="mse")
+    scheduler = LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))
+    history = trainer.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[scheduler])
+    assert history.history["lr"] == pytest.approx([0.1, 0.05, 0.1 / 3])
+    assert trainer.traces == 1
