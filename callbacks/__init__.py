@@ -1,6 +1,7 @@
 """Callbacks: the hooks a Trainer calls, and the built-in callbacks."""
 
 from callbacks.base import Callback, CallbackList
+from callbacks.checkpoint import ModelCheckpoint
 from callbacks.csv_logger import CSVLogger
 from callbacks.early_stopping import EarlyStopping
 from callbacks.history import History
