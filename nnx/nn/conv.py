@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,8 +57,8 @@ def _canonical_padding(padding: PaddingLike, n: int, layer: str) -> str | tuple:
 class _ConvBase(Module):
     _layer = "Conv"
 
-    def _flatten_batch(self, inputs: jax.Array) -> tuple[jax.Array, tuple[int, ...] | None]:
-        """Bring ``inputs`` to exactly one batch axis; return the original batch shape."""
+    def _check_input(self, inputs: jax.Array) -> int:
+        """Validate the input's rank and feature size; return its number of batch axes."""
         n_spatial = len(self.kernel_size)
         shape = jnp.shape(inputs)
         n_batch = len(shape) - (n_spatial + 1)
@@ -68,13 +69,23 @@ class _ConvBase(Module):
             )
         if shape[-1] != self.in_features:
             raise feature_error(self._layer, self.in_features, shape[-1], shape, "the last axis")
-        batch_shape = shape[:n_batch]
-        return jnp.reshape(inputs, (-1, *shape[n_batch:])), batch_shape
+        return n_batch
 
-    def _finish(self, y: jax.Array, batch_shape: tuple, bias: jax.Array | None) -> jax.Array:
-        if bias is not None:
-            y = y + bias
-        return jnp.reshape(y, batch_shape + y.shape[1:])
+    def _arrays(self) -> tuple[jax.Array, jax.Array | None]:
+        kernel = self.kernel.value
+        if self.mask is not None:
+            kernel = kernel * self.mask
+        return kernel, None if self.bias is None else self.bias.value
+
+
+def _with_one_batch_axis(x: jax.Array, n_batch: int) -> jax.Array:
+    return jnp.reshape(x, (-1, *x.shape[n_batch:]))
+
+
+def _restore_batch(y: jax.Array, batch_shape: tuple, bias: jax.Array | None) -> jax.Array:
+    if bias is not None:
+        y = y + bias
+    return jnp.reshape(y, batch_shape + y.shape[1:])
 
 
 def _channel_last_spec(n_spatial: int) -> tuple[str, str, str]:
@@ -167,33 +178,61 @@ class Conv(_ConvBase):
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """Convolve ``inputs`` of shape ``(*batch, *spatial, in_features)``."""
-        x, batch_shape = self._flatten_batch(inputs)
-        kernel = self.kernel.value
-        if self.mask is not None:
-            kernel = kernel * self.mask
-        bias = None if self.bias is None else self.bias.value
-        x, kernel, bias = promote_dtype((x, kernel, bias), dtype=self.dtype)
-        padding = self.padding
-        dilated = [(k - 1) * d + 1 for k, d in zip(self.kernel_size, self.kernel_dilation, strict=True)]
-        if padding == "CIRCULAR":
-            pads = [(0, 0)] + [((k - 1) // 2, k // 2) for k in dilated] + [(0, 0)]
-            x = jnp.pad(x, pads, mode="wrap")
-            padding = "VALID"
-        elif padding == "CAUSAL":
-            x = jnp.pad(x, [(0, 0), (dilated[0] - 1, 0), (0, 0)])
-            padding = "VALID"
-        y = jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=self.strides,
-            padding=padding,
-            lhs_dilation=self.input_dilation,
-            rhs_dilation=self.kernel_dilation,
-            dimension_numbers=_channel_last_spec(x.ndim - 2),
-            feature_group_count=self.feature_group_count,
-            precision=self.precision,
+        n_batch = self._check_input(inputs)
+        kernel, bias = self._arrays()
+        return _conv(
+            inputs, kernel, bias, n_batch=n_batch, strides=self.strides, padding=self.padding,
+            input_dilation=self.input_dilation, kernel_dilation=self.kernel_dilation,
+            feature_group_count=self.feature_group_count, precision=self.precision,
+            dtype=self.dtype,
         )
-        return self._finish(y, batch_shape, bias)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "n_batch", "strides", "padding", "input_dilation", "kernel_dilation",
+        "feature_group_count", "precision", "dtype",
+    ),
+)
+def _conv(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    *,
+    n_batch: int,
+    strides: tuple[int, ...],
+    padding: str | tuple,
+    input_dilation: tuple[int, ...],
+    kernel_dilation: tuple[int, ...],
+    feature_group_count: int,
+    precision: Any,
+    dtype: Any,
+) -> jax.Array:
+    """Conv's computation, compiled as one function (one compilation per eager call shape)."""
+    batch_shape = inputs.shape[:n_batch]
+    x = _with_one_batch_axis(inputs, n_batch)
+    x, kernel, bias = promote_dtype((x, kernel, bias), dtype=dtype)
+    dilated = [(k - 1) * d + 1 for k, d in zip(kernel.shape[:-2], kernel_dilation, strict=True)]
+    if padding == "CIRCULAR":
+        pads = [(0, 0)] + [((k - 1) // 2, k // 2) for k in dilated] + [(0, 0)]
+        x = jnp.pad(x, pads, mode="wrap")
+        padding = "VALID"
+    elif padding == "CAUSAL":
+        x = jnp.pad(x, [(0, 0), (dilated[0] - 1, 0), (0, 0)])
+        padding = "VALID"
+    y = jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=strides,
+        padding=padding,
+        lhs_dilation=input_dilation,
+        rhs_dilation=kernel_dilation,
+        dimension_numbers=_channel_last_spec(x.ndim - 2),
+        feature_group_count=feature_group_count,
+        precision=precision,
+    )
+    return _restore_batch(y, batch_shape, bias)
 
 
 class ConvTranspose(_ConvBase):
@@ -273,40 +312,70 @@ class ConvTranspose(_ConvBase):
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """Apply the transposed convolution to ``(*batch, *spatial, in_features)`` inputs."""
-        x, batch_shape = self._flatten_batch(inputs)
-        kernel = self.kernel.value
-        if self.mask is not None:
-            kernel = kernel * self.mask
-        bias = None if self.bias is None else self.bias.value
-        x, kernel, bias = promote_dtype((x, kernel, bias), dtype=self.dtype)
-        circular = self.padding == "CIRCULAR"
-        y = jax.lax.conv_transpose(
-            x,
-            kernel,
-            self.strides,
-            "VALID" if circular else self.padding,
-            rhs_dilation=self.kernel_dilation,
-            dimension_numbers=_channel_last_spec(x.ndim - 2),
-            transpose_kernel=self.transpose_kernel,
-            precision=self.precision,
+        n_batch = self._check_input(inputs)
+        kernel, bias = self._arrays()
+        return _conv_transpose(
+            inputs, kernel, bias, n_batch=n_batch, strides=self.strides, padding=self.padding,
+            kernel_dilation=self.kernel_dilation, transpose_kernel=self.transpose_kernel,
+            precision=self.precision, dtype=self.dtype,
         )
-        if circular:
-            y = self._wrap_periodic(y, x.shape[1:-1])
-        return self._finish(y, batch_shape, bias)
 
-    def _wrap_periodic(self, y: jax.Array, in_spatial: tuple[int, ...]) -> jax.Array:
-        """Fold the full ('VALID') output onto a periodic grid of size ``input * stride``.
 
-        The full output is padded to an odd number of periods, centred, and the periods are
-        summed; for stride 1 and an odd kernel this equals a 'CIRCULAR' ``Conv``.
-        """
-        for i, (n_in, s) in enumerate(zip(in_spatial, self.strides, strict=True)):
-            axis = i + 1
-            period = n_in * s
-            surplus = (period - y.shape[axis]) % (2 * period)
-            lo = surplus // 2 if self.transpose_kernel else (surplus + 1) // 2
-            pads = [(0, 0)] * y.ndim
-            pads[axis] = (lo, surplus - lo)
-            y = jnp.pad(y, pads)
-            y = jnp.sum(jnp.reshape(y, y.shape[:axis] + (-1, period) + y.shape[axis + 1:]), axis)
-        return y
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "n_batch", "strides", "padding", "kernel_dilation", "transpose_kernel", "precision",
+        "dtype",
+    ),
+)
+def _conv_transpose(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    *,
+    n_batch: int,
+    strides: tuple[int, ...],
+    padding: str | tuple,
+    kernel_dilation: tuple[int, ...],
+    transpose_kernel: bool,
+    precision: Any,
+    dtype: Any,
+) -> jax.Array:
+    """ConvTranspose's computation, compiled as one function."""
+    batch_shape = inputs.shape[:n_batch]
+    x = _with_one_batch_axis(inputs, n_batch)
+    x, kernel, bias = promote_dtype((x, kernel, bias), dtype=dtype)
+    circular = padding == "CIRCULAR"
+    y = jax.lax.conv_transpose(
+        x,
+        kernel,
+        strides,
+        "VALID" if circular else padding,
+        rhs_dilation=kernel_dilation,
+        dimension_numbers=_channel_last_spec(x.ndim - 2),
+        transpose_kernel=transpose_kernel,
+        precision=precision,
+    )
+    if circular:
+        y = _wrap_periodic(y, x.shape[1:-1], strides, transpose_kernel)
+    return _restore_batch(y, batch_shape, bias)
+
+
+def _wrap_periodic(
+    y: jax.Array, in_spatial: tuple[int, ...], strides: tuple[int, ...], transpose_kernel: bool
+) -> jax.Array:
+    """Fold the full ('VALID') output onto a periodic grid of size ``input * stride``.
+
+    The full output is padded to an odd number of periods, centred, and the periods are
+    summed; for stride 1 and an odd kernel this equals a 'CIRCULAR' ``Conv``.
+    """
+    for i, (n_in, s) in enumerate(zip(in_spatial, strides, strict=True)):
+        axis = i + 1
+        period = n_in * s
+        surplus = (period - y.shape[axis]) % (2 * period)
+        lo = surplus // 2 if transpose_kernel else (surplus + 1) // 2
+        pads = [(0, 0)] * y.ndim
+        pads[axis] = (lo, surplus - lo)
+        y = jnp.pad(y, pads)
+        y = jnp.sum(jnp.reshape(y, y.shape[:axis] + (-1, period) + y.shape[axis + 1:]), axis)
+    return y

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -82,13 +83,28 @@ class Linear(Module):
             got = shape[-1] if shape else "no axis"
             raise feature_error("Linear", self.in_features, got, shape, "the last axis")
         bias = None if self.bias is None else self.bias.value
-        x, kernel, bias = promote_dtype((inputs, self.kernel.value, bias), dtype=self.dtype)
-        y = self.dot_general(
-            x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision
+        return _dense(
+            inputs, self.kernel.value, bias, dtype=self.dtype, precision=self.precision,
+            dot_general=self.dot_general,
         )
-        if bias is not None:
-            y = y + bias
-        return y
+
+
+@functools.partial(jax.jit, static_argnames=("dtype", "precision", "dot_general"))
+def _dense(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    *,
+    dtype: Any,
+    precision: Any,
+    dot_general: Callable[..., jax.Array],
+) -> jax.Array:
+    """Linear's computation, compiled as one function (one compilation per eager call shape)."""
+    x, kernel, bias = promote_dtype((inputs, kernel, bias), dtype=dtype)
+    y = dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+    if bias is not None:
+        y = y + bias
+    return y
 
 
 class LinearGeneral(Module):
