@@ -229,7 +229,8 @@ def from_user(
         if length == 0:
             raise ValueError("The dataset is empty: it has length 0.")
         return IterData(x, _is_one_shot(x), length, class_weight, keys)
-    if y is None and isinstance(x, list | tuple) and x and not _all_arrays(x):
+    batches_list = isinstance(x, list) and x and all(isinstance(b, tuple | list | dict) for b in x)
+    if y is None and isinstance(x, list | tuple) and x and (batches_list or not _all_arrays(x)):
         if sample_weight is not None:
             raise ValueError("sample_weight is for array data; put the weights in the batches.")
         return IterData(list(x), False, len(x), class_weight, keys)
@@ -245,6 +246,8 @@ def from_user(
 
 
 def _named_parts(batch: Any, keys: BatchKeys) -> dict[str, Any]:
+    if isinstance(batch, dict):
+        return {f"x[{k!r}]": v for k, v in batch.items()}
     inputs, targets, weights = batch_parts(batch, keys)
     return {"x": inputs, "y": targets, "sample_weight": weights}
 
@@ -256,18 +259,13 @@ def _array_batch(x: Any, y: Any, w: Any, keys: BatchKeys, need_targets: bool) ->
         batch: Any = (x if not isinstance(x, list) else tuple(x), y)
     elif isinstance(x, dict):
         batch = dict(x)
-        if isinstance(keys.inputs, str) and keys.inputs not in batch:
-            raise KeyError(
-                f"The dict data has no input key {keys.inputs!r} (it has {sorted(batch)}); "
-                "pass Trainer(input_keys=...) or x and y separately."
-            )
     elif isinstance(x, tuple | list) and len(x) in (2, 3):
         batch = tuple(x)
     else:
         batch = (x,)
     if w is not None:
         batch = with_weights(batch, w, keys)
-    if need_targets and batch_parts(batch, keys)[1] is None:
+    if need_targets and batch_parts(batch, keys)[1] is None and not isinstance(batch, dict):
         raise ValueError(
             "fit needs targets: pass y, a (x, y) tuple, or dict batches with the target key "
             f"{keys.target!r}."

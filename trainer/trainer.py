@@ -276,6 +276,7 @@ class Trainer(Loops):
         """The running values of loss and metrics (pure)."""
         logs = metriclib.results(self._metric_specs, state.metrics)
         logs["_nonfinite"] = state.counters["nonfinite"]
+        logs["_first_nonfinite"] = state.counters["first_nonfinite"]
         return logs
 
     def _context(self) -> tuple[steplib.ModelSpec, bool]:
@@ -368,6 +369,16 @@ class Trainer(Loops):
             self._init_metrics()
             return
         self._aux_keys = ()
+        if inputs is None and isinstance(batch, dict):
+            raise KeyError(
+                f"The dict batches have no input key {self._keys.inputs!r} (they have "
+                f"{sorted(batch)}); pass Trainer(input_keys=..., target_key=...)."
+            )
+        if targets is None and isinstance(batch, dict):
+            raise ValueError(
+                f"The dict batches have no target key {self._keys.target!r} (they have "
+                f"{sorted(batch)}); pass Trainer(target_key=...) or override compute_loss."
+            )
         if targets is None:
             raise ValueError(
                 "The batches hold no targets: pass y, (x, y) batches, or dict batches with the "
@@ -505,6 +516,10 @@ class Trainer(Loops):
             if k == "_nonfinite":
                 if int(v) > 0:
                     out["nonfinite_steps"] = float(v)
+                    first = np.asarray(values["_first_nonfinite"])
+                    out["first_nonfinite_step"] = float(first if index is None else first[index])
+                continue
+            if k == "_first_nonfinite":
                 continue
             out[k] = float(v)
         return out
