@@ -537,7 +537,7 @@ class Trainer(Loops):
         leaves = [jnp.array(x, copy=True) for x in jax.tree.leaves(opt_state)]
         epoch, batch = (self.epoch + 1, 0) if self._epoch_complete else (self.epoch, self._batch_in_epoch)
         tree: dict[str, Any] = {
-            "model": jax.tree.map(lambda a: jnp.array(a, copy=True), nnx.state(model).to_pure_dict()),
+            "model": jax.tree.map(_plain_copy, nnx.state(model).to_pure_dict()),
             "optimizer": {f"{i:04d}": v for i, v in enumerate(leaves)},
             "step": int(self.step),
             "epoch": int(epoch),
@@ -560,8 +560,12 @@ class Trainer(Loops):
             if key not in flat_model:
                 missing.append(key)
                 continue
-            value = jnp.asarray(flat_model[key])
-            if value.shape != jnp.shape(var.get_value()):
+            value = flat_model[key]
+            old = var.get_value()
+            if _is_key(old) and not _is_key(value):
+                value = jax.random.wrap_key_data(jnp.asarray(value), impl=jax.random.key_impl(old))
+            value = jnp.asarray(value)
+            if value.shape != jnp.shape(old):
                 raise ValueError(
                     f"load_checkpoint_state: '{key}' has shape {value.shape} in the checkpoint "
                     f"but {jnp.shape(var.get_value())} in the model."
@@ -654,6 +658,17 @@ class Trainer(Loops):
                     "The model holds the last completed step.",
                     file=sys.stderr,
                 )
+
+
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _plain_copy(x: Any) -> Any:
+    """A copy of an array; typed PRNG keys become their raw ``uint32`` key data."""
+    if _is_key(x):
+        return jax.random.key_data(x)
+    return jnp.array(x, copy=True)
 
 
 def _update_params(spec: metriclib.MetricSpec) -> set[str]:
