@@ -206,6 +206,7 @@ def from_user(
     *,
     keys: BatchKeys,
     need_targets: bool = True,
+    inputs_only: bool = False,
 ) -> ArrayData | IterData:
     """Normalize the Keras calling styles into ArrayData or IterData.
 
@@ -217,6 +218,7 @@ def from_user(
       class_weight: ``{class: weight}``, multiplied into the sample weights.
       keys: names of dict batch parts.
       need_targets: raise when no targets are found (fit).
+      inputs_only: array ``x`` holds only inputs (predict): a tuple is several inputs.
     """
     if x is None:
         raise ValueError("No data: pass x (arrays or a dataset).")
@@ -236,7 +238,7 @@ def from_user(
         return IterData(list(x), False, len(x), class_weight, keys)
     if y is None and isinstance(x, list | tuple) and not x:
         raise ValueError("The dataset is empty: x is an empty sequence.")
-    batch = _array_batch(x, y, sample_weight, keys, need_targets)
+    batch = (x,) if inputs_only else _array_batch(x, y, sample_weight, keys, need_targets)
     n = _check_lengths(_named_parts(batch, keys))
     if class_weight is not None:
         _, targets, weights = batch_parts(batch, keys)

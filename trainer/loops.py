@@ -174,7 +174,7 @@ class Loops:
         )
 
     def _validation_source(self, validation_data: Any) -> ArrayData | IterData:
-        if isinstance(validation_data, tuple | list) and datalib._all_arrays(validation_data):
+        if isinstance(validation_data, tuple) and datalib._all_arrays(validation_data):
             if len(validation_data) not in (2, 3):
                 raise ValueError(
                     f"validation_data must be (x, y) or (x, y, sample_weight), got a sequence of "
@@ -456,7 +456,7 @@ class Loops:
         verbose = _verbose(verbose)
         bs = _batch_size(batch_size)
         if datalib._all_arrays(x) and not (isinstance(x, list) and not datalib.is_array(x[0])):
-            data: Any = datalib.from_user((x,), keys=self._keys, need_targets=False)
+            data: Any = datalib.from_user(x, keys=self._keys, need_targets=False, inputs_only=True)
         else:
             data = datalib.from_user(x, keys=self._keys, need_targets=False)
         self._begin(training=False)

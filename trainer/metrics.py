@@ -26,14 +26,13 @@ def _trailing_mean(values: jax.Array) -> jax.Array:
 def accuracy(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     """Per-example accuracy: argmax for class scores, ``logit > 0`` for one binary column."""
     targets = jnp.asarray(targets)
-    if predictions.ndim == targets.ndim + 1 or (
-        predictions.ndim == targets.ndim and targets.shape[-1] == 1 and predictions.shape[-1] > 1
-    ):
-        labels = targets if predictions.ndim == targets.ndim + 1 else targets[..., 0]
-        return _trailing_mean(jnp.argmax(predictions, axis=-1) == labels)
-    if predictions.shape[-1:] == (1,) or predictions.ndim == 1:
+    if predictions.ndim == 1 or predictions.shape[-1] == 1:
         targets = targets.reshape(predictions.shape)
         return _trailing_mean((predictions > 0) == (targets > 0.5))
+    if predictions.ndim == targets.ndim + 1:
+        return _trailing_mean(jnp.argmax(predictions, axis=-1) == targets)
+    if targets.shape[-1] == 1:
+        return _trailing_mean(jnp.argmax(predictions, axis=-1) == targets[..., 0])
     return _trailing_mean(jnp.argmax(predictions, -1) == jnp.argmax(targets, -1))
 
 
