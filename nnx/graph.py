@@ -17,7 +17,7 @@ from nnx import filters as filterlib
 from nnx.object import ARRAY_TYPES, GraphNode, _sort_key
 from nnx.state import State, is_state_leaf
 from nnx.statics import Static
-from nnx.variables import Variable, metadata_key
+from nnx.variables import Variable, build_variable, metadata_key
 
 Path = tuple[Any, ...]
 
@@ -220,7 +220,7 @@ class Unflattener:
             elif isinstance(leaf, Variable):
                 var = leaf
             else:
-                var = _new_variable(typ, leaf, meta)
+                var = build_variable(typ, leaf, {k: s.value for k, s in meta})
             self.objects[i] = var
             return var
         if kind == "node":
@@ -235,17 +235,6 @@ class Unflattener:
             _, treedef, children = d
             return treedef.unflatten([self.unflatten(c) for c in children])
         raise ValueError(f"Unknown GraphDef entry {d!r}")
-
-
-def _new_variable(typ: type[Variable], value: Any, meta: tuple) -> Variable:
-    var = object.__new__(typ)
-    from nnx.tracing import current_trace
-
-    object.__setattr__(var, "_raw_value", value)
-    object.__setattr__(var, "_metadata", {k: s.value for k, s in meta})
-    object.__setattr__(var, "_trace", current_trace())
-    object.__setattr__(var, "_seen", False)
-    return var
 
 
 def unflatten(graphdef: GraphDef, leaves: list[Any]) -> Any:

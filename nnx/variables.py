@@ -184,12 +184,9 @@ class Variable:
 
     def copy(self, value: Any = ..., **metadata: Any) -> Variable:
         """A new Variable of the same type: same value (or ``value``) and metadata, updated."""
-        new = object.__new__(type(self))
-        object.__setattr__(new, "_raw_value", self._raw_value if value is ... else value)
-        object.__setattr__(new, "_metadata", {**self._metadata, **metadata})
-        object.__setattr__(new, "_trace", current_trace())
-        object.__setattr__(new, "_seen", False)
-        return new
+        return build_variable(
+            type(self), self._raw_value if value is ... else value, {**self._metadata, **metadata}
+        )
 
     replace = copy
 
@@ -291,6 +288,16 @@ for _name, _op in [
 Variable.__hash__ = object.__hash__  # __eq__ acts on values; identity hashing keeps Variables usable as keys
 
 
+def build_variable(cls: type[Variable], value: Any, metadata: dict[str, Any]) -> Variable:
+    """A Variable of type ``cls`` made without calling ``__init__`` (owned by the current trace)."""
+    new = object.__new__(cls)
+    object.__setattr__(new, "_raw_value", value)
+    object.__setattr__(new, "_metadata", metadata)
+    object.__setattr__(new, "_trace", current_trace())
+    object.__setattr__(new, "_seen", False)
+    return new
+
+
 def metadata_key(metadata: dict[str, Any]) -> tuple:
     """A hashable, order-independent key for a metadata dict."""
     return tuple((k, Static(v)) for k, v in sorted(metadata.items()))
@@ -306,12 +313,7 @@ def _flatten(v: Variable):
 
 def _make_unflatten(cls: type[Variable]):
     def unflatten(aux: tuple, children: tuple) -> Variable:
-        new = object.__new__(cls)
-        object.__setattr__(new, "_raw_value", children[0])
-        object.__setattr__(new, "_metadata", {k: s.value for k, s in aux})
-        object.__setattr__(new, "_trace", current_trace())
-        object.__setattr__(new, "_seen", False)
-        return new
+        return build_variable(cls, children[0], {k: s.value for k, s in aux})
 
     return unflatten
 

@@ -87,25 +87,24 @@ def _leaf_axes(extraction: Extraction, arg_axes: list[Any]) -> list[Any]:
     return out
 
 
+def _replace_nodes(arg: Any, ranges: Any, for_node: Any, for_other: Any) -> Any:
+    """``arg`` with each node occurrence replaced by ``for_node(start, end)`` of its leaf range
+    (consumed from ``ranges``) and every other pytree leaf by ``for_other(leaf)``."""
+    if is_node(arg):
+        return for_node(*next(ranges))
+    flat, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
+    return treedef.unflatten(
+        [for_node(*next(ranges)) if is_node(x) else for_other(x) for x in flat]
+    )
+
+
 def _structured_args(extraction: Extraction, args: Sequence[Any], values: list[Any]) -> list:
     """The arguments with every node occurrence replaced by ``_Leaves`` of its leaf values."""
     ranges = iter(extraction.node_ranges)
-    out = []
-    for arg in args:
-        if is_node(arg):
-            s, e = next(ranges)
-            out.append(_Leaves(values[s:e]))
-            continue
-        flat, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
-        items = []
-        for x in flat:
-            if is_node(x):
-                s, e = next(ranges)
-                items.append(_Leaves(values[s:e]))
-            else:
-                items.append(x)
-        out.append(treedef.unflatten(items))
-    return out
+    return [
+        _replace_nodes(arg, ranges, lambda s, e: _Leaves(values[s:e]), lambda x: x)
+        for arg in args
+    ]
 
 
 def _structured_axes(extraction: Extraction, args: Sequence[Any], arg_axes: list[Any]) -> list:
@@ -114,26 +113,9 @@ def _structured_axes(extraction: Extraction, args: Sequence[Any], arg_axes: list
     ranges = iter(extraction.node_ranges)
     out = []
     for arg, axis in zip(args, arg_axes, strict=True):
-        if not isinstance(axis, StateAxes):
-            # A prefix: it applies to the whole argument, nodes included.
-            for x in jax.tree_util.tree_leaves(arg, is_leaf=is_node):
-                if is_node(x):
-                    next(ranges)
-            out.append(axis)
-            continue
-        if is_node(arg):
-            s, e = next(ranges)
-            out.append(_Leaves(leaf_axes[s:e]))
-            continue
-        flat, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
-        items = []
-        for x in flat:
-            if is_node(x):
-                s, e = next(ranges)
-                items.append(_Leaves(leaf_axes[s:e]))
-            else:
-                items.append(None)
-        out.append(treedef.unflatten(items))
+        per_leaf = _replace_nodes(arg, ranges, lambda s, e: _Leaves(leaf_axes[s:e]), lambda x: None)
+        # A plain axis is a prefix for the whole argument, nodes included.
+        out.append(per_leaf if isinstance(axis, StateAxes) else axis)
     return out
 
 
