@@ -2,6 +2,7 @@
 
 from nnx.transforms.autodiff import DiffState, checkpoint, grad, remat, value_and_grad
 from nnx.transforms.control import cond, eval_shape, shard_map, switch
+from nnx.transforms.custom_vjp import custom_vjp
 from nnx.transforms.iteration import (
     Carry,
     StateAxes,
@@ -15,7 +16,7 @@ from nnx.transforms.iteration import (
 from nnx.transforms.jit import jit
 
 __all__ = [
-    "Carry", "DiffState", "StateAxes", "checkpoint", "cond", "eval_shape", "fori_loop", "grad",
+    "Carry", "DiffState", "StateAxes", "checkpoint", "cond", "custom_vjp", "eval_shape", "fori_loop", "grad",
     "jit", "pmap", "remat", "scan", "shard_map", "split_rngs", "switch", "value_and_grad", "vmap",
     "while_loop",
 ]

@@ -1,5 +1,5 @@
 """``nnx.grad`` / ``nnx.value_and_grad`` (Params of Module arguments by default; other state
-through ``DiffState`` or ``wrt=``), ``nnx.remat`` and ``nnx.custom_vjp``."""
+through ``DiffState`` or ``wrt=``), ``nnx.remat`` (``nnx.custom_vjp`` is in ``custom_vjp.py``)."""
 
 from __future__ import annotations
 
