@@ -23,6 +23,7 @@ from nnx.graph import (
 from nnx.module import Module
 from nnx.object import Dict, List, Object, Pytree, data, register_pytree_node, static
 from nnx.rngs import Rngs, RngStream, reseed
+from nnx.spmd import get_named_sharding, get_partition_spec, with_partitioning
 from nnx.state import (
     State,
     filter_state,

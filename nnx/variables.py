@@ -17,6 +17,9 @@ from nnx.tracing import check_same_trace, current_trace
 _SLOTS = frozenset({"_raw_value", "_metadata", "_trace", "_seen"})
 
 
+_SHARDING_KEYS = frozenset({"out_sharding", "sharding_names", "sharding"})
+
+
 class VariableMetadata:
     """A value plus metadata, returned by initializers wrapped with ``with_metadata``.
 
@@ -51,6 +54,12 @@ class Variable:
         elif isinstance(value, VariableMetadata):
             metadata = {**value.metadata, **metadata}
             value = value.raw_value
+        if metadata and not _SHARDING_KEYS.isdisjoint(metadata):
+            from nnx import spmd
+
+            names = spmd.sharding_names_of(metadata)
+            if names is not None:
+                value = spmd.shard_value(value, names, metadata.get("mesh"))
         object.__setattr__(self, "_raw_value", value)
         object.__setattr__(self, "_metadata", metadata)
         object.__setattr__(self, "_trace", current_trace())

@@ -14,9 +14,10 @@ from nnx.transforms.iteration import (
     while_loop,
 )
 from nnx.transforms.jit import jit
+from nnx.transforms.shardings import StateSharding
 
 __all__ = [
-    "Carry", "DiffState", "StateAxes", "checkpoint", "cond", "custom_vjp", "eval_shape", "fori_loop", "grad",
+    "Carry", "DiffState", "StateAxes", "StateSharding", "checkpoint", "cond", "custom_vjp", "eval_shape", "fori_loop", "grad",
     "jit", "pmap", "remat", "scan", "shard_map", "split_rngs", "switch", "value_and_grad", "vmap",
     "while_loop",
 ]

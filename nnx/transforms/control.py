@@ -7,7 +7,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+from jax.sharding import PartitionSpec as P
 
+from nnx.tracing import TraceContextError
+from nnx.transforms import shardings as shardlib
 from nnx.transforms.lift import Extraction, apply, collect, rebuild
 
 
@@ -98,37 +101,50 @@ def shard_map(
     in_specs: Any,
     out_specs: Any,
     check_vma: bool = True,
+    axis_names: Any = frozenset(),
 ) -> Any:
-    """``jax.shard_map`` for functions of graph nodes: each argument's spec (a
-    ``PartitionSpec``) applies to all of its arrays, a Module's state included."""
+    """``jax.shard_map`` for functions of graph nodes.
+
+    ``in_specs`` has one entry per argument (or one for all): a ``PartitionSpec`` for all of its
+    arrays, a prefix pytree of them, or for a graph node a State of specs or an
+    ``nnx.StateSharding``. Inside, each argument holds its per-device blocks; updates to a
+    Module's Variables come back with the Module's input specs. ``out_specs`` is a prefix of the
+    output, which may not contain graph nodes.
+    """
     if f is None:
         return lambda fn: shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                                    check_vma=check_vma)
+                                    check_vma=check_vma, axis_names=axis_names)
 
     @functools.wraps(f)
     def wrapper(*args: Any) -> Any:
         extraction = Extraction(list(args))
-        specs = in_specs if isinstance(in_specs, tuple) else (in_specs,) * len(args)
-        leaf_specs = [specs[a] for a in extraction.leaf_args]
-        ord_specs = [specs[a] for a in extraction.ordinary_args]
+        specs = shardlib.per_argument(in_specs, len(args), "nnx.shard_map in_specs")
+        leaf_specs, ord_specs = shardlib.argument_leaf_specs(
+            extraction, args, specs, "nnx.shard_map in_specs"
+        )
+        leaf_specs = [P() if s is None else s for s in leaf_specs]
+        ord_specs = [P() if s is None else s for s in ord_specs]
         box_cell: list[Any] = []
 
         def pure(vals: list, ords: list) -> tuple:
             a, u, inner = rebuild(extraction.static, vals, ords)
             new_vals, out_ord, box = collect(extraction.static, inner, u, f(*a))
+            _, out_treedef, _, _, changed, has_out_nodes, _ = box.value
+            if changed or has_out_nodes:
+                raise TraceContextError(
+                    "nnx.shard_map: the function changed the structure of its graph-node "
+                    "arguments or returned graph nodes; only Variable values may change inside it."
+                )
             box_cell[:] = [box]
-            return new_vals[:len(vals)], out_ord
+            return new_vals, out_treedef.unflatten(out_ord)
 
-        def out_spec_fn() -> Any:
-            return (leaf_specs, out_specs)
-
+        kwargs = {"axis_names": axis_names} if axis_names else {}
         mapped = jax.shard_map(
-            pure, mesh=mesh, in_specs=(leaf_specs, ord_specs), out_specs=out_spec_fn(),
-            check_vma=check_vma,
+            pure, mesh=mesh, in_specs=(leaf_specs, ord_specs), out_specs=(leaf_specs, out_specs),
+            check_vma=check_vma, **kwargs,
         )
-        new_vals, out_ord = mapped(extraction.leaf_values(), extraction.ordinary)
-        out_ord = jax.tree_util.tree_leaves(out_ord)
-        return apply(extraction, box_cell[0], new_vals, out_ord)
+        new_vals, out = mapped(extraction.leaf_values(), extraction.ordinary)
+        return apply(extraction, box_cell[0], new_vals, jax.tree_util.tree_leaves(out))
 
     return wrapper
 

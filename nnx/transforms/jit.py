@@ -15,6 +15,7 @@ from typing import Any
 import jax
 
 from nnx import structure
+from nnx.transforms import shardings as shardlib
 from nnx.transforms.lift import (
     Extraction,
     apply,
@@ -35,6 +36,11 @@ def _as_tuple(x: int | str | Sequence[Any] | None) -> tuple:
     if isinstance(x, int | str):
         return (x,)
     return tuple(x)
+
+
+def _split_indices(donated: list[bool]) -> tuple[list[int], list[int]]:
+    """Indices of the donated and of the kept entries."""
+    return [i for i, d in enumerate(donated) if d], [i for i, d in enumerate(donated) if not d]
 
 
 class _Entry:
@@ -129,7 +135,7 @@ class JitWrapped:
         key = (extraction.static, static_args, tuple(leaf_donated), tuple(ord_donated))
         jitted = self._compiled.get(key)
         if jitted is None:
-            jitted = self._compile(extraction, static_args, leaf_donated, ord_donated)
+            jitted = self._compile(extraction, [*args, kwargs], static_args, leaf_donated, ord_donated)
             self._compiled[key] = jitted
         entry = _Entry()
         entry.treedef = (treedef, static_args)
@@ -139,10 +145,8 @@ class JitWrapped:
         entry.variables = extraction.leaves
         entry.all_variables = all(isinstance(o, Variable) for o in extraction.flattener.owners)
         entry.jitted = jitted
-        entry.donated_idx = [i for i, d in enumerate(leaf_donated) if d]
-        entry.kept_idx = [i for i, d in enumerate(leaf_donated) if not d]
-        entry.donated_ord = [i for i, d in enumerate(ord_donated) if d]
-        entry.kept_ord = [i for i, d in enumerate(ord_donated) if not d]
+        entry.donated_idx, entry.kept_idx = _split_indices(leaf_donated)
+        entry.donated_ord, entry.kept_ord = _split_indices(ord_donated)
         self._entries.insert(0, entry)
         del self._entries[_MAX_ENTRIES:]
         return entry
@@ -164,60 +168,77 @@ class JitWrapped:
         return donated
 
     def _compile(
-        self, extraction: Extraction, static_args: tuple, leaf_donated: list, ord_donated: list
+        self, extraction: Extraction, call_args: Sequence[Any], static_args: tuple,
+        leaf_donated: list, ord_donated: list,
     ) -> Any:
         fun = self.fun
         static = extraction.static
         n_leaves = len(leaf_donated)
         n_ord = len(ord_donated)
-        donated_idx = [i for i, d in enumerate(leaf_donated) if d]
-        kept_idx = [i for i, d in enumerate(leaf_donated) if not d]
-        donated_ord = [i for i, d in enumerate(ord_donated) if d]
-        kept_ord = [i for i, d in enumerate(ord_donated) if not d]
+        donated_idx, kept_idx = _split_indices(leaf_donated)
+        donated_ord, kept_ord = _split_indices(ord_donated)
         positional_static = [(i, v) for i, v in static_args if isinstance(i, int)]
         keyword_static = {k: v for k, v in static_args if isinstance(k, str)}
 
-        def pure(donated: list, kept: list, donated_o: list, kept_o: list) -> tuple:
-            values: list[Any] = [None] * n_leaves
-            for i, v in zip(donated_idx, donated, strict=True):
-                values[i] = v
-            for i, v in zip(kept_idx, kept, strict=True):
-                values[i] = v
-            ordinary: list[Any] = [None] * n_ord
-            for i, v in zip(donated_ord, donated_o, strict=True):
-                ordinary[i] = v
-            for i, v in zip(kept_ord, kept_o, strict=True):
-                ordinary[i] = v
-            args, u, inner_nodes = rebuild(static, values, ordinary)
-            *pos, kwargs = args
-            for i, v in positional_static:
-                pos.insert(i, v)
-            out = fun(*pos, **kwargs, **keyword_static)
-            return collect(static, inner_nodes, u, out, values, leaf_donated)
+        def make_pure(record: list | None) -> Callable[..., tuple]:
+            def pure(donated: list, kept: list, donated_o: list, kept_o: list) -> tuple:
+                values: list[Any] = [None] * n_leaves
+                for i, v in zip(donated_idx, donated, strict=True):
+                    values[i] = v
+                for i, v in zip(kept_idx, kept, strict=True):
+                    values[i] = v
+                ordinary: list[Any] = [None] * n_ord
+                for i, v in zip(donated_ord, donated_o, strict=True):
+                    ordinary[i] = v
+                for i, v in zip(kept_ord, kept_o, strict=True):
+                    ordinary[i] = v
+                args, u, inner_nodes = rebuild(static, values, ordinary)
+                *pos, kwargs = args
+                for i, v in positional_static:
+                    pos.insert(i, v)
+                out = fun(*pos, **kwargs, **keyword_static)
+                if record is not None:
+                    record.append(shardlib.output_value_specs(out, self.out_shardings, "nnx.jit out_shardings"))
+                result = collect(static, inner_nodes, u, out, values, leaf_donated)
+                if record is not None:
+                    record.append(result)
+                return result
+
+            return pure
 
         jit_kwargs = dict(self.jit_kwargs)
+        donate = tuple(i for i, group in ((0, donated_idx), (2, donated_ord)) if group)
+        leaf_s: list[Any] = [None] * n_leaves
         if self.in_shardings is not None:
-            jit_kwargs["in_shardings"] = self._leaf_shardings(
-                extraction, donated_idx, kept_idx, donated_ord, kept_ord
+            n_pos = len(call_args) - 1  # the last entry holds the keyword arguments
+            specs = shardlib.per_argument(self.in_shardings, n_pos, "nnx.jit in_shardings")
+            leaf_s, ord_s = shardlib.argument_leaf_specs(
+                extraction, call_args, [*specs, None], "nnx.jit in_shardings"
+            )
+            jit_kwargs["in_shardings"] = (
+                [leaf_s[i] for i in donated_idx], [leaf_s[i] for i in kept_idx],
+                [ord_s[i] for i in donated_ord], [ord_s[i] for i in kept_ord],
             )
         if self.out_shardings is not None:
-            jit_kwargs["out_shardings"] = (self.out_shardings, self.out_shardings, None)
-        donate = tuple(i for i, group in ((0, donated_idx), (2, donated_ord)) if group)
-        return jax.jit(pure, donate_argnums=donate, **jit_kwargs)
-
-    def _leaf_shardings(
-        self, extraction: Extraction, donated_idx: list, kept_idx: list, donated_ord: list,
-        kept_ord: list,
-    ) -> tuple:
-        per_arg = self.in_shardings
-        if not isinstance(per_arg, tuple | list):
-            return per_arg
-        leaf_s = [per_arg[a] if a < len(per_arg) else None for a in extraction.leaf_args]
-        ord_s = [per_arg[a] if a < len(per_arg) else None for a in extraction.ordinary_args]
-        return (
-            [leaf_s[i] for i in donated_idx], [leaf_s[i] for i in kept_idx],
-            [ord_s[i] for i in donated_ord], [ord_s[i] for i in kept_ord],
-        )
+            # The outputs' structure is known only after tracing: trace once abstractly and
+            # record which spec each returned array takes.
+            record: list[Any] = []
+            values = extraction.leaf_values()
+            jax.eval_shape(
+                make_pure(record),
+                [values[i] for i in donated_idx], [values[i] for i in kept_idx],
+                [extraction.ordinary[i] for i in donated_ord],
+                [extraction.ordinary[i] for i in kept_ord],
+            )
+            by_id, (new_vals, out_ord, box) = record[0], record[1]
+            updated = box.value[6]
+            state_s = [
+                leaf_s[updated[k]] if updated is not None and k < len(updated)
+                else by_id.get(id(v))
+                for k, v in enumerate(new_vals)
+            ]
+            jit_kwargs["out_shardings"] = (state_s, [by_id.get(id(v)) for v in out_ord], None)
+        return jax.jit(make_pure(None), donate_argnums=donate, **jit_kwargs)
 
     def _run(self, entry: _Entry, flat: list) -> Any:
         if entry.all_variables:
@@ -289,9 +310,11 @@ def jit(
 
     Args:
       fun: the function to compile.
-      in_shardings: a Sharding for every input, or a tuple with one (or None) per positional
-        argument, applied to all arrays of that argument (a Module's whole state included).
-      out_shardings: a Sharding applied to every output array.
+      in_shardings: one spec for every input, or a tuple with one per positional argument. A
+        spec is a Sharding, PartitionSpec or None (for all arrays below it), a prefix pytree of
+        them, or for a graph node a State of specs (``nnx.get_named_sharding``) or an
+        ``nnx.StateSharding``. The node's updated state keeps its input sharding.
+      out_shardings: specs for the output, in the same forms (Modules returned included).
       static_argnums / static_argnames: arguments treated as compile-time constants.
       donate_argnums / donate_argnames: arguments whose buffers (a Module's whole state
         included) may be reused for the outputs; arrays taken from them before the call become

@@ -1,0 +1,133 @@
+"""Per-argument sharding specs spread over the leaves the transforms pass to JAX.
+
+A spec for an argument is a prefix of it, as in ``jax.jit``: a ``Sharding``, a
+``PartitionSpec`` or None applies to everything below it, a container of specs matches the
+argument's containers. Where the argument holds a graph node, the spec may also be a ``State``
+(or nested dict) of specs shaped like the node's state, e.g. from ``nnx.get_named_sharding``, or
+a ``StateSharding`` mapping filters to specs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+from jax.sharding import PartitionSpec, Sharding
+
+from nnx import filters as filterlib
+from nnx.state import State
+from nnx.transforms.lift import Extraction, is_node
+from nnx.variables import Variable
+
+
+class StateSharding:
+    """Specs for a graph node's state by filter: ``StateSharding({nnx.Param: s1, ...: None})``.
+
+    Each Variable takes the spec of the first filter it matches (None when none matches).
+    """
+
+    def __init__(self, filter_specs: Mapping[Any, Any]):
+        self.filters = tuple(filter_specs)
+        self.specs = tuple(filter_specs.values())
+        self._predicates = tuple(filterlib.to_predicate(f) for f in self.filters)
+
+    def spec_for(self, path: tuple, leaf: Any) -> Any:
+        for pred, spec in zip(self._predicates, self.specs, strict=True):
+            if pred(path, leaf):
+                return spec
+        return None
+
+    def __repr__(self) -> str:
+        return f"StateSharding({dict(zip(self.filters, self.specs, strict=True))!r})"
+
+
+def _is_spec_leaf(s: Any) -> bool:
+    return s is None or isinstance(s, Sharding | PartitionSpec | StateSharding | State | Variable)
+
+
+def _count_items(tree: Any) -> int:
+    return len(jax.tree_util.tree_leaves(tree, is_leaf=is_node))
+
+
+def broadcast_prefix(spec: Any, tree: Any, where: str) -> list[Any]:
+    """One spec per item of ``tree`` (its graph nodes and other pytree leaves, in order)."""
+    if is_node(tree) or _is_spec_leaf(spec):
+        return [spec] * _count_items(tree)
+    spec_children, spec_def = jax.tree_util.tree_flatten(spec, is_leaf=lambda x: x is not spec)
+    tree_children, tree_def = jax.tree_util.tree_flatten(tree, is_leaf=lambda x: x is not tree)
+    if spec_def != tree_def:
+        raise ValueError(
+            f"{where}: the sharding spec {spec!r} does not match the structure of its argument "
+            f"({tree_def}); give one spec per argument, or a prefix of its structure."
+        )
+    out: list[Any] = []
+    for s, t in zip(spec_children, tree_children, strict=True):
+        out.extend(broadcast_prefix(s, t, where))
+    return out
+
+
+def _unwrap(spec: Any) -> Any:
+    return spec.get_value() if isinstance(spec, Variable) else spec
+
+
+def node_leaf_specs(spec: Any, paths: Sequence[tuple], leaves: Sequence[Any]) -> list[Any]:
+    """The spec of each leaf of one graph node, given the node's spec."""
+    if isinstance(spec, StateSharding):
+        return [spec.spec_for(tuple(p), leaf) for p, leaf in zip(paths, leaves, strict=True)]
+    if isinstance(spec, State | Mapping):
+        flat = dict(State.flatten_mapping(spec).items()) if not isinstance(spec, State) else {
+            tuple(p): v for p, v in spec.flat_state()
+        }
+        return [_unwrap(flat.get(tuple(p))) for p in paths]
+    return [_unwrap(spec)] * len(paths)
+
+
+def per_argument(specs: Any, n_args: int, where: str) -> list[Any]:
+    """``specs`` as one entry per argument: a tuple/list gives them (missing ones None); any
+    other value (a Sharding, a PartitionSpec, None) applies to every argument."""
+    if isinstance(specs, tuple | list) and not isinstance(specs, PartitionSpec):
+        if len(specs) > n_args:
+            raise ValueError(f"{where}: {len(specs)} specs for {n_args} arguments")
+        return list(specs) + [None] * (n_args - len(specs))
+    return [specs] * n_args
+
+
+def argument_leaf_specs(
+    extraction: Extraction, args: Sequence[Any], specs: Sequence[Any], where: str
+) -> tuple[list[Any], list[Any]]:
+    """Spread one spec per argument over the extraction's node leaves and ordinary leaves."""
+    leaf_specs: list[Any] = [None] * len(extraction.leaves)
+    ord_specs: list[Any] = []
+    ranges = iter(extraction.node_ranges)
+    for arg, spec in zip(args, specs, strict=True):
+        items = jax.tree_util.tree_leaves(arg, is_leaf=is_node)
+        for item, s in zip(items, broadcast_prefix(spec, arg, where), strict=True):
+            if not is_node(item):
+                ord_specs.append(_unwrap(s))
+                continue
+            start, stop = next(ranges)
+            leaf_specs[start:stop] = node_leaf_specs(
+                s, extraction.paths[start:stop], extraction.leaves[start:stop]
+            )
+    return leaf_specs, ord_specs
+
+
+def output_value_specs(out: Any, spec: Any, where: str) -> dict[int, Any]:
+    """Map ``id`` of each array in ``out`` (a Variable's value for graph nodes) to its spec."""
+    found: dict[int, Any] = {}
+    items = jax.tree_util.tree_leaves(out, is_leaf=is_node)
+    for item, s in zip(items, broadcast_prefix(spec, out, where), strict=True):
+        if not is_node(item):
+            found.setdefault(id(item), _unwrap(s))
+            continue
+        extraction = Extraction([item])
+        for leaf_spec, value in zip(
+            node_leaf_specs(s, extraction.paths, extraction.leaves), extraction.leaf_values(),
+            strict=True,
+        ):
+            found.setdefault(id(value), leaf_spec)
+    return found
+
+
+__all__ = ["StateSharding"]
