@@ -1,4 +1,5 @@
-"""Dtype promotion shared by the layers: ``dtype=None`` means "promote the inputs"."""
+"""Dtype promotion shared by the layers (``dtype=None`` means "promote the inputs") and the
+feature-size errors they raise."""
 
 from __future__ import annotations
 
@@ -41,3 +42,18 @@ def feature_error(layer: str, expected: Any, got: Any, shape: tuple, where: str)
         f"(input shape {tuple(shape)})"
     )
 
+
+
+def check_last_axis(layer: str, inputs: Any, expected: int, where: str = "the last axis") -> None:
+    """Raise ``feature_error`` unless the last axis of ``inputs`` has ``expected`` entries.
+
+    Args:
+      layer: the layer's name, first word of the message.
+      inputs: the array to check (a scalar has no last axis and fails).
+      expected: the feature size the layer's parameters need.
+      where: how the message names the axis.
+    """
+    shape = jnp.shape(inputs)
+    if not shape or shape[-1] != expected:
+        got = shape[-1] if shape else "no axis"
+        raise feature_error(layer, expected, got, shape, where)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from nnx.graph import merge, split, update
 from nnx.module import Module
 from nnx.nn import initializers
-from nnx.nn.dtypes import feature_error
+from nnx.nn.dtypes import check_last_axis
 from nnx.nn.linear import Linear, default_kernel_init
 from nnx.rngs import Rngs
 from nnx.variables import Param
@@ -68,17 +68,71 @@ class RNNCellBase(Module):
         return jax.random.key(0)
 
     def _check_inputs(self, inputs: Array) -> None:
-        shape = jnp.shape(inputs)
-        if not shape or shape[-1] != self.in_features:
-            got = shape[-1] if shape else "no axis"
-            raise feature_error(type(self).__name__, self.in_features, got, shape, "the last axis")
+        check_last_axis(type(self).__name__, inputs, self.in_features)
 
     def _carry_array(self, key: Array, input_shape: tuple[int, ...]) -> Array:
         batch_dims = tuple(input_shape)[: len(input_shape) - self.num_feature_axes]
         return self.carry_init(key, (*batch_dims, self.hidden_features), self.param_dtype)
 
 
-class LSTMCell(RNNCellBase):
+class _DenseCell(RNNCellBase):
+    """A cell built from ``Linear`` layers declared in ``_layers``; the cells share this
+    constructor (its arguments are documented in ``LSTMCell``).
+
+    Each ``_layers`` entry is ``(attribute, reads, has_bias)``: ``reads`` is ``"inputs"`` (an
+    ``in_features -> hidden`` layer with ``kernel_init``) or ``"hidden"`` (``hidden -> hidden``
+    with ``recurrent_kernel_init``). With ``_fused_gates = n`` each layer computes ``n`` gates
+    at once: its output is ``n * hidden_features`` wide and each block is initialized
+    independently. The layers are created in the order listed (which fixes the random keys).
+    The carry is ``h``; ``LSTMCell`` overrides ``initialize_carry`` for its ``(c, h)``.
+    """
+
+    _layers: tuple[tuple[str, str, bool], ...] = ()
+    _fused_gates = 1
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        gate_fn: Callable[[Array], Array] | None = jax.nn.sigmoid,
+        activation_fn: Callable[[Array], Array] = jnp.tanh,
+        kernel_init: initializers.Initializer = default_kernel_init,
+        recurrent_kernel_init: initializers.Initializer = default_recurrent_kernel_init,
+        bias_init: initializers.Initializer = default_bias_init,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        carry_init: initializers.Initializer | None = None,
+        rngs: Rngs,
+    ):
+        self.in_features = in_features
+        self.hidden_features = hidden_features
+        if gate_fn is not None:  # SimpleCell has no gates
+            self.gate_fn = gate_fn
+        self.activation_fn = activation_fn
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.carry_init = carry_init or _zeros
+        sources = {
+            "inputs": (in_features, kernel_init),
+            "hidden": (hidden_features, recurrent_kernel_init),
+        }
+        for name, reads, has_bias in self._layers:
+            n_in, init = sources[reads]
+            if self._fused_gates > 1:
+                init = _stacked_init(init, self._fused_gates)
+            layer = Linear(
+                n_in, self._fused_gates * hidden_features, use_bias=has_bias, kernel_init=init,
+                bias_init=bias_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+            )
+            setattr(self, name, layer)
+
+    def initialize_carry(self, input_shape: tuple[int, ...], rngs: Rngs | None = None) -> Array:
+        """``h`` of shape ``(batch..., hidden_features)`` (zeros by default)."""
+        return self._carry_array(self._carry_key(rngs), input_shape)
+
+
+class LSTMCell(_DenseCell):
     """Long short-term memory cell; the carry is ``(c, h)`` and the output is ``h``.
 
     ``i = gate(W_ii x + W_hi h + b_i)``, ``f = gate(W_if x + W_hf h + b_f)``,
@@ -100,44 +154,11 @@ class LSTMCell(RNNCellBase):
       rngs: random streams for the parameters.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int,
-        *,
-        gate_fn: Callable[[Array], Array] = jax.nn.sigmoid,
-        activation_fn: Callable[[Array], Array] = jnp.tanh,
-        kernel_init: initializers.Initializer = default_kernel_init,
-        recurrent_kernel_init: initializers.Initializer = default_recurrent_kernel_init,
-        bias_init: initializers.Initializer = default_bias_init,
-        dtype: Any = None,
-        param_dtype: Any = jnp.float32,
-        carry_init: initializers.Initializer | None = None,
-        rngs: Rngs,
-    ):
-        self.in_features = in_features
-        self.hidden_features = hidden_features
-        self.gate_fn = gate_fn
-        self.activation_fn = activation_fn
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.carry_init = carry_init or _zeros
-
-        def dense_i() -> Linear:
-            return Linear(
-                in_features, hidden_features, use_bias=False, kernel_init=kernel_init,
-                dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-            )
-
-        def dense_h() -> Linear:
-            return Linear(
-                hidden_features, hidden_features, use_bias=True,
-                kernel_init=recurrent_kernel_init, bias_init=bias_init, dtype=dtype,
-                param_dtype=param_dtype, rngs=rngs,
-            )
-
-        self.ii, self.if_, self.ig, self.io = dense_i(), dense_i(), dense_i(), dense_i()
-        self.hi, self.hf, self.hg, self.ho = dense_h(), dense_h(), dense_h(), dense_h()
+    _layers = (
+        ("ii", "inputs", False), ("if_", "inputs", False), ("ig", "inputs", False),
+        ("io", "inputs", False), ("hi", "hidden", True), ("hf", "hidden", True),
+        ("hg", "hidden", True), ("ho", "hidden", True),
+    )
 
     def __call__(self, carry: tuple[Array, Array], inputs: Array) -> tuple[tuple[Array, Array], Array]:
         """One step: returns ``((c', h'), h')``."""
@@ -168,38 +189,8 @@ class OptimizedLSTMCell(LSTMCell):
     Takes the same arguments as ``LSTMCell``.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int,
-        *,
-        gate_fn: Callable[[Array], Array] = jax.nn.sigmoid,
-        activation_fn: Callable[[Array], Array] = jnp.tanh,
-        kernel_init: initializers.Initializer = default_kernel_init,
-        recurrent_kernel_init: initializers.Initializer = default_recurrent_kernel_init,
-        bias_init: initializers.Initializer = default_bias_init,
-        dtype: Any = None,
-        param_dtype: Any = jnp.float32,
-        carry_init: initializers.Initializer | None = None,
-        rngs: Rngs,
-    ):
-        self.in_features = in_features
-        self.hidden_features = hidden_features
-        self.gate_fn = gate_fn
-        self.activation_fn = activation_fn
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.carry_init = carry_init or _zeros
-        self.dense_i = Linear(
-            in_features, 4 * hidden_features, use_bias=False,
-            kernel_init=_stacked_init(kernel_init, 4), dtype=dtype, param_dtype=param_dtype,
-            rngs=rngs,
-        )
-        self.dense_h = Linear(
-            hidden_features, 4 * hidden_features, use_bias=True,
-            kernel_init=_stacked_init(recurrent_kernel_init, 4), bias_init=bias_init,
-            dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-        )
+    _layers = (("dense_i", "inputs", False), ("dense_h", "hidden", True))
+    _fused_gates = 4
 
     def __call__(self, carry: tuple[Array, Array], inputs: Array) -> tuple[tuple[Array, Array], Array]:
         """One step: returns ``((c', h'), h')``."""
@@ -212,7 +203,7 @@ class OptimizedLSTMCell(LSTMCell):
         return (new_c, new_h), new_h
 
 
-class GRUCell(RNNCellBase):
+class GRUCell(_DenseCell):
     """Gated recurrent unit; the carry and the output are ``h``.
 
     ``r = gate(W_ir x + b_ir + W_hr h)``, ``z = gate(W_iz x + b_iz + W_hz h)``,
@@ -224,44 +215,10 @@ class GRUCell(RNNCellBase):
       recurrent_kernel_init, bias_init, dtype, param_dtype, carry_init, rngs: as in ``LSTMCell``.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int,
-        *,
-        gate_fn: Callable[[Array], Array] = jax.nn.sigmoid,
-        activation_fn: Callable[[Array], Array] = jnp.tanh,
-        kernel_init: initializers.Initializer = default_kernel_init,
-        recurrent_kernel_init: initializers.Initializer = default_recurrent_kernel_init,
-        bias_init: initializers.Initializer = default_bias_init,
-        dtype: Any = None,
-        param_dtype: Any = jnp.float32,
-        carry_init: initializers.Initializer | None = None,
-        rngs: Rngs,
-    ):
-        self.in_features = in_features
-        self.hidden_features = hidden_features
-        self.gate_fn = gate_fn
-        self.activation_fn = activation_fn
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.carry_init = carry_init or _zeros
-
-        def dense_i() -> Linear:
-            return Linear(
-                in_features, hidden_features, use_bias=True, kernel_init=kernel_init,
-                bias_init=bias_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-            )
-
-        def dense_h(use_bias: bool) -> Linear:
-            return Linear(
-                hidden_features, hidden_features, use_bias=use_bias,
-                kernel_init=recurrent_kernel_init, bias_init=bias_init, dtype=dtype,
-                param_dtype=param_dtype, rngs=rngs,
-            )
-
-        self.ir, self.iz, self.in_ = dense_i(), dense_i(), dense_i()
-        self.hr, self.hz, self.hn = dense_h(False), dense_h(False), dense_h(True)
+    _layers = (
+        ("ir", "inputs", True), ("iz", "inputs", True), ("in_", "inputs", True),
+        ("hr", "hidden", False), ("hz", "hidden", False), ("hn", "hidden", True),
+    )
 
     def __call__(self, carry: Array, inputs: Array) -> tuple[Array, Array]:
         """One step: returns ``(h', h')``."""
@@ -273,12 +230,8 @@ class GRUCell(RNNCellBase):
         new_h = (1.0 - z) * n + z * h
         return new_h, new_h
 
-    def initialize_carry(self, input_shape: tuple[int, ...], rngs: Rngs | None = None) -> Array:
-        """``h`` of shape ``(batch..., hidden_features)`` (zeros by default)."""
-        return self._carry_array(self._carry_key(rngs), input_shape)
 
-
-class SimpleCell(RNNCellBase):
+class SimpleCell(_DenseCell):
     """An Elman cell: ``h' = act(W_i x + b + W_h h)``; the carry and the output are ``h``.
 
     Parameters: ``dense_i`` (kernel and bias) and ``dense_h`` (recurrent kernel, no bias).
@@ -287,6 +240,8 @@ class SimpleCell(RNNCellBase):
       in_features, hidden_features, activation_fn, kernel_init, recurrent_kernel_init,
       bias_init, dtype, param_dtype, carry_init, rngs: as in ``LSTMCell``.
     """
+
+    _layers = (("dense_i", "inputs", True), ("dense_h", "hidden", False))
 
     def __init__(
         self,
@@ -302,19 +257,11 @@ class SimpleCell(RNNCellBase):
         carry_init: initializers.Initializer | None = None,
         rngs: Rngs,
     ):
-        self.in_features = in_features
-        self.hidden_features = hidden_features
-        self.activation_fn = activation_fn
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.carry_init = carry_init or _zeros
-        self.dense_i = Linear(
-            in_features, hidden_features, use_bias=True, kernel_init=kernel_init,
-            bias_init=bias_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-        )
-        self.dense_h = Linear(
-            hidden_features, hidden_features, use_bias=False, kernel_init=recurrent_kernel_init,
-            dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+        super().__init__(
+            in_features, hidden_features, gate_fn=None, activation_fn=activation_fn,
+            kernel_init=kernel_init, recurrent_kernel_init=recurrent_kernel_init,
+            bias_init=bias_init, dtype=dtype, param_dtype=param_dtype, carry_init=carry_init,
+            rngs=rngs,
         )
 
     def __call__(self, carry: Array, inputs: Array) -> tuple[Array, Array]:
@@ -322,10 +269,6 @@ class SimpleCell(RNNCellBase):
         self._check_inputs(inputs)
         new_h = self.activation_fn(self.dense_i(inputs) + self.dense_h(carry))
         return new_h, new_h
-
-    def initialize_carry(self, input_shape: tuple[int, ...], rngs: Rngs | None = None) -> Array:
-        """``h`` of shape ``(batch..., hidden_features)`` (zeros by default)."""
-        return self._carry_array(self._carry_key(rngs), input_shape)
 
 
 def _flip_sequences(xs: Array, seq_lengths: Array | None) -> Array:
