@@ -224,7 +224,7 @@ class Loops:
         return (epoch + 1) in freq
 
     def _set_pos(self, pos: int) -> None:
-        self._state = self._state._replace(counters={**self._state.counters, "pos": jnp.asarray(pos, jnp.int32)})
+        self._state = self._state._replace(counters=self._state.counters.at[steplib.POS].set(pos))
 
     def _permutation(self, epoch: int, n: int, shuffle: bool) -> jax.Array:
         if not shuffle:

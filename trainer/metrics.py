@@ -1,8 +1,8 @@
 """Running metrics kept on the device: per-example metric functions and weighted running means.
 
-A running mean is a pair ``(total, weight)`` of float32 scalars. Named metrics ("accuracy",
-"top_k_accuracy", "mae", "mse") compute one value per example, weighted by the sample weights
-(padded rows weigh 0). ``nnx.metrics`` objects are carried as their State and updated with
+The running means (loss, aux scalars, named metrics) are the ``(total, weight)`` rows of one
+float32 ``(k, 2)`` array. Named metrics ("accuracy", "top_k_accuracy", "mae", "mse") compute one
+value per example, weighted by the sample weights (padded rows weigh 0). ``nnx.metrics`` objects are carried as their State and updated with
 ``update(logits=, labels=, loss=, mask=)``.
 """
 
@@ -125,25 +125,27 @@ def _snake(name: str) -> str:
     return out
 
 
-def init_state(specs: tuple[MetricSpec, ...], aux_keys: tuple[str, ...]) -> dict[str, Any]:
-    """Zeroed running state: ``loss``, each metric, and each scalar aux entry of compute_loss."""
-    zero = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-    state: dict[str, Any] = {"loss": zero}
-    for key in aux_keys:
-        state[key] = zero
-    for spec in specs:
-        state[spec.name] = list(spec.initial) if spec.graphdef is not None else zero
-    return state
+def mean_rows(specs: tuple[MetricSpec, ...], aux_keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The names of the running-mean rows: ``loss``, the aux scalars, the named metrics."""
+    return ("loss", *aux_keys, *(s.name for s in specs if s.graphdef is None))
 
 
-def _add(pair: tuple[jax.Array, jax.Array], total: jax.Array, weight: jax.Array) -> tuple:
-    return (pair[0] + total.astype(jnp.float32), pair[1] + weight.astype(jnp.float32))
+def init_state(specs: tuple[MetricSpec, ...], aux_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Zeroed running state.
+
+    ``means`` is one float32 ``(k, 2)`` array of ``(total, weight)`` rows in ``mean_rows``
+    order; ``objects`` holds each nnx metric object's State leaves.
+    """
+    rows = mean_rows(specs, aux_keys)
+    objects = {s.name: list(s.initial) for s in specs if s.graphdef is not None}
+    return {"means": jnp.zeros((len(rows), 2), jnp.float32), "objects": objects}
 
 
 def update_state(
     specs: tuple[MetricSpec, ...],
     state: dict[str, Any],
     *,
+    aux_keys: tuple[str, ...] = (),
     loss: jax.Array,
     weight_total: jax.Array,
     aux: dict[str, Any],
@@ -153,11 +155,12 @@ def update_state(
     per_example_loss: jax.Array | None,
 ) -> dict[str, Any]:
     """Add one batch to the running state (pure)."""
-    new = dict(state)
-    new["loss"] = _add(state["loss"], loss * weight_total, weight_total)
-    for key in state:
-        if key in aux:
-            new[key] = _add(state[key], jnp.asarray(aux[key]) * weight_total, weight_total)
+    weight_total = weight_total.astype(jnp.float32)
+    rows = [(loss * weight_total, weight_total)]
+    zero = jnp.zeros((), jnp.float32)
+    for key in aux_keys:  # a key missing from this mode's aux adds nothing
+        rows.append((jnp.asarray(aux[key]) * weight_total, weight_total) if key in aux else (zero, zero))
+    objects = dict(state["objects"])
     for spec in specs:
         if predictions is None or targets is None:
             raise ValueError(
@@ -167,31 +170,35 @@ def update_state(
         if spec.graphdef is None:
             values = spec.fn(predictions, targets)
             w = jnp.ones_like(values) if weights is None else weights.astype(jnp.float32)
-            new[spec.name] = _add(state[spec.name], jnp.sum(values * w), jnp.sum(w))
+            rows.append((jnp.sum(values * w), jnp.sum(w)))
         else:
-            metric = nnx.unflatten(spec.graphdef, list(state[spec.name]))  # fresh Variables
+            metric = nnx.unflatten(spec.graphdef, list(objects[spec.name]))  # fresh Variables
             kwargs = {"logits": predictions, "labels": targets, "predictions": predictions}
             kwargs["loss"] = loss if per_example_loss is None else per_example_loss
             kwargs["values"] = kwargs["loss"]
             metric.update(mask=weights, **kwargs)
             _, leaves = nnx.flatten(metric)
-            new[spec.name] = [v.value if isinstance(v, nnx.Variable) else v for v in leaves]
-    return new
+            objects[spec.name] = [v.value if isinstance(v, nnx.Variable) else v for v in leaves]
+    added = jnp.stack([jnp.stack([t.astype(jnp.float32), w.astype(jnp.float32)]) for t, w in rows])
+    return {"means": state["means"] + added, "objects": objects}
 
 
-def results(specs: tuple[MetricSpec, ...], state: dict[str, Any]) -> dict[str, jax.Array]:
+def results(
+    specs: tuple[MetricSpec, ...], state: dict[str, Any], aux_keys: tuple[str, ...] = ()
+) -> dict[str, jax.Array]:
     """The running values (pure): weighted means, 0 where nothing was weighed yet."""
     out: dict[str, Any] = {}
-    by_name = {s.name: s for s in specs}
-    for key, value in state.items():
-        spec = by_name.get(key)
-        if spec is not None and spec.graphdef is not None:
-            computed = nnx.unflatten(spec.graphdef, list(value)).compute()
-            if isinstance(computed, dict):
-                out.update({f"{key}_{k}" if k != key else k: v for k, v in computed.items()})
-            else:
-                out[key] = computed
+    means = state["means"]
+    weights = means[:, 1]
+    values = means[:, 0] / jnp.where(weights == 0, 1.0, weights)
+    for i, name in enumerate(mean_rows(specs, aux_keys)):
+        out[name] = values[i]
+    for spec in specs:
+        if spec.graphdef is None:
+            continue
+        computed = nnx.unflatten(spec.graphdef, list(state["objects"][spec.name])).compute()
+        if isinstance(computed, dict):
+            out.update({f"{spec.name}_{k}" if k != spec.name else k: v for k, v in computed.items()})
         else:
-            total, weight = value
-            out[key] = total / jnp.where(weight == 0, 1.0, weight)
+            out[spec.name] = computed
     return out

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import nnx
 from trainer import data as datalib
@@ -31,26 +32,30 @@ class TrainState(NamedTuple):
       params: the trained leaves, a nested dict like ``nnx.state(model, wrt).to_pure_dict()``.
       others: the other leaves of the model, in GraphDef order.
       opt_state: the optax state (None in evaluate / predict).
-      metrics: running ``(total, weight)`` pairs and metric-object leaves.
-      counters: int32 scalars ``step``, ``pos`` (batch index in the epoch), ``nonfinite``
-        (steps with a non-finite loss) and ``first_nonfinite`` (the first such step, or -1).
+      metrics: the running metrics (see ``metrics.init_state``): ``{"means": float32 (k, 2)
+        running (total, weight) rows, "objects": {name: metric-object leaves}}``; ``{}`` before
+        the first batch is seen.
+      counters: one int32 vector indexed by ``STEP``, ``POS`` (batch index in the epoch),
+        ``NONFINITE`` (steps with a non-finite loss) and ``FIRST_NONFINITE`` (the first such
+        step, or -1).
     """
 
     params: Any
     others: tuple
     opt_state: Any
     metrics: dict
-    counters: dict
+    counters: jax.Array
 
 
-def new_counters(step: int = 0, pos: int = 0) -> dict[str, jax.Array]:
+# Each buffer a compiled step takes and returns costs dispatch time on every call, so the
+# scalars are packed: the counters into one int32 vector, the running means into one array.
+STEP, POS, NONFINITE, FIRST_NONFINITE = range(4)
+_NEXT_POS = np.array([0, 1, 0, 0], np.int32)  # an elementwise add fuses; .at[POS].add does not
+
+
+def new_counters(step: int = 0, pos: int = 0) -> jax.Array:
     """Fresh counters on the device."""
-    return {
-        "step": jnp.asarray(step, jnp.int32),
-        "pos": jnp.asarray(pos, jnp.int32),
-        "nonfinite": jnp.zeros((), jnp.int32),
-        "first_nonfinite": jnp.full((), -1, jnp.int32),
-    }
+    return jnp.asarray(np.array([step, pos, 0, -1], np.int32))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -261,14 +266,14 @@ def make_train_fn(
     """A pure ``(state, data, perm) -> (state, logs)`` running ``step`` once or ``fused`` times.
 
     ``data`` is the whole on-device dataset when ``gather`` is set (the batch is taken at
-    ``counters['pos']``), else one batch, or ``fused`` stacked batches.
+    ``counters[POS]``), else one batch, or ``fused`` stacked batches.
     """
 
     def one(state: TrainState, data: Any, perm: Any) -> tuple[TrainState, Any]:
-        pos = state.counters["pos"]
+        pos = state.counters[POS]
         batch = data if gather is None else _take(data, perm, None, pos, gather, keys)
         state, logs = step(state, batch)
-        state = state._replace(counters={**state.counters, "pos": pos + 1})
+        state = state._replace(counters=state.counters + _NEXT_POS)
         return state, (logs if with_logs else None)
 
     if fused <= 1:
@@ -292,10 +297,10 @@ def make_eval_fn(
     """A pure ``(state, data, perm, n) -> (state, logs)`` for one evaluation batch."""
 
     def run(state: TrainState, data: Any, perm: Any, n: Any) -> tuple[TrainState, Any]:
-        pos = state.counters["pos"]
+        pos = state.counters[POS]
         batch = data if gather is None else _take(data, perm, n, pos, gather, keys)
         state, logs = step(state, batch)
-        state = state._replace(counters={**state.counters, "pos": pos + 1})
+        state = state._replace(counters=state.counters + _NEXT_POS)
         return state, (logs if with_logs else None)
 
     return run

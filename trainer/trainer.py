@@ -123,6 +123,8 @@ class Trainer(Loops):
         self._metric_specs = metriclib.resolve_metrics(metrics)
         self._aux_keys: tuple[str, ...] | None = None
         self._callbacks = list(callbacks or [])
+        self._running: CallbackList | None = None  # the callbacks of the fit in progress
+        self._fit_data: Any = None  # the training source of the fit in progress
         self._full_tx: optax.GradientTransformation | None = None
         self._opt_state: Any = None
         self._opt_params_def: Any = None
@@ -143,6 +145,31 @@ class Trainer(Loops):
 
     # -- public attributes -------------------------------------------------------------
     @property
+    def seed(self) -> int:
+        """The seed of the per-epoch shuffle; setting it resets the shuffle key."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._seed = int(value)
+        # the shuffle of epoch e uses fold_in(key, e); checkpoints save and restore this key
+        self._shuffle_key = jax.random.key(self._seed)
+
+    @property
+    def callbacks(self) -> list[Callback]:
+        """The callbacks of the ``fit`` in progress, in the order they are called (History
+        first, the ProgressBar and the checkpointing callbacks last); outside ``fit``, the
+        callbacks given to the Trainer. Checkpoints save and restore their ``state_dict``."""
+        if self._running is not None:
+            return list(self._running)
+        return list(self._callbacks)
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the last ``fit`` / ``evaluate`` / ``predict`` was stopped by Ctrl-C."""
+        return self._interrupted
+
+    @property
     def model(self) -> Any:
         """The user's model object, current whenever a callback runs and after every call."""
         if self._state is not None:
@@ -162,7 +189,7 @@ class Trainer(Loops):
 
     @learning_rate.setter
     def learning_rate(self, value: float) -> None:
-        lrlib.set_learning_rate(self._live_opt_state(), value)
+        self._replace_opt_state(lrlib.replace_learning_rate(self._live_opt_state(), value))
 
     @property
     def lr_scale(self) -> float:
@@ -178,8 +205,11 @@ class Trainer(Loops):
                 "This optimizer was built with optax.inject_hyperparams; set "
                 "trainer.learning_rate instead of trainer.lr_scale."
             )
-        new = lrlib.replace_lr_scale(opt_state, value)
-        if self._state is not None:
+        self._replace_opt_state(lrlib.replace_lr_scale(opt_state, value))
+
+    def _replace_opt_state(self, new: Any) -> None:
+        """Use ``new`` as the optimizer state (in the live state too while a call runs)."""
+        if self._state is not None and self._state.opt_state is not None:
             self._state = self._state._replace(opt_state=new)
         self._opt_state = new
 
@@ -254,6 +284,7 @@ class Trainer(Loops):
         metrics = metriclib.update_state(
             self._metric_specs,
             state.metrics,
+            aux_keys=self._aux_keys or (),
             loss=loss,
             weight_total=weight_total,
             aux=aux,
@@ -264,19 +295,17 @@ class Trainer(Loops):
         )
         c = state.counters
         bad = ~jnp.isfinite(loss)
-        counters = {
-            **c,
-            "step": c["step"] + 1,
-            "nonfinite": c["nonfinite"] + bad.astype(jnp.int32),
-            "first_nonfinite": jnp.where(bad & (c["first_nonfinite"] < 0), c["step"], c["first_nonfinite"]),
-        }
+        first = jnp.where(bad & (c[steplib.FIRST_NONFINITE] < 0), c[steplib.STEP], c[steplib.FIRST_NONFINITE])
+        counters = jnp.stack(
+            [c[steplib.STEP] + 1, c[steplib.POS], c[steplib.NONFINITE] + bad.astype(jnp.int32), first]
+        )
         return state._replace(metrics=metrics, counters=counters)
 
     def compute_logs(self, state: TrainState) -> dict[str, jax.Array]:
         """The running values of loss and metrics (pure)."""
-        logs = metriclib.results(self._metric_specs, state.metrics)
-        logs["_nonfinite"] = state.counters["nonfinite"]
-        logs["_first_nonfinite"] = state.counters["first_nonfinite"]
+        logs = metriclib.results(self._metric_specs, state.metrics, self._aux_keys or ())
+        logs["_nonfinite"] = state.counters[steplib.NONFINITE]
+        logs["_first_nonfinite"] = state.counters[steplib.FIRST_NONFINITE]
         return logs
 
     def _context(self) -> tuple[steplib.ModelSpec, bool]:
@@ -484,6 +513,9 @@ class Trainer(Loops):
         if mode == "fit":
             self.history = History()
             cbs.insert(0, self.history)
+            # checkpoints are written after the other callbacks have updated their state
+            saving = [c for c in cbs if getattr(c, "saves_checkpoints", False)]
+            cbs = [c for c in cbs if not getattr(c, "saves_checkpoints", False)] + saving
         if verbose and not any(isinstance(c, ProgressBar) for c in cbs):
             cbs.append(ProgressBar(verbose=verbose))
         if not verbose:
