@@ -156,20 +156,27 @@ def _groups(axis_index_groups: Any) -> tuple | None:
     return tuple(tuple(group) for group in axis_index_groups)
 
 
-class _Affine(Module):
-    """Shared constructor parts: the optional ``scale`` and ``bias`` Params."""
+class _Norm(Module):
+    """What the normalization layers share: the optional ``scale`` and ``bias`` Params, the
+    options of the statistics, and the compiled forward pass."""
 
-    def _init_affine(
+    def _init_norm(
         self,
         num_features: int,
         *,
+        epsilon: float,
+        dtype: Any,
+        param_dtype: Any,
         use_bias: bool,
         use_scale: bool,
         bias_init: initializers.Initializer,
         scale_init: initializers.Initializer,
-        param_dtype: Any,
+        axis_name: str | None,
+        axis_index_groups: Any,
+        use_fast_variance: bool,
         rngs: Rngs | None,
     ) -> None:
+        """Create ``scale`` then ``bias`` (each None when off) and set the common attributes."""
         if (use_bias or use_scale) and rngs is None:
             raise ValueError(f"{type(self).__name__} needs rngs= to create its scale and bias")
         shape = (num_features,)
@@ -179,6 +186,18 @@ class _Affine(Module):
         self.use_bias = use_bias
         self.use_scale = use_scale
         self.param_dtype = param_dtype
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+
+    def _feature_axes(self, x: jax.Array, axes: Axes) -> tuple[int, ...]:
+        """``axes`` as sorted non-negative axes of ``x``, checked to hold ``num_features``."""
+        layer = type(self).__name__
+        feature_axes = _canonical_axes(axes, x.ndim, layer)
+        _check_features(layer, x, feature_axes, self.num_features)
+        return feature_axes
 
     def _affine(self) -> tuple[jax.Array | None, jax.Array | None]:
         scale = None if self.scale is None else self.scale.value
@@ -203,8 +222,17 @@ class _Affine(Module):
             use_mean=use_mean, use_fast_variance=self.use_fast_variance,
         )
 
+    def _apply_over_axes(
+        self, x: jax.Array, *, mask: jax.Array | None, use_mean: bool = True
+    ) -> jax.Array:
+        """Normalize ``x`` over the ``reduction_axes`` attribute, with ``scale`` and ``bias`` on
+        the ``feature_axes`` attribute (LayerNorm and RMSNorm)."""
+        reduction_axes = _canonical_axes(self.reduction_axes, x.ndim, type(self).__name__)
+        feature_axes = self._feature_axes(x, self.feature_axes)
+        return self._apply(x, reduction_axes, feature_axes, mask=mask, use_mean=use_mean)[0]
 
-class BatchNorm(_Affine):
+
+class BatchNorm(_Norm):
     """Batch normalization with running averages of the batch statistics.
 
     In training mode (``use_running_average=False``) the batch mean and variance over every axis
@@ -252,18 +280,15 @@ class BatchNorm(_Affine):
     ):
         self.mean = BatchStat(jnp.zeros((num_features,), jnp.float32))
         self.var = BatchStat(jnp.ones((num_features,), jnp.float32))
-        self._init_affine(
-            num_features, use_bias=use_bias, use_scale=use_scale, bias_init=bias_init,
-            scale_init=scale_init, param_dtype=param_dtype, rngs=rngs,
+        self._init_norm(
+            num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+            use_bias=use_bias, use_scale=use_scale, bias_init=bias_init, scale_init=scale_init,
+            axis_name=axis_name, axis_index_groups=axis_index_groups,
+            use_fast_variance=use_fast_variance, rngs=rngs,
         )
         self.use_running_average = use_running_average
         self.axis = axis
         self.momentum = momentum
-        self.epsilon = epsilon
-        self.dtype = dtype
-        self.axis_name = axis_name
-        self.axis_index_groups = axis_index_groups
-        self.use_fast_variance = use_fast_variance
 
     def __call__(
         self,
@@ -281,8 +306,7 @@ class BatchNorm(_Affine):
         """
         if use_running_average is None:
             use_running_average = self.use_running_average
-        feature_axes = _canonical_axes(self.axis, x.ndim, "BatchNorm")
-        _check_features("BatchNorm", x, feature_axes, self.num_features)
+        feature_axes = self._feature_axes(x, self.axis)
         reduction_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
         if use_running_average:
             y, _, _ = self._apply(
@@ -297,7 +321,7 @@ class BatchNorm(_Affine):
         return y
 
 
-class LayerNorm(_Affine):
+class LayerNorm(_Norm):
     """Layer normalization: each example is normalized over ``reduction_axes``.
 
     Args:
@@ -335,28 +359,21 @@ class LayerNorm(_Affine):
         use_fast_variance: bool = True,
         rngs: Rngs | None = None,
     ):
-        self._init_affine(
-            num_features, use_bias=use_bias, use_scale=use_scale, bias_init=bias_init,
-            scale_init=scale_init, param_dtype=param_dtype, rngs=rngs,
+        self._init_norm(
+            num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+            use_bias=use_bias, use_scale=use_scale, bias_init=bias_init, scale_init=scale_init,
+            axis_name=axis_name, axis_index_groups=axis_index_groups,
+            use_fast_variance=use_fast_variance, rngs=rngs,
         )
-        self.epsilon = epsilon
-        self.dtype = dtype
         self.reduction_axes = reduction_axes
         self.feature_axes = feature_axes
-        self.axis_name = axis_name
-        self.axis_index_groups = axis_index_groups
-        self.use_fast_variance = use_fast_variance
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalize ``x`` over ``reduction_axes`` (``mask`` selects the entries that count)."""
-        layer = type(self).__name__
-        reduction_axes = _canonical_axes(self.reduction_axes, x.ndim, layer)
-        feature_axes = _canonical_axes(self.feature_axes, x.ndim, layer)
-        _check_features(layer, x, feature_axes, self.num_features)
-        return self._apply(x, reduction_axes, feature_axes, mask=mask)[0]
+        return self._apply_over_axes(x, mask=mask)
 
 
-class RMSNorm(_Affine):
+class RMSNorm(_Norm):
     """Root-mean-square normalization: ``x / sqrt(mean(x^2) + eps) * scale`` (no centring).
 
     Args:
@@ -390,27 +407,21 @@ class RMSNorm(_Affine):
         use_fast_variance: bool = True,
         rngs: Rngs | None = None,
     ):
-        self._init_affine(
-            num_features, use_bias=False, use_scale=use_scale, bias_init=initializers.zeros,
-            scale_init=scale_init, param_dtype=param_dtype, rngs=rngs,
+        self._init_norm(
+            num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+            use_bias=False, use_scale=use_scale, bias_init=initializers.zeros,
+            scale_init=scale_init, axis_name=axis_name, axis_index_groups=axis_index_groups,
+            use_fast_variance=use_fast_variance, rngs=rngs,
         )
-        self.epsilon = epsilon
-        self.dtype = dtype
         self.reduction_axes = reduction_axes
         self.feature_axes = feature_axes
-        self.axis_name = axis_name
-        self.axis_index_groups = axis_index_groups
-        self.use_fast_variance = use_fast_variance
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalize ``x`` by its root mean square over ``reduction_axes``."""
-        reduction_axes = _canonical_axes(self.reduction_axes, x.ndim, "RMSNorm")
-        feature_axes = _canonical_axes(self.feature_axes, x.ndim, "RMSNorm")
-        _check_features("RMSNorm", x, feature_axes, self.num_features)
-        return self._apply(x, reduction_axes, feature_axes, mask=mask, use_mean=False)[0]
+        return self._apply_over_axes(x, mask=mask, use_mean=False)
 
 
-class GroupNorm(_Affine):
+class GroupNorm(_Norm):
     """Group normalization: channels are split into groups normalized separately per example.
 
     Statistics are taken over ``reduction_axes`` (default: every axis but the first, the batch
@@ -470,18 +481,15 @@ class GroupNorm(_Affine):
                 f"GroupNorm: num_features ({num_features}) must be a positive multiple of "
                 f"num_groups ({num_groups})"
             )
-        self._init_affine(
-            num_features, use_bias=use_bias, use_scale=use_scale, bias_init=bias_init,
-            scale_init=scale_init, param_dtype=param_dtype, rngs=rngs,
+        self._init_norm(
+            num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+            use_bias=use_bias, use_scale=use_scale, bias_init=bias_init, scale_init=scale_init,
+            axis_name=axis_name, axis_index_groups=axis_index_groups,
+            use_fast_variance=use_fast_variance, rngs=rngs,
         )
         self.num_groups = num_groups
         self.group_size = num_features // num_groups
-        self.epsilon = epsilon
-        self.dtype = dtype
         self.reduction_axes = reduction_axes
-        self.axis_name = axis_name
-        self.axis_index_groups = axis_index_groups
-        self.use_fast_variance = use_fast_variance
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalize each group of channels of ``x`` (``(batch, ..., num_features)``)."""
@@ -595,7 +603,6 @@ class InstanceNorm(LayerNorm):
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalize ``x`` over all axes but the batch axis and ``feature_axes``."""
-        feature_axes = _canonical_axes(self.feature_axes, x.ndim, "InstanceNorm")
-        _check_features("InstanceNorm", x, feature_axes, self.num_features)
+        feature_axes = self._feature_axes(x, self.feature_axes)
         reduction_axes = tuple(a for a in range(1, x.ndim) if a not in feature_axes)
         return self._apply(x, reduction_axes, feature_axes, mask=mask)[0]
