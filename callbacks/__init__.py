@@ -1,5 +1,6 @@
 """Callbacks: the hooks a Trainer calls, and the built-in callbacks."""
 
+from callbacks.backup import BackupAndRestore
 from callbacks.base import Callback, CallbackList
 from callbacks.checkpoint import ModelCheckpoint
 from callbacks.csv_logger import CSVLogger

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 _BATCH_HOOKS = (
@@ -62,6 +62,36 @@ class Callback:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+
+
+def _state_names(callbacks: Iterable[Callback]) -> list[tuple[str, Callback]]:
+    """``(name, callback)`` pairs: the class name, with ``_1``, ``_2``... for repeats of a class."""
+    seen: dict[str, int] = {}
+    out = []
+    for cb in callbacks:
+        base = type(cb).__name__
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        out.append((base if count == 0 else f"{base}_{count}", cb))
+    return out
+
+
+def callback_states(callbacks: Iterable[Callback]) -> dict[str, dict[str, Any]]:
+    """The non-empty ``state_dict()`` of each callback, keyed by class name (see ``_state_names``)."""
+    states = {}
+    for name, cb in _state_names(callbacks):
+        state = cb.state_dict()
+        if state:
+            states[name] = state
+    return states
+
+
+def load_callback_states(callbacks: Iterable[Callback], states: Mapping[str, Any]) -> None:
+    """Give each callback the state saved under its name by ``callback_states`` (if any)."""
+    for name, cb in _state_names(callbacks):
+        state = states.get(name)
+        if state is not None:
+            cb.load_state_dict(dict(state))
 
 
 class CallbackList:

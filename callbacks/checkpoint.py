@@ -4,53 +4,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
 from typing import Any
 
 import orbax.checkpoint as ocp
 
 from callbacks._monitor import improves, monitored_value, resolve_mode
 from callbacks.base import Callback
-
-
-def _string_keys(tree: Any) -> Any:
-    """The same nested mappings with every key a string (orbax names files after keys)."""
-    if isinstance(tree, Mapping):
-        return {str(k): _string_keys(v) for k, v in tree.items()}
-    return tree
-
-
-def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, bool | int | float | str)
-
-
-def _split_scalars(tree: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Nested mappings split into arrays (saved by orbax) and Python scalars (saved as JSON)."""
-    arrays: dict[str, Any] = {}
-    scalars: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            sub_arrays, sub_scalars = _split_scalars(value)
-            if sub_arrays:
-                arrays[key] = sub_arrays
-            if sub_scalars:
-                scalars[key] = sub_scalars
-        elif _is_scalar(value):
-            scalars[key] = value
-        else:
-            arrays[key] = value
-    return arrays, scalars
-
-
-def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    """The nested union of two trees split by ``_split_scalars``."""
-    out = dict(a)
-    for key, value in b.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+from callbacks.store import CheckpointStore
 
 
 class ModelCheckpoint(Callback):
@@ -61,6 +21,9 @@ class ModelCheckpoint(Callback):
     into a temporary directory renamed when complete, so an interrupted write never replaces
     the last good checkpoint. ``restore`` reads the newest readable one back, skipping with a
     warning any that fail to load. Unlike Keras, ``directory`` is a directory, not a file name.
+    Saving step N first deletes checkpoints numbered N or higher (left by an abandoned run).
+    Checkpointing callbacks run after the other callbacks of a ``fit``, so a checkpoint holds
+    their state as of the end of the epoch or batch.
 
     Args:
       directory: where the checkpoints are written.
@@ -101,10 +64,12 @@ class ModelCheckpoint(Callback):
         self.best: float | None = None
         self._batches_seen = 0
         self._warned_missing = False
-        self._manager: ocp.CheckpointManager | None = None
+        self._store = CheckpointStore(self.directory, max_to_keep=max_to_keep, owner="ModelCheckpoint")
 
-    # A batch-frequency checkpoint reads logs only when it saves (see ``_batch_monitor``).
+    # A batch-frequency checkpoint reads logs only when it saves (see ``on_train_batch_end``).
     pulls_batch_logs = True
+    # The Trainer runs checkpointing callbacks after the others (see ``Trainer.callbacks``).
+    saves_checkpoints = True
 
     def overrides(self, hook: str) -> bool:
         """Batch hooks only when ``save_freq`` is a number of batches."""
@@ -115,10 +80,7 @@ class ModelCheckpoint(Callback):
     @property
     def manager(self) -> ocp.CheckpointManager:
         """The orbax ``CheckpointManager`` over ``directory`` (created on first use)."""
-        if self._manager is None:
-            options = ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True)
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
-        return self._manager
+        return self._store.manager
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         self._batches_seen = 0
@@ -136,8 +98,7 @@ class ModelCheckpoint(Callback):
             self._maybe_save(logs)
 
     def on_train_end(self, logs: dict[str, float] | None = None) -> None:
-        if self._manager is not None:
-            self._manager.wait_until_finished()
+        self._store.wait()
 
     def _maybe_save(self, logs: dict[str, float] | None) -> None:
         if self.save_best_only:
@@ -159,17 +120,7 @@ class ModelCheckpoint(Callback):
     def save(self) -> int:
         """Write a checkpoint of the Trainer now; returns its number (the optimizer step)."""
         step = int(self.trainer.step)
-        if step in self.manager.all_steps():
-            self.manager.delete(step)  # the same step again (a repeated save): newest wins
-        tree = {**self.trainer.checkpoint_state(), "callbacks": self._callback_states()}
-        arrays, scalars = _split_scalars(_string_keys(tree))
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(arrays),
-                meta=ocp.args.JsonSave(scalars),
-            ),
-        )
+        self._store.save(step, self.trainer.checkpoint_state())
         if self.verbose > 0:
             print(f"ModelCheckpoint: saved step {step} to {self.directory}")
         return step
@@ -177,40 +128,15 @@ class ModelCheckpoint(Callback):
     def latest_state(self, step: int | None = None) -> dict[str, Any] | None:
         """The newest readable checkpoint (or ``step``) as ``trainer.load_checkpoint_state`` takes it.
 
-        Callback state is loaded into the run's callbacks on the way. Returns None, and says so
-        in one line, when ``directory`` holds no checkpoint. A checkpoint that fails to load is
-        skipped with a warning and the one before it is tried. ``fit(resume=True)`` calls this.
+        Returns None, and says so in one line, when ``directory`` holds no checkpoint. A
+        checkpoint that fails to load is skipped with a warning and the one before it is tried.
+        ``fit(resume=True)`` calls this.
         """
-        self.manager.reload()
-        steps = sorted(self.manager.all_steps(), reverse=True)
-        if step is not None:
-            if step not in steps:
-                raise FileNotFoundError(
-                    f"ModelCheckpoint: step {step} is not in {self.directory}; it has {sorted(steps)}"
-                )
-            steps = [step]
-        for candidate in steps:
-            try:
-                restored = self.manager.restore(
-                    candidate,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
-                    ),
-                )
-            except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is skipped
-                if step is not None:
-                    raise
-                warnings.warn(
-                    f"ModelCheckpoint: checkpoint {candidate} in {self.directory} cannot be read "
-                    f"({type(error).__name__}: {error}); trying the previous one",
-                    stacklevel=2,
-                )
-                continue
-            tree = _merge(restored.state or {}, restored.meta or {})
-            self._load_callback_states(tree.get("callbacks", {}))
-            return tree
-        print(f"ModelCheckpoint: no checkpoint in {self.directory}; starting fresh.")
-        return None
+        found = self._store.load(step)
+        if found is None:
+            print(f"ModelCheckpoint: no checkpoint in {self.directory}; starting fresh.")
+            return None
+        return found[1]
 
     def restore(self, step: int | None = None) -> int | None:
         """Load the newest readable checkpoint (or ``step``) into the Trainer; returns its step."""
@@ -219,25 +145,6 @@ class ModelCheckpoint(Callback):
             return None
         self.trainer.load_checkpoint_state(tree)
         return int(tree["step"])
-
-    # -- the state of the run's callbacks ---------------------------------------------
-    def _callbacks(self) -> list[Callback]:
-        found = getattr(self.trainer, "callbacks", None) or [self]
-        return [cb for cb in found if isinstance(cb, Callback)]
-
-    def _callback_states(self) -> dict[str, Any]:
-        states: dict[str, Any] = {}
-        for index, cb in enumerate(self._callbacks()):
-            state = cb.state_dict()
-            if state:
-                states[f"{index}_{type(cb).__name__}"] = state
-        return states
-
-    def _load_callback_states(self, states: Mapping[str, Any]) -> None:
-        for index, cb in enumerate(self._callbacks()):
-            state = states.get(f"{index}_{type(cb).__name__}")
-            if state is not None:
-                cb.load_state_dict(dict(state))
 
     def state_dict(self) -> dict[str, Any]:
         """The best monitored value so far."""

@@ -10,7 +10,9 @@ from callbacks.base import Callback
 class History(Callback):
     """Per-epoch logs as lists: ``history.history['loss'][i]`` is epoch ``history.epoch[i]``.
 
-    The Trainer adds one to every ``fit`` call (first in the list) and returns it.
+    The Trainer adds one to every ``fit`` call (first in the list) and returns it. It is saved
+    in checkpoints: a resumed ``fit`` returns the history of the whole run, the epochs before the
+    interruption included.
 
     Example::
 
@@ -23,8 +25,12 @@ class History(Callback):
         super().__init__()
         self.history: dict[str, list[float]] = {}
         self.epoch: list[int] = []
+        self._restored = False
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        if self._restored:  # loaded from a checkpoint: keep the earlier epochs
+            self._restored = False
+            return
         self.history, self.epoch = {}, []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
@@ -39,8 +45,11 @@ class History(Callback):
         return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
 
     def state_dict(self) -> dict[str, Any]:
+        """The logs recorded so far."""
         return {"history": {k: list(v) for k, v in self.history.items()}, "epoch": list(self.epoch)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned; the next ``on_train_begin`` keeps it."""
         self.history = {k: [float(x) for x in v] for k, v in state.get("history", {}).items()}
         self.epoch = [int(e) for e in state.get("epoch", [])]
+        self._restored = True

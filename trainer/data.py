@@ -9,8 +9,11 @@ batches, a generator, grain ``MapDataset`` / ``IterDataset`` / ``DataLoader``) i
 
 from __future__ import annotations
 
+import base64
+import collections
 import dataclasses
 import itertools
+import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -73,12 +76,66 @@ class ArrayData:
         return ArrayData(jax.tree.map(lambda a: a[start:stop], self.batch), stop - start)
 
 
+class _Tracked:
+    """An iterator wrapper that can push a batch back and, when the wrapped iterator has
+    ``get_state()`` / ``set_state()`` (grain), remembers its state after each batch pulled."""
+
+    def __init__(self, it: Iterator[Any], pulled: int = 0):
+        self._it = it
+        self.stateful = callable(getattr(it, "get_state", None)) and callable(getattr(it, "set_state", None))
+        self.pulled = pulled
+        self._pushed: list[Any] = []
+        # bounded for streams nobody reports progress on (evaluate); training prunes it
+        self._states: collections.deque[tuple[int, Any]] = collections.deque(maxlen=1024)
+        self._record()
+
+    def _record(self) -> None:
+        if self.stateful:
+            self._states.append((self.pulled, self._it.get_state()))
+
+    def __iter__(self) -> _Tracked:
+        return self
+
+    def __next__(self) -> Any:
+        if self._pushed:
+            return self._pushed.pop()
+        item = next(self._it)
+        self.pulled += 1
+        self._record()
+        return item
+
+    def push_back(self, item: Any) -> None:
+        self._pushed.append(item)
+
+    def state_after(self, count: int) -> Any:
+        """The iterator's state once ``count`` batches were pulled (None if unknown)."""
+        for pulled, state in self._states:
+            if pulled == count:
+                return state
+        return None
+
+    def forget_before(self, count: int) -> None:
+        while len(self._states) > 1 and self._states[0][0] < count:
+            self._states.popleft()
+
+    def set_state(self, state: Any, pulled: int) -> None:
+        self._it.set_state(state)
+        self._pushed.clear()
+        self._states.clear()
+        self.pulled = pulled
+        self._record()
+
+
 @dataclasses.dataclass
 class IterData:
     """A source of ready-made batches.
 
     ``one_shot`` sources (iterators, grain ``IterDataset``) are read as one stream across epochs;
     others are iterated afresh each epoch. ``length`` is ``len(source)`` when known.
+
+    The training loop reports each trained batch with ``advance``; ``position_state`` is then the
+    ``get_state()`` of the underlying iterator right after the last trained batch (for iterators
+    that have one, such as grain's), however far ahead prefetching has read.
     """
 
     source: Any
@@ -86,18 +143,20 @@ class IterData:
     length: int | None
     class_weight: dict[int, float] | None = None
     keys: BatchKeys = dataclasses.field(default_factory=BatchKeys)
-    _stream: Iterator[Any] | None = None
+    _stream: _Tracked | None = None  # one-shot: the stream; else the current epoch's iterator
+    _consumed: int = 0  # batches trained from ``_stream`` (one-shot: since it was positioned)
+    _restore: Any = None  # an iterator state to set at the next ``epoch``
 
     def peek(self) -> Any:
         """The first batch, without consuming it (raises if the source is empty)."""
         if self.one_shot:
             if self._stream is None:
-                self._stream = iter(self.source)
+                self._stream = _Tracked(iter(self.source))
             try:
                 first = next(self._stream)
             except StopIteration:
                 raise ValueError("The dataset is empty: its iterator yielded no batch.") from None
-            self._stream = itertools.chain([first], self._stream)
+            self._stream.push_back(first)
         else:
             try:
                 first = next(iter(self.source))
@@ -106,18 +165,47 @@ class IterData:
         return self._prepare(first)
 
     def epoch(self, steps: int | None, skip: int = 0) -> Iterator[Any]:
-        """Batches of one epoch: at most ``steps`` (all when None), after skipping ``skip``."""
+        """Batches of one epoch: at most ``steps`` (all when None), after skipping ``skip``.
+
+        A one-shot stream continues where it stopped (``skip`` only shortens the epoch); a
+        re-iterable source starts a new iterator and skips ``skip`` batches, by setting a state
+        given to ``restore_position`` when its iterator takes one, else by reading them.
+        """
+        restore, self._restore = self._restore, None
         if self.one_shot:
             if self._stream is None:
-                self._stream = iter(self.source)
-            it = self._stream
+                self._stream = _Tracked(iter(self.source))
+            if restore is not None and self._stream.stateful:
+                self._stream.set_state(restore, pulled=0)
+                self._consumed = 0
+            it: Iterator[Any] = self._stream
         else:
-            it = iter(self.source)
-            if skip:
+            self._stream = _Tracked(iter(self.source))
+            self._consumed = skip
+            it = self._stream
+            if skip and restore is not None and self._stream.stateful:
+                self._stream.set_state(restore, pulled=skip)
+            elif skip:
                 it = itertools.islice(it, skip, None)
         if steps is not None:
             it = itertools.islice(it, max(steps - skip, 0))
         return (self._prepare(b) for b in it)
+
+    def advance(self, count: int) -> None:
+        """Record that ``count`` more batches were trained."""
+        self._consumed += count
+        if self._stream is not None:
+            self._stream.forget_before(self._consumed)
+
+    def position_state(self) -> Any:
+        """The source iterator's state after the last trained batch; None when it has none."""
+        if self._stream is None or not self._stream.stateful:
+            return None
+        return self._stream.state_after(self._consumed)
+
+    def restore_position(self, state: Any) -> None:
+        """Set ``state`` (from ``position_state``) on the iterator of the next ``epoch``."""
+        self._restore = state
 
     def _prepare(self, batch: Any) -> Any:
         batch = normalize_batch(batch)
@@ -355,3 +443,35 @@ def shapes_of(batch: Any) -> Any:
     """A hashable description of a batch's structure and leaf shapes/dtypes."""
     leaves, treedef = jax.tree.flatten(batch)
     return treedef, tuple((tuple(np.shape(x)), str(np.asarray(x).dtype) if not hasattr(x, "dtype") else str(x.dtype)) for x in leaves)
+
+
+# -- iterator states in checkpoints ------------------------------------------------------
+
+
+def encode_iterator_state(state: Any) -> str:
+    """A string holding an iterator's ``get_state()`` (a JSON-able dict, or bytes as grain's
+    ``DataLoader`` gives), so that it is stored as plain checkpoint metadata."""
+    if isinstance(state, bytes | bytearray):
+        return "bytes:" + base64.b64encode(bytes(state)).decode("ascii")
+    return "json:" + json.dumps(state, default=_json_default)
+
+
+def decode_iterator_state(text: str) -> Any:
+    """The state that ``encode_iterator_state`` encoded."""
+    kind, _, body = text.partition(":")
+    if kind == "bytes":
+        return base64.b64decode(body)
+    if kind == "json":
+        return json.loads(body)
+    raise ValueError(f"Unknown data-iterator state in the checkpoint: {text[:40]!r}.")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(
+        f"The data iterator's get_state() holds a {type(value).__name__}, which cannot be "
+        "stored in a checkpoint; it must hold JSON values (or be bytes)."
+    )

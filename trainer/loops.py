@@ -148,30 +148,42 @@ class Loops:
             self._prepare(plan.first, True, verbose)
             cbs, _ = self._callback_list(callbacks, verbose, "fit")
             cbs.set_params({"epochs": epochs, "steps": plan.steps, "verbose": verbose})
+            self._running, self._fit_data = cbs, data
             self.stop_training = False
             self.epoch, self._batch_in_epoch, self._epoch_complete = int(initial_epoch), 0, False
-            if resume:
-                self._resume_from(cbs)
+            self._resume_from(cbs, resume)
             with self._catch_interrupt():
                 self._hook(cbs, "on_train_begin", None)
                 logs = self._fit_epochs(cbs, plan, epochs, shuffle, val, bs, validation_steps, validation_freq, max_steps)
                 self._hook(cbs, "on_train_end", logs)
         finally:
+            self._running, self._fit_data = None, None
             self._end()
         return self.history
 
-    def _resume_from(self, cbs: Any) -> None:
-        for cb in cbs:
-            latest = getattr(cb, "latest_state", None)
-            if callable(latest):
-                tree = latest()
+    def _resume_from(self, cbs: Any, resume: bool) -> None:
+        """Load a backup (``BackupAndRestore``, always) or, with ``resume``, the latest checkpoint
+        of the first callback with ``latest_state()`` (``ModelCheckpoint``)."""
+        sources = [cb for cb in cbs if callable(getattr(cb, "latest_state", None))]
+        automatic = [cb for cb in sources if getattr(cb, "restores_automatically", False)]
+        for cb in automatic:
+            tree = cb.latest_state()
+            if tree is not None:
+                self.load_checkpoint_state(tree)
+                return
+        if not resume:
+            return
+        for cb in sources:
+            if cb not in automatic:
+                tree = cb.latest_state()  # says so in one line when there is none
                 if tree is not None:
                     self.load_checkpoint_state(tree)
                 return
-        raise ValueError(
-            "fit(resume=True) needs a checkpointing callback with latest_state() (such as "
-            "callbacks.ModelCheckpoint) in callbacks=."
-        )
+        if not automatic:
+            raise ValueError(
+                "fit(resume=True) needs a checkpointing callback with latest_state() (such as "
+                "callbacks.ModelCheckpoint or callbacks.BackupAndRestore) in callbacks=."
+            )
 
     def _validation_source(self, validation_data: Any) -> ArrayData | IterData:
         if isinstance(validation_data, tuple) and datalib._all_arrays(validation_data):
@@ -229,7 +241,7 @@ class Loops:
     def _permutation(self, epoch: int, n: int, shuffle: bool) -> jax.Array:
         if not shuffle:
             return jnp.arange(n, dtype=jnp.int32)
-        key = jax.random.fold_in(jax.random.key(self.seed), epoch)
+        key = jax.random.fold_in(self._shuffle_key, epoch)
         return jax.random.permutation(key, n).astype(jnp.int32)
 
     def _array_epoch(self, cbs, plan: _Plan, epoch: int, shuffle: bool) -> None:
@@ -291,6 +303,7 @@ class Loops:
             self.step += k
             i += k
             self._batch_in_epoch = i
+            plan.data.advance(k)
             if has_end or (has_begin and k > 1):
                 self._deliver(cbs, i - k, k, logs, with_logs, has_begin and k > 1)
 

@@ -68,14 +68,27 @@ def replace_lr_scale(opt_state: Any, value: float) -> Any:
     return jax.tree.map(swap, opt_state, is_leaf=lambda x: isinstance(x, LrScaleState))
 
 
-def set_learning_rate(opt_state: Any, value: float) -> None:
-    """Write ``value`` into the ``learning_rate`` hyperparameter of ``opt_state`` (in place)."""
-    hyper = find_hyperparams(opt_state)
-    if hyper is None:
+def replace_learning_rate(opt_state: Any, value: float) -> Any:
+    """A copy of ``opt_state`` whose ``learning_rate`` hyperparameter is a new array ``value``.
+
+    Nothing is changed in place: the hyperparams dict and the arrays of ``opt_state`` (which the
+    caller may still hold, or may have donated) stay as they are.
+    """
+    if find_hyperparams(opt_state) is None:
         raise AttributeError(
             "The optimizer was not built with optax.inject_hyperparams, so its learning rate "
             "cannot be set; set trainer.lr_scale instead, or build it as "
             "optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)."
         )
-    old = hyper["learning_rate"]
-    hyper["learning_rate"] = jnp.asarray(value, dtype=jnp.asarray(old).dtype)
+    done = False
+
+    def swap(node: Any) -> Any:
+        nonlocal done
+        if done or not _has_lr(node):
+            return node
+        done = True
+        old = node.hyperparams["learning_rate"]
+        new = jnp.asarray(value, dtype=jnp.asarray(old).dtype)
+        return node._replace(hyperparams={**node.hyperparams, "learning_rate": new})
+
+    return jax.tree.map(swap, opt_state, is_leaf=_has_lr)

@@ -8,10 +8,11 @@ The loop logic (epochs, callbacks, logs) lives here; the compiled steps are pure
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -20,9 +21,10 @@ import numpy as np
 import optax
 
 import nnx
-from callbacks.base import Callback, CallbackList
+from callbacks.base import Callback, CallbackList, callback_states, load_callback_states
 from callbacks.history import History
 from callbacks.progress import ProgressBar
+from callbacks.store import CheckpointStore
 from trainer import data as datalib
 from trainer import losses as losslib
 from trainer import lr as lrlib
@@ -558,83 +560,152 @@ class Trainer(Loops):
 
     # -- checkpoints -------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
-        """A pytree (arrays and Python scalars) of everything needed to resume exactly.
+        """A pytree (arrays and Python values) of everything needed to resume exactly.
 
-        Keys: ``model`` (pure nested dict of the model's State), ``optimizer`` (optax state
-        leaves keyed ``'0000'``...), ``step``, ``epoch`` and ``batch`` (the next batch to run),
-        ``rng`` (the shuffle key's data), ``metrics`` (running sums of the epoch in progress).
+        Keys: ``model`` (pure nested dict of the model's State, sown intermediates left out:
+        parameters, batch statistics, and the Rngs' keys, as key data, and counters), ``optimizer``
+        (the optax state's leaves keyed ``'0'``, ``'1'``...; the injected learning rate and
+        ``lr_scale`` are among them), ``step``, ``epoch`` and ``batch`` (the next batch to run),
+        ``rng`` (the data of the key the epochs' shuffle orders derive from), ``callbacks`` (the
+        ``state_dict()`` of each of ``self.callbacks``), and during ``fit``: ``metrics`` (the
+        running sums of the epoch in progress) and ``data`` (the data iterator's state after
+        the last trained batch, for sources whose iterators have ``get_state()``, as grain's).
         """
         model = self.model  # synced
         opt_state = self._live_opt_state()
         leaves = [jnp.array(x, copy=True) for x in jax.tree.leaves(opt_state)]
         epoch, batch = (self.epoch + 1, 0) if self._epoch_complete else (self.epoch, self._batch_in_epoch)
         tree: dict[str, Any] = {
-            "model": jax.tree.map(_plain_copy, nnx.state(model).to_pure_dict()),
-            "optimizer": {f"{i:04d}": v for i, v in enumerate(leaves)},
+            "model": jax.tree.map(_plain_copy, nnx.state(model, _CHECKPOINTED).to_pure_dict()),
+            "optimizer": {str(i): v for i, v in enumerate(leaves)},
             "step": int(self.step),
             "epoch": int(epoch),
             "batch": int(batch),
-            "rng": np.asarray(jax.random.key_data(jax.random.key(self.seed))),
+            "rng": np.asarray(jax.random.key_data(self._shuffle_key)),
+            "callbacks": callback_states(self.callbacks),
         }
         if self._state is not None and self._state.metrics and not self._epoch_complete:
             tree["metrics"] = {
-                f"{i:04d}": jnp.array(x, copy=True) for i, x in enumerate(jax.tree.leaves(self._state.metrics))
+                str(i): jnp.array(x, copy=True) for i, x in enumerate(jax.tree.leaves(self._state.metrics))
             }
+        data = self._fit_data
+        # a re-iterable source starts a new iterator after a complete epoch: no position to keep
+        if isinstance(data, datalib.IterData) and (data.one_shot or not self._epoch_complete):
+            position = data.position_state()
+            if position is not None:
+                tree["data"] = datalib.encode_iterator_state(position)
         return tree
 
-    def load_checkpoint_state(self, tree: dict[str, Any]) -> None:
-        """Restore what ``checkpoint_state`` returned (works inside ``on_train_begin``)."""
-        flat_model = {"/".join(map(str, p)): v for p, v in nnx.State.flatten_mapping(tree["model"]).items()}
-        current = nnx.state(self._model)
-        missing = []
-        for path, var in current.flat_state():
+    def load_checkpoint_state(self, tree: Mapping[str, Any]) -> None:
+        """Restore what ``checkpoint_state`` returned (works inside ``on_train_begin``).
+
+        ``model`` and ``optimizer`` are required; the other keys are restored when present.
+        Everything is checked before anything changes: a model whose Variables differ from the
+        checkpoint's (another architecture) raises a ValueError naming the paths and shapes.
+        """
+        model_values = self._checked_model_values(tree["model"])
+        new_opt = self._checked_opt_state(tree["optimizer"])
+        metrics = None
+        if self._state is not None and self._state.metrics and "metrics" in tree:
+            metrics = _checked_leaves("metrics", self._state.metrics, tree["metrics"])
+        for var, value in model_values:
+            var.set_value(value)
+        self._opt_state = new_opt
+        if "step" in tree:
+            self.step = int(tree["step"])
+        if "epoch" in tree:
+            self.epoch = int(tree["epoch"])
+        self._batch_in_epoch = int(tree.get("batch", 0))
+        self._epoch_complete = False
+        if "rng" in tree:
+            data = jnp.asarray(np.asarray(tree["rng"]), jnp.uint32)
+            self._shuffle_key = jax.random.wrap_key_data(data, impl=jax.random.key_impl(self._shuffle_key))
+        if "callbacks" in tree:
+            load_callback_states(self.callbacks, tree["callbacks"])
+        if "data" in tree and isinstance(self._fit_data, datalib.IterData):
+            self._fit_data.restore_position(datalib.decode_iterator_state(tree["data"]))
+        if self._state is None:
+            self._write_nnx_optimizer()
+            return
+        params, others = steplib.initial_arrays(self._spec, copy=self.donate)
+        self._state = TrainState(
+            params, others,
+            new_opt if self._state.opt_state is not None else None,
+            metrics if metrics is not None else self._state.metrics,
+            steplib.new_counters(self.step, self._batch_in_epoch),
+        )
+        self._written = [v.get_value() if isinstance(v, nnx.Variable) else v for v in self._spec.variables]
+
+    def _checked_model_values(self, saved: Mapping[str, Any]) -> list[tuple[Any, jax.Array]]:
+        """``(Variable, new value)`` for every Variable of the model, or a ValueError naming
+        each path that is missing on one side or has another shape."""
+        flat = {"/".join(map(str, p)): v for p, v in nnx.State.flatten_mapping(saved).items()}
+        out, mismatched, missing = [], [], []
+        for path, var in nnx.state(self._model, _CHECKPOINTED).flat_state():
             key = "/".join(map(str, path))
-            if key not in flat_model:
-                missing.append(key)
-                continue
-            value = flat_model[key]
             old = var.get_value()
+            if key not in flat:
+                missing.append(f"'{key}' {tuple(jnp.shape(old))}")
+                continue
+            value = flat.pop(key)
             if _is_key(old) and not _is_key(value):
                 value = jax.random.wrap_key_data(jnp.asarray(value), impl=jax.random.key_impl(old))
-            value = jnp.asarray(value)
+            value = jnp.array(value, copy=True)
             if value.shape != jnp.shape(old):
-                raise ValueError(
-                    f"load_checkpoint_state: '{key}' has shape {value.shape} in the checkpoint "
-                    f"but {jnp.shape(var.get_value())} in the model."
+                mismatched.append(
+                    f"'{key}' has shape {value.shape} in the checkpoint but {jnp.shape(old)} in the model"
                 )
-            var.set_value(value)
-        if missing:
-            raise KeyError(f"load_checkpoint_state: the checkpoint lacks {missing[:5]} (and {max(len(missing) - 5, 0)} more).")
-        opt_state = self._live_opt_state()
-        treedef = jax.tree.structure(opt_state)
-        saved = tree["optimizer"]
-        values = [saved[k] for k in sorted(saved)] if isinstance(saved, dict) else jax.tree.leaves(saved)
-        if len(values) != treedef.num_leaves:
+                continue
+            out.append((var, value))
+        extra = [f"'{k}' {tuple(np.shape(v))}" for k, v in flat.items()]
+        if mismatched or missing or extra:
+            parts = mismatched[:5]
+            if missing:
+                parts.append(f"the checkpoint lacks {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+            if extra:
+                parts.append(f"the model lacks {', '.join(extra[:5])}" + (" ..." if len(extra) > 5 else ""))
             raise ValueError(
-                f"load_checkpoint_state: the optimizer state has {treedef.num_leaves} arrays, the "
-                f"checkpoint {len(values)}; was it saved with the same optimizer?"
+                f"load_checkpoint_state: the checkpoint does not fit this {type(self._model).__name__} "
+                f"(another architecture?): {'; '.join(parts)}."
             )
-        old = jax.tree.leaves(opt_state)
-        new_opt = jax.tree.unflatten(treedef, [jnp.asarray(v, dtype=jnp.asarray(o).dtype) for v, o in zip(values, old, strict=True)])
-        self._opt_state = new_opt
-        self.step = int(tree["step"])
-        self.epoch = int(tree["epoch"])
-        self._batch_in_epoch = int(tree["batch"])
-        self._epoch_complete = False
-        if self._state is not None:
-            params, others = steplib.initial_arrays(self._spec, copy=self.donate)
-            metrics = self._state.metrics
-            if "metrics" in tree and metrics:
-                saved_m = tree["metrics"]
-                mdef = jax.tree.structure(metrics)
-                metrics = jax.tree.unflatten(mdef, [jnp.asarray(saved_m[k]) for k in sorted(saved_m)])
-            self._state = TrainState(
-                params, others,
-                new_opt if self._state.opt_state is not None else None,
-                metrics,
-                steplib.new_counters(self.step, self._batch_in_epoch),
-            )
-            self._written = [v.get_value() if isinstance(v, nnx.Variable) else v for v in self._spec.variables]
+        return out
+
+    def _checked_opt_state(self, saved: Any) -> Any:
+        """The optimizer state rebuilt from the saved leaves, checked against this optimizer's."""
+        return _checked_leaves("optimizer", self._live_opt_state(), saved)
+
+    def save(self, directory: str | os.PathLike) -> int:
+        """Write the Trainer's state to ``directory`` with orbax, and wait until it is written.
+
+        Everything in ``checkpoint_state()`` is saved (model and optimizer state, step, ...);
+        ``directory`` keeps one checkpoint, a subdirectory named after the step, which replaces
+        an earlier one there once it is complete. Returns the step.
+        """
+        store = CheckpointStore(directory, max_to_keep=1, owner="Trainer.save")
+        try:
+            store.save(int(self.step), self.checkpoint_state())
+        finally:
+            store.close()
+        return int(self.step)
+
+    def restore(self, directory: str | os.PathLike, step: int | None = None) -> int:
+        """Load the model and optimizer state and the step from ``directory``; returns the step.
+
+        Reads the newest readable checkpoint (or ``step``) of a directory written by ``save``,
+        ``ModelCheckpoint`` or ``BackupAndRestore``. A model of another architecture raises a
+        ValueError naming the paths and shapes that differ; an empty directory raises
+        FileNotFoundError.
+        """
+        store = CheckpointStore(directory, owner="Trainer.restore")
+        try:
+            found = store.load(step)
+        finally:
+            store.close()
+        if found is None:
+            raise FileNotFoundError(f"Trainer.restore: no checkpoint in {store.directory}.")
+        tree = found[1]
+        self.load_checkpoint_state({k: tree[k] for k in ("model", "optimizer", "step")})
+        return int(tree["step"])
 
     # -- summary ----------------------------------------------------------------------
     def summary(self, *example_inputs: Any) -> None:
@@ -690,6 +761,34 @@ class Trainer(Loops):
                     "The model holds the last completed step.",
                     file=sys.stderr,
                 )
+
+
+# What checkpoints hold of a model: every Variable but sown intermediates (dropped by each step).
+_CHECKPOINTED = nnx.Not(nnx.Intermediate)
+
+
+def _checked_leaves(what: str, current: Any, saved: Any) -> Any:
+    """``current``'s structure with the leaves of ``saved`` (a dict keyed by leaf index, or a
+    pytree), cast to the current dtypes; a ValueError names any leaf whose shape differs."""
+    if isinstance(saved, Mapping):
+        values = [saved[k] for k in sorted(saved, key=int)]
+    else:
+        values = jax.tree.leaves(saved)
+    paths, treedef = jax.tree_util.tree_flatten_with_path(current)
+    if len(values) != len(paths):
+        raise ValueError(
+            f"load_checkpoint_state: the {what} state has {len(paths)} arrays, the checkpoint "
+            f"{len(values)}; was it saved with the same optimizer, metrics and model?"
+        )
+    out = []
+    for (path, old), value in zip(paths, values, strict=True):
+        if np.shape(value) != np.shape(old):
+            raise ValueError(
+                f"load_checkpoint_state: the {what} state's {jax.tree_util.keystr(path)} has shape "
+                f"{np.shape(value)} in the checkpoint but {np.shape(old)} here."
+            )
+        out.append(jnp.array(value, dtype=old.dtype, copy=True))
+    return jax.tree.unflatten(treedef, out)
 
 
 def _is_key(x: Any) -> bool:

@@ -25,7 +25,8 @@ def test_saves_every_epoch_and_resume_continues_to_identical_parameters(tmp_path
     _, _, ckpt, _ = _fit(tmp_path / "run", epochs=2)
     assert ckpt.manager.all_steps() == [4, 8]  # 32 examples / batch 8 = 4 steps per epoch
     trainer, model, _, history = _fit(tmp_path / "run", epochs=3, resume=True)
-    assert trainer.step == 12 and len(history.history["loss"]) == 1  # only epoch 3 ran
+    assert trainer.step == 12  # only epoch 3 ran; History holds the run's 3 epochs
+    assert history.epoch == [0, 1, 2] and len(history.history["loss"]) == 3
     np.testing.assert_array_equal(np.asarray(model.kernel.value), np.asarray(full_model.kernel.value))
     assert not np.array_equal(np.asarray(model.kernel.value), np.zeros((3, 1)))
 
@@ -74,8 +75,11 @@ def test_empty_directory_starts_fresh_and_architecture_mismatch_names_the_path(t
 def test_callback_state_is_saved_with_the_checkpoint(tmp_path):
     _, _, ckpt, history = _fit(tmp_path, epochs=2, monitor="loss", save_best_only=True)
     loader = ModelCheckpoint(tmp_path, monitor="loss", save_best_only=True)
-    loader.set_trainer(Trainer(Regressor(), optax.adam(0.05), loss="mse"))
+    trainer = Trainer(Regressor(), optax.adam(0.05), loss="mse", callbacks=[loader])
+    loader.set_trainer(trainer)
     tree = loader.latest_state()
     assert tree["step"] == 8 and tree["epoch"] == 2
     assert sorted(tree["model"]) == ["bias", "kernel"]
+    assert sorted(tree["callbacks"]) == ["History", "ModelCheckpoint"]
+    trainer.load_checkpoint_state(tree)  # outside fit: into the Trainer's own callbacks
     assert loader.best == pytest.approx(ckpt.best) and ckpt.best == pytest.approx(history.history["loss"][1])
