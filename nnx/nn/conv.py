@@ -55,7 +55,57 @@ def _canonical_padding(padding: PaddingLike, n: int, layer: str) -> str | tuple:
 
 
 class _ConvBase(Module):
+    """What Conv and ConvTranspose share: the kernel and bias, the spatial options, the input
+    check. ``_layer`` names the layer in error messages."""
+
     _layer = "Conv"
+
+    def _init_conv(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        kernel_io: tuple[int, int],
+        *,
+        strides: int | Sequence[int] | None,
+        padding: PaddingLike,
+        kernel_dilation: int | Sequence[int] | None,
+        use_bias: bool,
+        mask: jax.Array | None,
+        dtype: Any,
+        param_dtype: Any,
+        precision: Any,
+        kernel_init: initializers.Initializer,
+        bias_init: initializers.Initializer,
+        rngs: Rngs,
+    ) -> None:
+        """Create the ``kernel_size + kernel_io`` kernel and the bias, and set the attributes
+        both layers have (``strides``, ``padding`` and ``kernel_dilation`` canonicalized)."""
+        layer = self._layer
+        kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+        n = len(kernel_size)
+        kernel_shape = kernel_size + kernel_io
+        if mask is not None and tuple(mask.shape) != kernel_shape:
+            raise ValueError(
+                f"{layer}: mask must have the kernel's shape {kernel_shape}, got "
+                f"{tuple(mask.shape)}"
+            )
+        self.kernel = Param(kernel_init(rngs.params(), kernel_shape, param_dtype))
+        self.bias = (
+            Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+        )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.kernel_size = kernel_size
+        self.kernel_shape = kernel_shape
+        self.strides = _spatial_tuple(strides, n, "strides", layer)
+        self.padding = _canonical_padding(padding, n, layer)
+        self.kernel_dilation = _spatial_tuple(kernel_dilation, n, "kernel_dilation", layer)
+        self.use_bias = use_bias
+        self.mask = mask
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
 
     def _check_input(self, inputs: jax.Array) -> int:
         """Validate the input's rank and feature size; return its number of batch axes."""
@@ -143,38 +193,26 @@ class Conv(_ConvBase):
         bias_init: initializers.Initializer = default_bias_init,
         rngs: Rngs,
     ):
-        kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
-        n = len(kernel_size)
         if in_features % feature_group_count or out_features % feature_group_count:
             raise ValueError(
                 f"Conv: in_features ({in_features}) and out_features ({out_features}) must be "
                 f"divisible by feature_group_count ({feature_group_count})"
             )
-        kernel_shape = kernel_size + (in_features // feature_group_count, out_features)
-        if mask is not None and tuple(mask.shape) != kernel_shape:
-            raise ValueError(
-                f"Conv: mask must have the kernel's shape {kernel_shape}, got {tuple(mask.shape)}"
-            )
-        self.kernel = Param(kernel_init(rngs.params(), kernel_shape, param_dtype))
-        self.bias = (
-            Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+        kernel_io = (in_features // feature_group_count, out_features)
+        self._init_conv(
+            in_features, out_features, kernel_size, kernel_io,
+            strides=strides, padding=padding, kernel_dilation=kernel_dilation, use_bias=use_bias,
+            mask=mask, dtype=dtype, param_dtype=param_dtype, precision=precision,
+            kernel_init=kernel_init, bias_init=bias_init, rngs=rngs,
         )
-        self.in_features = in_features
-        self.out_features = out_features
-        self.kernel_size = kernel_size
-        self.kernel_shape = kernel_shape
-        self.strides = _spatial_tuple(strides, n, "strides", "Conv")
-        self.padding = _canonical_padding(padding, n, "Conv")
-        if self.padding == "CAUSAL" and n != 1:
-            raise ValueError(f"Conv: 'CAUSAL' padding needs a 1D kernel, got kernel_size {kernel_size}")
-        self.input_dilation = _spatial_tuple(input_dilation, n, "input_dilation", "Conv")
-        self.kernel_dilation = _spatial_tuple(kernel_dilation, n, "kernel_dilation", "Conv")
+        if self.padding == "CAUSAL" and len(self.kernel_size) != 1:
+            raise ValueError(
+                f"Conv: 'CAUSAL' padding needs a 1D kernel, got kernel_size {self.kernel_size}"
+            )
+        self.input_dilation = _spatial_tuple(
+            input_dilation, len(self.kernel_size), "input_dilation", "Conv"
+        )
         self.feature_group_count = feature_group_count
-        self.use_bias = use_bias
-        self.mask = mask
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.precision = precision
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """Convolve ``inputs`` of shape ``(*batch, *spatial, in_features)``."""
@@ -279,35 +317,15 @@ class ConvTranspose(_ConvBase):
         transpose_kernel: bool = False,
         rngs: Rngs,
     ):
-        kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
-        n = len(kernel_size)
-        if transpose_kernel:
-            kernel_shape = kernel_size + (out_features, in_features)
-        else:
-            kernel_shape = kernel_size + (in_features, out_features)
-        if mask is not None and tuple(mask.shape) != kernel_shape:
-            raise ValueError(
-                f"ConvTranspose: mask must have the kernel's shape {kernel_shape}, got "
-                f"{tuple(mask.shape)}"
-            )
-        self.kernel = Param(kernel_init(rngs.params(), kernel_shape, param_dtype))
-        self.bias = (
-            Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+        kernel_io = (out_features, in_features) if transpose_kernel else (in_features, out_features)
+        self._init_conv(
+            in_features, out_features, kernel_size, kernel_io,
+            strides=strides, padding=padding, kernel_dilation=kernel_dilation, use_bias=use_bias,
+            mask=mask, dtype=dtype, param_dtype=param_dtype, precision=precision,
+            kernel_init=kernel_init, bias_init=bias_init, rngs=rngs,
         )
-        self.in_features = in_features
-        self.out_features = out_features
-        self.kernel_size = kernel_size
-        self.kernel_shape = kernel_shape
-        self.strides = _spatial_tuple(strides, n, "strides", "ConvTranspose")
-        self.padding = _canonical_padding(padding, n, "ConvTranspose")
         if self.padding == "CAUSAL":
             raise ValueError("ConvTranspose: 'CAUSAL' padding is only supported by Conv")
-        self.kernel_dilation = _spatial_tuple(kernel_dilation, n, "kernel_dilation", "ConvTranspose")
-        self.use_bias = use_bias
-        self.mask = mask
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.precision = precision
         self.transpose_kernel = transpose_kernel
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
