@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from nnx.module import Module
 from nnx.nn import initializers
-from nnx.nn.dtypes import feature_error, promote_dtype
+from nnx.nn.dtypes import check_last_axis, promote_dtype
 from nnx.nn.linear import LinearGeneral, default_kernel_init
 from nnx.nn.normalization import LayerNorm
 from nnx.rngs import Rngs, RngStream
@@ -125,13 +125,9 @@ def dot_product_attention(
     bias: Array | None = None,
     mask: Array | None = None,
     *,
-    broadcast_dropout: bool = True,
-    dropout_rng: Array | None = None,
-    dropout_rate: float = 0.0,
-    deterministic: bool = False,
     dtype: Any = None,
     precision: Any = None,
-    module: Module | None = None,
+    **weights_options: Any,
 ) -> Array:
     """Scaled dot-product attention: ``softmax(q k^T / sqrt(d) + bias, masked) v``.
 
@@ -139,8 +135,12 @@ def dot_product_attention(
       query: ``[batch..., q_length, num_heads, head_dim]``.
       key: ``[batch..., kv_length, num_heads, head_dim]``.
       value: ``[batch..., kv_length, num_heads, v_head_dim]``.
-      bias, mask, broadcast_dropout, dropout_rng, dropout_rate, deterministic, dtype, precision,
-        module: as in ``dot_product_attention_weights``.
+      bias, mask: as in ``dot_product_attention_weights``.
+      dtype: computation dtype; None promotes query, key and value.
+      precision: passed to ``jnp.einsum``.
+      **weights_options: the other keyword arguments of ``dot_product_attention_weights``
+        (``broadcast_dropout``, ``dropout_rng``, ``dropout_rate``, ``deterministic``,
+        ``module``), passed on to it.
 
     Returns:
       ``[batch..., q_length, num_heads, v_head_dim]``.
@@ -154,9 +154,7 @@ def dot_product_attention(
     query, key, value = promote_dtype((query, key, value), dtype=dtype)
     _check_qkv(query, key, value)
     weights = dot_product_attention_weights(
-        query, key, bias, mask,
-        broadcast_dropout=broadcast_dropout, dropout_rng=dropout_rng, dropout_rate=dropout_rate,
-        deterministic=deterministic, dtype=query.dtype, precision=precision, module=module,
+        query, key, bias, mask, dtype=query.dtype, precision=precision, **weights_options
     )
     return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)
 
@@ -329,12 +327,10 @@ class MultiHeadAttention(Module):
         self.key = projection(in_kv_features)
         self.value = projection(in_kv_features)
         if normalize_qk:
-            self.query_ln = LayerNorm(
-                head_dim, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-            )
-            self.key_ln = LayerNorm(
-                head_dim, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-            )
+            self.query_ln, self.key_ln = [
+                LayerNorm(head_dim, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                for _ in range(2)
+            ]
         else:
             self.query_ln = None
             self.key_ln = None
@@ -353,12 +349,7 @@ class MultiHeadAttention(Module):
         self.cache_index: Cache | None = None
 
     def _check_features(self, name: str, x: Array, expected: int) -> None:
-        shape = jnp.shape(x)
-        if not shape or shape[-1] != expected:
-            got = shape[-1] if shape else "no axis"
-            raise feature_error(
-                "MultiHeadAttention", expected, got, shape, f"the last axis of {name}"
-            )
+        check_last_axis("MultiHeadAttention", x, expected, f"the last axis of {name}")
 
     def __call__(
         self,

@@ -12,7 +12,7 @@ import numpy as np
 
 from nnx.module import Module
 from nnx.nn import initializers
-from nnx.nn.dtypes import feature_error, promote_dtype
+from nnx.nn.dtypes import check_last_axis, feature_error, promote_dtype
 from nnx.rngs import Rngs
 from nnx.variables import Param
 
@@ -78,10 +78,7 @@ class Linear(Module):
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
-        shape = jnp.shape(inputs)
-        if not shape or shape[-1] != self.in_features:
-            got = shape[-1] if shape else "no axis"
-            raise feature_error("Linear", self.in_features, got, shape, "the last axis")
+        check_last_axis("Linear", inputs, self.in_features)
         bias = None if self.bias is None else self.bias.value
         return _dense(
             inputs, self.kernel.value, bias, dtype=self.dtype, precision=self.precision,
@@ -348,9 +345,6 @@ class Embed(Module):
 
         Used to share the table with an output projection (weight tying).
         """
-        shape = jnp.shape(query)
-        if not shape or shape[-1] != self.features:
-            got = shape[-1] if shape else "no axis"
-            raise feature_error("Embed.attend", self.features, got, shape, "the last axis")
+        check_last_axis("Embed.attend", query, self.features)
         query, embedding = promote_dtype((query, self.embedding.value), dtype=self.dtype)
         return jnp.dot(query, embedding.T)
