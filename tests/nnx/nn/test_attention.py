@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _jitted import build, jit_call
 
 import nnx
 from nnx.nn.attention import (
@@ -12,33 +13,6 @@ from nnx.nn.attention import (
     make_attention_mask,
     make_causal_mask,
 )
-
-
-def _build(make):
-    """Construct a module under jax.jit (one compilation instead of one per initializer op)."""
-    graphdefs = []
-
-    def init():
-        graphdef, state = nnx.split(make())
-        graphdefs.append(graphdef)
-        return state
-
-    state = jax.jit(init)()
-    return nnx.merge(graphdefs[0], state)
-
-
-def _jit_call(module, *args, **kwargs):
-    """Call ``module`` under jax.jit through split/merge and write its state changes back."""
-    graphdef, state = nnx.split(module)
-
-    @jax.jit
-    def call(state, args):
-        m = nnx.merge(graphdef, state)
-        return m(*args, **kwargs), nnx.state(m)
-
-    out, state = call(state, args)
-    nnx.update(module, state)
-    return out
 
 
 def _softmax(x):
@@ -132,11 +106,11 @@ def _projections(mha, x):
 
 def test_multihead_attention_matches_reference():
     x = np.random.default_rng(4).normal(size=(2, 5, 8)).astype(np.float32)
-    mha = _build(lambda: MultiHeadAttention(2, 8, qkv_features=6, out_features=7, rngs=nnx.Rngs(0)))
+    mha = build(lambda: MultiHeadAttention(2, 8, qkv_features=6, out_features=7, rngs=nnx.Rngs(0)))
     assert mha.query.kernel.shape == (8, 2, 3)
     assert mha.out.kernel.shape == (2, 3, 7)
     mask = make_causal_mask(x[..., 0])
-    y = _jit_call(mha, x, mask=mask)
+    y = jit_call(mha, x, mask=mask)
     q, k, v = _projections(mha, x)
     attended = _reference_attention(q, k, v, np.asarray(mask))
     expected = np.einsum("blhk,hko->blo", attended, mha.out.kernel.value) + mha.out.bias.value
@@ -146,8 +120,8 @@ def test_multihead_attention_matches_reference():
 
 def test_decode_token_by_token_equals_full_causal_attention():
     x = np.random.default_rng(5).normal(size=(2, 5, 8)).astype(np.float32)
-    mha = _build(lambda: MultiHeadAttention(2, 8, decode=False, rngs=nnx.Rngs(0)))
-    full = _jit_call(mha, x, mask=make_causal_mask(x[..., 0]))
+    mha = build(lambda: MultiHeadAttention(2, 8, decode=False, rngs=nnx.Rngs(0)))
+    full = jit_call(mha, x, mask=make_causal_mask(x[..., 0]))
     mha.init_cache(x.shape)
     assert isinstance(mha.cached_key, nnx.Cache) and mha.cached_key.shape == (2, 5, 2, 4)
     graphdef, state = nnx.split(mha)
@@ -168,8 +142,8 @@ def test_decode_token_by_token_equals_full_causal_attention():
 
 def test_decode_inside_jax_scan_with_split_merge():
     x = np.random.default_rng(6).normal(size=(1, 4, 4)).astype(np.float32)
-    mha = _build(lambda: MultiHeadAttention(1, 4, decode=True, rngs=nnx.Rngs(0)))
-    full = _jit_call(mha, x, mask=make_causal_mask(x[..., 0]), decode=False)
+    mha = build(lambda: MultiHeadAttention(1, 4, decode=True, rngs=nnx.Rngs(0)))
+    full = jit_call(mha, x, mask=make_causal_mask(x[..., 0]), decode=False)
     mha.init_cache(x.shape)
     graphdef, state = nnx.split(mha)
 
@@ -198,24 +172,24 @@ def test_wrong_feature_size_names_layer_and_sizes():
 
 def test_dropout_follows_train_and_eval_modes():
     x = jnp.asarray(np.random.default_rng(7).normal(size=(1, 6, 4)), jnp.float32)
-    mha = _build(lambda: MultiHeadAttention(2, 4, dropout_rate=0.5, rngs=nnx.Rngs(0, dropout=1)))
+    mha = build(lambda: MultiHeadAttention(2, 4, dropout_rate=0.5, rngs=nnx.Rngs(0, dropout=1)))
     with pytest.raises(ValueError, match="deterministic"):
         mha(x)
     mha.eval()
     assert mha.deterministic is True
-    a, b = _jit_call(mha, x), _jit_call(mha, x)
+    a, b = jit_call(mha, x), jit_call(mha, x)
     np.testing.assert_array_equal(a, b)
     mha.train()
     assert mha.deterministic is False
-    c, d = _jit_call(mha, x), _jit_call(mha, x)
+    c, d = jit_call(mha, x), jit_call(mha, x)
     assert not np.allclose(c, d)
     assert not np.allclose(c, a)
 
 
 def test_sow_weights_records_intermediate():
     x = jnp.ones((1, 3, 4))
-    mha = _build(lambda: MultiHeadAttention(2, 4, rngs=nnx.Rngs(0)))
-    _jit_call(mha, x, sow_weights=True)
+    mha = build(lambda: MultiHeadAttention(2, 4, rngs=nnx.Rngs(0)))
+    jit_call(mha, x, sow_weights=True)
     (weights,) = mha.attention_weights.value
     assert isinstance(mha.attention_weights, nnx.Intermediate)
     assert weights.shape == (1, 2, 3, 3)
@@ -223,12 +197,12 @@ def test_sow_weights_records_intermediate():
 
 
 def test_normalize_qk_and_cross_attention_shapes():
-    mha = _build(
+    mha = build(
         lambda: MultiHeadAttention(
             2, 4, out_features=3, in_kv_features=6, normalize_qk=True, rngs=nnx.Rngs(0)
         )
     )
-    y = _jit_call(mha, jnp.ones((2, 3, 4)), jnp.ones((2, 5, 6)))
+    y = jit_call(mha, jnp.ones((2, 3, 4)), jnp.ones((2, 5, 6)))
     assert y.shape == (2, 3, 3)
     assert mha.query_ln.scale.shape == (2,)
     assert isinstance(mha.key_ln.scale, nnx.Param)

@@ -1,7 +1,7 @@
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _jitted import build, jit_call
 
 import nnx
 from nnx.nn.recurrent import (
@@ -12,33 +12,6 @@ from nnx.nn.recurrent import (
     OptimizedLSTMCell,
     SimpleCell,
 )
-
-
-def _build(make):
-    """Construct a module under jax.jit (one compilation instead of one per initializer op)."""
-    graphdefs = []
-
-    def init():
-        graphdef, state = nnx.split(make())
-        graphdefs.append(graphdef)
-        return state
-
-    state = jax.jit(init)()
-    return nnx.merge(graphdefs[0], state)
-
-
-def _jit_call(module, *args, **kwargs):
-    """Call ``module`` under jax.jit through split/merge and write its state changes back."""
-    graphdef, state = nnx.split(module)
-
-    @jax.jit
-    def call(state, args):
-        m = nnx.merge(graphdef, state)
-        return m(*args, **kwargs), nnx.state(m)
-
-    out, state = call(state, args)
-    nnx.update(module, state)
-    return out
 
 
 def _sigmoid(x):
@@ -70,10 +43,10 @@ def _data(shape, seed=0):
 
 
 def test_lstm_cell_matches_gate_equations():
-    cell = _build(lambda: LSTMCell(3, 4, rngs=nnx.Rngs(0)))
+    cell = build(lambda: LSTMCell(3, 4, rngs=nnx.Rngs(0)))
     x = _data((2, 3))
     carry = (_data((2, 4), 1), _data((2, 4), 2))
-    (c, h), out = _jit_call(cell, carry, x)
+    (c, h), out = jit_call(cell, carry, x)
     (ec, eh), _ = _lstm_reference(cell, carry, x)
     np.testing.assert_allclose(c, ec, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(h, eh, rtol=1e-5, atol=1e-5)
@@ -84,11 +57,11 @@ def test_lstm_cell_matches_gate_equations():
 
 
 def test_optimized_lstm_cell_matches_gate_equations():
-    cell = _build(lambda: OptimizedLSTMCell(3, 4, rngs=nnx.Rngs(0)))
+    cell = build(lambda: OptimizedLSTMCell(3, 4, rngs=nnx.Rngs(0)))
     assert cell.dense_i.kernel.shape == (3, 16) and cell.dense_h.kernel.shape == (4, 16)
     x = _data((2, 3))
     c0, h0 = _data((2, 4), 1).astype(np.float64), _data((2, 4), 2).astype(np.float64)
-    (c, h), _ = _jit_call(cell, (c0.astype(np.float32), h0.astype(np.float32)), x)
+    (c, h), _ = jit_call(cell, (c0.astype(np.float32), h0.astype(np.float32)), x)
     y = x @ _np(cell.dense_i.kernel) + h0 @ _np(cell.dense_h.kernel) + _np(cell.dense_h.bias)
     i, f, g, o = np.split(y, 4, axis=-1)
     ec = _sigmoid(f) * c0 + _sigmoid(i) * np.tanh(g)
@@ -98,10 +71,10 @@ def test_optimized_lstm_cell_matches_gate_equations():
 
 
 def test_gru_and_simple_cells_match_equations():
-    gru = _build(lambda: GRUCell(3, 4, rngs=nnx.Rngs(0)))
+    gru = build(lambda: GRUCell(3, 4, rngs=nnx.Rngs(0)))
     x, h0 = _data((2, 3)), _data((2, 4), 1)
     xd, hd = x.astype(np.float64), h0.astype(np.float64)
-    new_h, out = _jit_call(gru, h0, x)
+    new_h, out = jit_call(gru, h0, x)
     r = _sigmoid(xd @ _np(gru.ir.kernel) + _np(gru.ir.bias) + hd @ _np(gru.hr.kernel))
     z = _sigmoid(xd @ _np(gru.iz.kernel) + _np(gru.iz.bias) + hd @ _np(gru.hz.kernel))
     n = np.tanh(
@@ -110,8 +83,8 @@ def test_gru_and_simple_cells_match_equations():
     np.testing.assert_allclose(new_h, (1 - z) * n + z * hd, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(out, new_h)
 
-    simple = _build(lambda: SimpleCell(3, 4, rngs=nnx.Rngs(1)))
-    new_h, _ = _jit_call(simple, h0, x)
+    simple = build(lambda: SimpleCell(3, 4, rngs=nnx.Rngs(1)))
+    new_h, _ = jit_call(simple, h0, x)
     expected = np.tanh(
         xd @ _np(simple.dense_i.kernel) + _np(simple.dense_i.bias) + hd @ _np(simple.dense_h.kernel)
     )
@@ -119,16 +92,16 @@ def test_gru_and_simple_cells_match_equations():
 
 
 def test_cell_wrong_feature_size_names_layer_and_sizes():
-    cell = _build(lambda: GRUCell(3, 4, rngs=nnx.Rngs(0)))
+    cell = build(lambda: GRUCell(3, 4, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match=r"GRUCell expected inputs with 3 features .* got 5"):
         cell(jnp.zeros((2, 4)), jnp.zeros((2, 5)))
 
 
 def test_rnn_matches_python_loop_and_returns_carry():
-    cell = _build(lambda: LSTMCell(3, 4, rngs=nnx.Rngs(0)))
+    cell = build(lambda: LSTMCell(3, 4, rngs=nnx.Rngs(0)))
     rnn = RNN(cell, return_carry=True)
     xs = _data((2, 5, 3))
-    (c, h), ys = _jit_call(rnn, xs)
+    (c, h), ys = jit_call(rnn, xs)
     carry = cell.initialize_carry((2, 3))
     expected = []
     for t in range(5):
@@ -140,7 +113,7 @@ def test_rnn_matches_python_loop_and_returns_carry():
 
 
 def test_rnn_seq_lengths_reverse_and_time_major():
-    cell = _build(lambda: SimpleCell(2, 3, rngs=nnx.Rngs(0)))
+    cell = build(lambda: SimpleCell(2, 3, rngs=nnx.Rngs(0)))
     xs = _data((2, 4, 2))
     lengths = np.array([4, 2])
 
@@ -154,15 +127,15 @@ def test_rnn_seq_lengths_reverse_and_time_major():
             outs.append(h)
         return h, outs
 
-    carry, ys = _jit_call(
+    carry, ys = jit_call(
         RNN(cell), xs, seq_lengths=lengths, reverse=True, keep_order=True, return_carry=True
     )
     for b, n in enumerate(lengths):
         h, outs = loop(xs[b, :n][::-1])
         np.testing.assert_allclose(carry[b], h, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(ys[b, :n], np.stack(outs[::-1]), rtol=1e-5, atol=1e-5)
-    tm = _jit_call(RNN(cell, time_major=True), np.swapaxes(xs, 0, 1))
-    bm = _jit_call(RNN(cell), xs)
+    tm = jit_call(RNN(cell, time_major=True), np.swapaxes(xs, 0, 1))
+    bm = jit_call(RNN(cell), xs)
     np.testing.assert_allclose(np.swapaxes(tm, 0, 1), bm, rtol=1e-6)
 
 
@@ -197,14 +170,14 @@ def test_rnn_writes_back_cell_state_updates():
 
 
 def test_bidirectional_concatenates_forward_and_backward():
-    fwd = _build(lambda: GRUCell(2, 3, rngs=nnx.Rngs(0)))
-    bwd = _build(lambda: GRUCell(2, 3, rngs=nnx.Rngs(1)))
+    fwd = build(lambda: GRUCell(2, 3, rngs=nnx.Rngs(0)))
+    bwd = build(lambda: GRUCell(2, 3, rngs=nnx.Rngs(1)))
     bi = Bidirectional(RNN(fwd), RNN(bwd), return_carry=True)
     xs = _data((2, 4, 2))
-    (carry_f, carry_b), ys = _jit_call(bi, xs)
+    (carry_f, carry_b), ys = jit_call(bi, xs)
     assert ys.shape == (2, 4, 6)
-    np.testing.assert_allclose(ys[..., :3], _jit_call(RNN(fwd), xs), rtol=1e-6)
-    backward = _jit_call(RNN(bwd), xs[:, ::-1])
+    np.testing.assert_allclose(ys[..., :3], jit_call(RNN(fwd), xs), rtol=1e-6)
+    backward = jit_call(RNN(bwd), xs[:, ::-1])
     np.testing.assert_allclose(ys[..., 3:], backward[:, ::-1], rtol=1e-6)
     np.testing.assert_allclose(carry_b, backward[:, -1], rtol=1e-6)
     np.testing.assert_allclose(carry_f, ys[:, -1, :3], rtol=1e-6)
