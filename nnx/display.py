@@ -21,6 +21,39 @@ def _array_repr(x: Any) -> str:
     return f"{kind}(shape={tuple(shape)}, dtype={dtype})"
 
 
+def _dtype_name(value: Any) -> str | None:
+    """The name of ``value`` when it denotes a dtype (``np.dtype``, a numpy scalar type such as
+    ``np.float32``, or a ``jnp`` scalar type such as ``jnp.bfloat16``), else None."""
+    if isinstance(value, np.dtype):
+        return value.name
+    if isinstance(value, type):
+        if issubclass(value, np.generic):
+            return np.dtype(value).name
+        dtype = getattr(value, "dtype", None)  # jnp.float32 and friends carry their np.dtype
+        if isinstance(dtype, np.dtype):
+            return dtype.name
+    return None
+
+
+def _leaf_repr(value: Any) -> str:
+    """``repr(value)``, except that dtypes, alone or in a list, tuple or dict, print as their
+    name (``param_dtype=float32`` rather than ``<class 'jax.numpy.float32'>``)."""
+    name = _dtype_name(value)
+    if name is not None:
+        return name
+    if not isinstance(value, list | tuple | dict):
+        return repr(value)
+    items = list(value.values() if isinstance(value, dict) else value)
+    if all(_dtype_name(v) is None for v in items):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_leaf_repr(v)}" for k, v in value.items()) + "}"
+    inner = ", ".join(_leaf_repr(v) for v in items)
+    if isinstance(value, list):
+        return f"[{inner}]"
+    return f"({inner},)" if len(items) == 1 else f"({inner})"
+
+
 def _value_repr(value: Any, depth: int, seen: set[int]) -> str:
     from nnx.object import ARRAY_TYPES, GraphNode, List
     from nnx.state import State
@@ -33,19 +66,19 @@ def _value_repr(value: Any, depth: int, seen: set[int]) -> str:
     if isinstance(value, list | tuple):
         open_, close = ("[", "]") if isinstance(value, list) else ("(", ")")
         if not any(_is_rich(v) for v in value):
-            return repr(list(value) if isinstance(value, list) else value)
+            return _leaf_repr(list(value) if isinstance(value, list) else value)
         pad = _INDENT * (depth + 1)
         inner = ",\n".join(pad + _value_repr(v, depth + 1, seen) for v in value)
         return f"{open_}\n{inner}\n{_INDENT * depth}{close}"
     if isinstance(value, dict):
         if not any(_is_rich(v) for v in value.values()):
-            return repr(dict(value))
+            return _leaf_repr(dict(value))
         pad = _INDENT * (depth + 1)
         inner = ",\n".join(
             f"{pad}{k!r}: {_value_repr(v, depth + 1, seen)}" for k, v in value.items()
         )
         return f"{{\n{inner}\n{_INDENT * depth}}}"
-    return repr(value)
+    return _leaf_repr(value)
 
 
 def _is_rich(value: Any) -> bool:
@@ -114,7 +147,7 @@ def graphdef_repr(graphdef: Any) -> str:
     def render(d: Any, depth: int) -> str:
         pad = _INDENT * (depth + 1)
         if type(d) is Static:
-            return repr(d.value)
+            return _leaf_repr(d.value)
         if d is LEAF:
             return "Leaf"
         kind = d[0]
