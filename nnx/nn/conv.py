@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from nnx.module import Module
 from nnx.nn import initializers
-from nnx.nn.dtypes import feature_error, promote_dtype
+from nnx.nn.dtypes import check_last_axis, promote_dtype
 from nnx.rngs import Rngs
 from nnx.variables import Param
 
@@ -117,8 +117,7 @@ class _ConvBase(Module):
                 f"{self._layer} with kernel_size {self.kernel_size} expects inputs with at least "
                 f"{n_spatial + 1} dims (spatial axes and features), got shape {shape}"
             )
-        if shape[-1] != self.in_features:
-            raise feature_error(self._layer, self.in_features, shape[-1], shape, "the last axis")
+        check_last_axis(self._layer, inputs, self.in_features)
         return n_batch
 
     def _arrays(self) -> tuple[jax.Array, jax.Array | None]:

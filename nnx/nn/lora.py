@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from nnx.module import Module
 from nnx.nn import initializers
-from nnx.nn.dtypes import feature_error, promote_dtype
+from nnx.nn.dtypes import check_last_axis, promote_dtype
 from nnx.nn.linear import Linear
 from nnx.rngs import Rngs
 from nnx.variables import LoRAParam, Variable
@@ -71,10 +71,7 @@ class LoRA(Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``base_module(x) + x @ lora_a @ lora_b`` (without the base term when there is none)."""
-        shape = jnp.shape(x)
-        if not shape or shape[-1] != self.in_features:
-            got = shape[-1] if shape else "no axis"
-            raise feature_error("LoRA", self.in_features, got, shape, "the last axis")
+        check_last_axis("LoRA", x, self.in_features)
         x_, a, b = promote_dtype((x, self.lora_a.value, self.lora_b.value), dtype=self.dtype)
         out = x_ @ a @ b
         if self.base_module is not None:
