@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -39,15 +39,27 @@ def _batch_size(batch_size: int | None) -> int:
     return int(batch_size)
 
 
-def _prefetch(batches: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+def _prefetch(batches: Iterator[Any], depth: int = 2, put: Callable[[Any], Any] = jax.device_put) -> Iterator[Any]:
     """Move batches to the device ``depth`` ahead of use, so transfer overlaps compute."""
     queue: collections.deque[Any] = collections.deque()
     for batch in batches:
-        queue.append(jax.device_put(batch))
+        queue.append(put(batch))
         if len(queue) >= depth:
             yield queue.popleft()
     while queue:
         yield queue.popleft()
+
+
+def _groups(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of ``size`` items (the last one may be shorter)."""
+    group: list[Any] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 class _Plan:
@@ -76,6 +88,34 @@ class _Plan:
 
 class Loops:
     """fit / evaluate / predict loops (mixed into ``Trainer``)."""
+
+    # -- the live state ------------------------------------------------------------------
+    # The compiled steps take and return the state's flat leaves: flattening and rebuilding the
+    # nested TrainState on every call costs as much as a small model's step. The tree is
+    # rebuilt only when something reads ``_state`` (a hook, the end of an epoch).
+    _state_tree: TrainState | None = None
+    _state_leaves: list[Any] | None = None
+    _state_def: Any = None
+
+    @property
+    def _state(self) -> TrainState | None:
+        if self._state_tree is None and self._state_leaves is not None:
+            self._state_tree = jax.tree.unflatten(self._state_def, self._state_leaves)
+        return self._state_tree
+
+    @_state.setter
+    def _state(self, state: TrainState | None) -> None:
+        self._state_tree, self._state_leaves = state, None
+
+    def _flat_state(self) -> tuple[list[Any], Any]:
+        """The live state's leaves and treedef."""
+        if self._state_leaves is None:
+            self._state_leaves, self._state_def = jax.tree.flatten(self._state_tree)
+        return self._state_leaves, self._state_def
+
+    def _set_flat_state(self, leaves: list[Any]) -> None:
+        """Replace the live state by leaves of the same structure."""
+        self._state_leaves, self._state_tree = leaves, None
 
     # -- fit ---------------------------------------------------------------------------
     def fit(
@@ -250,18 +290,19 @@ class Loops:
         with_logs = self._needs_logs(cbs, "train")
         has_begin = cbs.overrides("on_train_batch_begin")
         has_end = cbs.overrides("on_train_batch_end")
-        single = self._compiled("train", gather=Gather(bs, bs, False), fused=1, with_logs=with_logs)
-        block = (
-            self._compiled("train", gather=Gather(bs, bs, False), fused=fused, with_logs=with_logs)
-            if fused > 1 else None
-        )
-        tail = (
-            self._compiled("train", gather=Gather(plan.rem, bs, False), fused=1, with_logs=with_logs)
-            if plan.rem else None
-        )
         perm = self._permutation(epoch, data.n, shuffle)
         i = self._batch_in_epoch
         self._set_pos(i)
+        treedef = self._flat_state()[1]
+        single = self._compiled("train", treedef, gather=Gather(bs, bs, False), fused=1, with_logs=with_logs)
+        block = (
+            self._compiled("train", treedef, gather=Gather(bs, bs, False), fused=fused, with_logs=with_logs)
+            if fused > 1 else None
+        )
+        tail = (
+            self._compiled("train", treedef, gather=Gather(plan.rem, bs, False), fused=1, with_logs=with_logs)
+            if plan.rem else None
+        )
         full = min(plan.full, steps)
         max_steps = self._max_steps
         while i < steps and not self.stop_training:
@@ -274,7 +315,8 @@ class Loops:
                 fn, k = (single, 1) if i < full else (tail, 1)
             if has_begin and k == 1:
                 self._batch_hook(cbs, "on_train_batch_begin", i, None, with_logs)
-            self._state, logs = fn(self._state, data.batch, perm)
+            leaves, logs = fn(self._flat_state()[0], data.batch, perm)
+            self._set_flat_state(leaves)
             self.step += k
             i += k
             self._batch_in_epoch = i
@@ -288,8 +330,9 @@ class Loops:
         with_logs = self._needs_logs(cbs, "train")
         has_begin = cbs.overrides("on_train_batch_begin")
         has_end = cbs.overrides("on_train_batch_end")
-        single = self._compiled("train", gather=None, fused=1, with_logs=with_logs)
-        block = self._compiled("train", gather=None, fused=fused, with_logs=with_logs) if fused > 1 else None
+        treedef = self._flat_state()[1]
+        single = self._compiled("train", treedef, gather=None, fused=1, with_logs=with_logs)
+        block = self._compiled("train", treedef, gather=None, fused=fused, with_logs=with_logs) if fused > 1 else None
         i = self._batch_in_epoch
         max_steps = self._max_steps
         source = plan.data.epoch(plan.steps, skip=i)
@@ -299,7 +342,8 @@ class Loops:
             nonlocal i
             if has_begin and k == 1:
                 self._batch_hook(cbs, "on_train_batch_begin", i, None, with_logs)
-            self._state, logs = fn(self._state, batch, None)
+            leaves, logs = fn(self._flat_state()[0], batch, None)
+            self._set_flat_state(leaves)
             self.step += k
             i += k
             self._batch_in_epoch = i
@@ -359,9 +403,11 @@ class Loops:
         else:
             cbs.call(hook, batch, logs)
 
-    def _deliver(self, cbs: Any, first: int, k: int, logs: Any, with_logs: bool, begin_too: bool) -> None:
+    def _deliver(
+        self, cbs: Any, first: int, k: int, logs: Any, with_logs: bool, begin_too: bool, mode: str = "train"
+    ) -> None:
         """Run the batch hooks of ``k`` steps that just ran (a fused block: after it)."""
-        hook_begin, hook_end = "on_train_batch_begin", "on_train_batch_end"
+        hook_begin, hook_end = f"on_{mode}_batch_begin", f"on_{mode}_batch_end"
         if with_logs:
             host = jax.device_get(logs)
         for j in range(k):
@@ -408,48 +454,77 @@ class Loops:
     def _evaluate_source(self, data: ArrayData | IterData, bs: int, steps: int | None, cbs: Any, in_fit: bool) -> dict[str, float]:
         live = self._state
         state = TrainState(live.params, live.others, None, self._fresh_metrics(), steplib.new_counters())
+        leaves, treedef = jax.tree.flatten(state)
         with_logs = self._needs_logs(cbs, "test")
         self._hook(cbs, "on_test_begin", None)
-        has_batch = cbs.overrides("on_test_batch_begin") or cbs.overrides("on_test_batch_end")
+        has_begin = cbs.overrides("on_test_batch_begin")
+        has_end = cbs.overrides("on_test_batch_end")
         i = 0
-        for fn, batch, perm, n in self._eval_batches(data, bs, steps, with_logs):
-            if has_batch:
+        for fn, k, args in self._eval_units(data, bs, steps, treedef, with_logs):
+            if has_begin and k == 1:
                 self._batch_hook(cbs, "on_test_batch_begin", i, None, with_logs)
-            state, logs = fn(state, batch, perm, n)
-            if has_batch:
-                self._batch_hook(cbs, "on_test_batch_end", i, self._host_logs(logs) if with_logs else None, with_logs)
-            i += 1
+            leaves, logs = fn(leaves, *args)
+            if has_end or (has_begin and k > 1):
+                self._deliver(cbs, i, k, logs, with_logs, has_begin and k > 1, mode="test")
+            i += k
             if self._interrupted and not in_fit:
                 break
+        state = jax.tree.unflatten(treedef, leaves)
         results = self._host_logs(self._compiled("logs")(state.metrics, state.counters))
         self._hook(cbs, "on_test_end", results)
         return results
 
-    def _eval_batches(self, data: Any, bs: int, steps: int | None, with_logs: bool) -> Iterator[tuple]:
+    def _eval_units(self, data: Any, bs: int, steps: int | None, treedef: Any, with_logs: bool) -> Iterator[tuple]:
+        """``(compiled eval fn, number of steps it runs, its arguments after the state)``:
+        blocks of ``steps_per_execution`` steps, single steps for the rest."""
+        fused = self.steps_per_execution
+
+        def compiled(gather: Gather | None, k: int = 1) -> Any:
+            return self._compiled("eval", treedef, gather=gather, fused=k, with_logs=with_logs)
+
         if isinstance(data, ArrayData):
             n = data.n
             total = _eval_steps(data, bs, steps)
             n_dev = jnp.asarray(n, jnp.int32)
-            if self._maskable:
-                fn = self._compiled("eval", gather=Gather(bs, bs, True), with_logs=with_logs)
-                for _ in range(total):
-                    yield fn, data.batch, None, n_dev
-                return
-            perm = jnp.arange(n, dtype=jnp.int32)
-            full, rem = divmod(n, bs)
-            fn = self._compiled("eval", gather=Gather(bs, bs, False), with_logs=with_logs)
-            tail = self._compiled("eval", gather=Gather(rem, bs, False), with_logs=with_logs) if rem else None
-            for i in range(total):
-                yield (fn if i < full else tail), data.batch, perm, n_dev
+            if self._maskable:  # every batch is full-size: the last one is padded and masked
+                full, perm, gather, tail = total, None, Gather(bs, bs, True), None
+            else:  # the partial last batch runs at its true size
+                full, rem = min(divmod(n, bs)[0], total), n % bs
+                perm, gather = jnp.arange(n, dtype=jnp.int32), Gather(bs, bs, False)
+                tail = compiled(Gather(rem, bs, False)) if total > full else None
+            single = compiled(gather)
+            block = compiled(gather, fused) if fused > 1 and full >= fused else None
+            i = 0
+            while i < total:
+                if block is not None and i + fused <= full:
+                    yield block, fused, (data.batch, perm, n_dev)
+                    i += fused
+                else:
+                    yield (single if i < full else tail), 1, (data.batch, perm, n_dev)
+                    i += 1
             return
-        fn = self._compiled("eval", gather=None, with_logs=with_logs)
+        single = compiled(None)
         size = None
-        for batch in _prefetch(data.epoch(steps)):
-            if self._maskable:
-                rows = datalib.batch_size_of(batch)
-                size = size or rows
-                batch = datalib.pad_batch(batch, max(size, rows), self._keys)
-            yield fn, batch, None, None
+
+        def padded(batch: Any) -> Any:
+            nonlocal size
+            if not self._maskable:
+                return batch
+            rows = datalib.batch_size_of(batch)
+            size = size or rows
+            return datalib.pad_batch(batch, max(size, rows), self._keys)
+
+        if fused <= 1:
+            for batch in _prefetch(padded(b) for b in data.epoch(steps)):
+                yield single, 1, (batch, None, None)
+            return
+        block = compiled(None, fused)
+        for group in _groups((padded(b) for b in data.epoch(steps)), fused):
+            if len(group) == fused and len({datalib.shapes_of(b) for b in group}) == 1:
+                yield block, fused, (jax.device_put(datalib.stack(group)), None, None)
+            else:
+                for b in group:
+                    yield single, 1, (jax.device_put(b), None, None)
 
     # -- predict -------------------------------------------------------------------------
     def predict(
@@ -482,50 +557,80 @@ class Loops:
             self._end()
 
     def _predict_source(self, data: Any, bs: int, steps: int | None, cbs: Any) -> Any:
-        state = self._state
+        leaves, treedef = self._flat_state()
         self._hook(cbs, "on_predict_begin", None)
-        has_batch = cbs.overrides("on_predict_batch_begin") or cbs.overrides("on_predict_batch_end")
-        outputs: list[tuple[Any, int]] = []
-        if isinstance(data, ArrayData):
-            self._last_batch = jax.tree.map(lambda a: a[:bs], data.batch)
-            fn = self._compiled("predict", gather=Gather(bs, bs, True))
-            n_dev = jnp.asarray(data.n, jnp.int32)
-            total = _eval_steps(data, bs, steps)
-            for i in range(total):
-                if has_batch:
-                    self._batch_hook(cbs, "on_predict_batch_begin", i, None, True)
-                out = fn(state, data.batch, None, n_dev, jnp.asarray(i, jnp.int32))
-                outputs.append((out, min(bs, data.n - i * bs)))
-                if has_batch:
-                    self._batch_hook(cbs, "on_predict_batch_end", i, {"outputs": out}, True)
-                if self._interrupted:
-                    break
-        else:
-            fn = self._compiled("predict", gather=None)
-            size = None
-            for i, batch in enumerate(_prefetch(data.epoch(steps))):
-                if self._last_batch is None:
-                    self._last_batch = batch
-                rows = datalib.batch_size_of(batch)
-                size = size or rows
-                padded = datalib.pad_batch(batch, max(size, rows), self._keys, add_weights=False)
-                if has_batch:
-                    self._batch_hook(cbs, "on_predict_batch_begin", i, None, True)
-                out = fn(state, padded, None, None, None)
-                outputs.append((out, rows))
-                if has_batch:
-                    self._batch_hook(cbs, "on_predict_batch_end", i, {"outputs": out}, True)
-                if self._interrupted:
-                    break
+        has_begin = cbs.overrides("on_predict_batch_begin")
+        has_end = cbs.overrides("on_predict_batch_end")
+        outputs: list[tuple[Any, list[int]]] = []  # (outputs of one call, rows of each batch)
+        i = 0
+        for fn, args, rows in self._predict_units(data, bs, steps, treedef):
+            k = len(rows)
+            if has_begin and k == 1:
+                self._batch_hook(cbs, "on_predict_batch_begin", i, None, True)
+            out = fn(leaves, *args)
+            outputs.append((out, rows))
+            for j in range(k) if has_end or (has_begin and k > 1) else ():
+                if has_begin and k > 1:
+                    self._batch_hook(cbs, "on_predict_batch_begin", i + j, None, True)
+                one = out if k == 1 else jax.tree.map(lambda a, j=j: a[j], out)
+                self._batch_hook(cbs, "on_predict_batch_end", i + j, {"outputs": one}, True)
+            i += k
+            if self._interrupted:
+                break
         if not outputs:
             raise ValueError("predict got no batch: the dataset is empty.")
-        host = jax.device_get([o for o, _ in outputs])
-        result = jax.tree.map(
-            lambda *parts: np.concatenate([np.asarray(p)[:rows] for p, (_, rows) in zip(parts, outputs, strict=True)]),
-            *host,
-        )
+        pieces = []
+        for out, rows in jax.device_get(outputs):
+            if len(rows) == 1:
+                pieces.append(jax.tree.map(lambda a, r=rows[0]: np.asarray(a)[:r], out))
+            else:
+                pieces += [jax.tree.map(lambda a, j=j, r=r: np.asarray(a)[j, :r], out) for j, r in enumerate(rows)]
+        result = jax.tree.map(lambda *parts: np.concatenate(parts), *pieces)
         self._hook(cbs, "on_predict_end", None)
         return result
+
+    def _predict_units(self, data: Any, bs: int, steps: int | None, treedef: Any) -> Iterator[tuple]:
+        """``(compiled predict fn, its arguments after the state, rows of each batch)``: blocks
+        of ``steps_per_execution`` batches, single batches for the rest; every batch is padded
+        to the batch size."""
+        fused = self.steps_per_execution
+        if isinstance(data, ArrayData):
+            self._last_batch = jax.tree.map(lambda a: a[:bs], data.batch)
+            single = self._compiled("predict", treedef, gather=Gather(bs, bs, True))
+            block = self._compiled("predict", treedef, gather=Gather(bs, bs, True), fused=fused) if fused > 1 else None
+            n_dev = jnp.asarray(data.n, jnp.int32)
+            total = _eval_steps(data, bs, steps)
+            i = 0
+            while i < total:
+                k = fused if block is not None and i + fused <= total else 1
+                rows = [min(bs, data.n - (i + j) * bs) for j in range(k)]
+                yield (block if k > 1 else single), (data.batch, None, n_dev, jnp.asarray(i, jnp.int32)), rows
+                i += k
+            return
+        single = self._compiled("predict", treedef, gather=None)
+        size = None
+
+        def padded(batch: Any) -> tuple[Any, int]:
+            nonlocal size
+            if self._last_batch is None:
+                self._last_batch = batch
+            rows = datalib.batch_size_of(batch)
+            size = size or rows
+            return datalib.pad_batch(batch, max(size, rows), self._keys, add_weights=False), rows
+
+        if fused <= 1:
+            moved = _prefetch((padded(b) for b in data.epoch(steps)), put=lambda p: (jax.device_put(p[0]), p[1]))
+            for batch, rows in moved:
+                yield single, (batch, None, None, None), [rows]
+            return
+        block = self._compiled("predict", treedef, gather=None, fused=fused)
+        for group in _groups((padded(b) for b in data.epoch(steps)), fused):
+            batches = [b for b, _ in group]
+            if len(group) == fused and len({datalib.shapes_of(b) for b in batches}) == 1:
+                yield block, (jax.device_put(datalib.stack(batches)), None, None, None), [r for _, r in group]
+            else:
+                for b, r in group:
+                    yield single, (jax.device_put(b), None, None, None), [r]
 
     # -- single batches ---------------------------------------------------------------
     def train_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None) -> dict[str, float]:
@@ -534,8 +639,10 @@ class Loops:
         self._begin(training=True)
         try:
             self._prepare(batch, True, 1)
-            fn = self._compiled("train", gather=None, fused=1, with_logs=True)
-            self._state, logs = fn(self._state, jax.device_put(batch), None)
+            leaves, treedef = self._flat_state()
+            fn = self._compiled("train", treedef, gather=None, fused=1, with_logs=True)
+            leaves, logs = fn(leaves, jax.device_put(batch), None)
+            self._set_flat_state(leaves)
             self.step += 1
             return self._host_logs(logs)
         finally:
@@ -547,9 +654,10 @@ class Loops:
         self._begin(training=False)
         try:
             self._prepare(batch, False, 1)
-            fn = self._compiled("eval", gather=None, with_logs=True)
             state = TrainState(self._state.params, self._state.others, None, self._fresh_metrics(), steplib.new_counters())
-            _, logs = fn(state, jax.device_put(batch), None, None)
+            leaves, treedef = jax.tree.flatten(state)
+            fn = self._compiled("eval", treedef, gather=None, with_logs=True)
+            _, logs = fn(leaves, jax.device_put(batch), None, None)
             return self._host_logs(logs)
         finally:
             self._end()
@@ -558,8 +666,9 @@ class Loops:
         """The model's outputs for one batch of inputs, in eval mode (numpy)."""
         self._begin(training=False)
         try:
-            fn = self._compiled("predict", gather=None)
-            return jax.device_get(fn(self._state, jax.device_put((datalib.normalize_batch(x),)), None, None, None))
+            leaves, treedef = self._flat_state()
+            fn = self._compiled("predict", treedef, gather=None)
+            return jax.device_get(fn(leaves, jax.device_put((datalib.normalize_batch(x),)), None, None, None))
         finally:
             self._end()
 

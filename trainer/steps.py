@@ -291,28 +291,70 @@ def make_eval_fn(
     step: Callable[[TrainState, Any], tuple[TrainState, dict]],
     *,
     gather: Gather | None,
+    fused: int = 1,
     with_logs: bool,
     keys: datalib.BatchKeys,
 ) -> Callable[..., tuple[TrainState, Any]]:
-    """A pure ``(state, data, perm, n) -> (state, logs)`` for one evaluation batch."""
+    """A pure ``(state, data, perm, n) -> (state, logs)`` for one evaluation batch, or
+    ``fused`` batches in one ``lax.scan`` (stacked batches when ``gather`` is None)."""
 
-    def run(state: TrainState, data: Any, perm: Any, n: Any) -> tuple[TrainState, Any]:
+    def one(state: TrainState, data: Any, perm: Any, n: Any) -> tuple[TrainState, Any]:
         pos = state.counters[POS]
         batch = data if gather is None else _take(data, perm, n, pos, gather, keys)
         state, logs = step(state, batch)
         state = state._replace(counters=state.counters + _NEXT_POS)
         return state, (logs if with_logs else None)
 
-    return run
+    if fused <= 1:
+        return one
+
+    def scanned(state: TrainState, data: Any, perm: Any, n: Any) -> tuple[TrainState, Any]:
+        if gather is None:
+            return jax.lax.scan(lambda s, b: one(s, b, None, None), state, data)
+        return jax.lax.scan(lambda s, _: one(s, data, perm, n), state, None, length=fused)
+
+    return scanned
 
 
 def make_predict_fn(
-    step: Callable[[TrainState, Any], Any], *, gather: Gather | None, keys: datalib.BatchKeys
+    step: Callable[[TrainState, Any], Any], *, gather: Gather | None, fused: int = 1, keys: datalib.BatchKeys
 ) -> Callable[..., Any]:
-    """A pure ``(state, data, perm, n, pos) -> outputs`` for one prediction batch."""
+    """A pure ``(state, data, perm, n, pos) -> outputs`` for one prediction batch, or for
+    ``fused`` batches from ``pos`` on (outputs stacked on a new leading axis)."""
 
-    def run(state: TrainState, data: Any, perm: Any, n: Any, pos: Any) -> Any:
+    def one(state: TrainState, data: Any, perm: Any, n: Any, pos: Any) -> Any:
         batch = data if gather is None else _take(data, perm, n, pos, gather, keys)
         return step(state, batch)
+
+    if fused <= 1:
+        return one
+
+    def scanned(state: TrainState, data: Any, perm: Any, n: Any, pos: Any) -> Any:
+        if gather is None:
+            return jax.lax.scan(lambda c, b: (c, one(state, b, None, None, None)), 0, data)[1]
+        return jax.lax.scan(lambda p, _: (p + 1, one(state, data, perm, n, p)), pos, None, length=fused)[1]
+
+    return scanned
+
+
+def on_flat_state(pure: Callable[..., Any], treedef: Any, returns_state: bool = True) -> Callable[..., Any]:
+    """``pure(state, *args)`` as a function of the state's flat leaves (see ``Loops._state``).
+
+    With ``returns_state``, ``pure`` returns ``(state, out)`` and the wrapper ``(leaves, out)``;
+    the returned state must have the structure it was given.
+    """
+
+    def run(leaves: list[Any], *args: Any) -> Any:
+        result = pure(jax.tree.unflatten(treedef, leaves), *args)
+        if not returns_state:
+            return result
+        state, out = result
+        new_leaves, new_def = jax.tree.flatten(state)
+        if new_def != treedef:
+            raise TypeError(
+                "A step must return a TrainState with the structure it was given; got\n"
+                f"  {new_def}\nfor\n  {treedef}."
+            )
+        return new_leaves, out
 
     return run

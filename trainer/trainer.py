@@ -487,21 +487,23 @@ class Trainer(Loops):
         self._written = [v.get_value() if isinstance(v, nnx.Variable) else v for v in spec.variables]
 
     # -- compiled functions ------------------------------------------------------------
-    def _compiled(self, kind: str, **options: Any) -> Any:
+    def _compiled(self, kind: str, treedef: Any = None, **options: Any) -> Any:
+        """The jitted step ``kind``; train, eval and predict take the flat leaves of a state
+        with structure ``treedef`` (and return them, but predict)."""
         spec = self._spec
-        key = (kind, spec.key, self._loss_name, self._maskable, tuple(sorted(options.items())))
+        key = (kind, spec.key, treedef, self._loss_name, self._maskable, tuple(sorted(options.items())))
         fn = self._jits.get(key)
         if fn is not None:
             return fn
         if kind == "train":
             pure = steplib.make_train_fn(self._in_context(self.train_step, spec, True), keys=self._keys, **options)
-            fn = jax.jit(pure, donate_argnums=(0,) if self.donate else ())
+            fn = jax.jit(steplib.on_flat_state(pure, treedef), donate_argnums=(0,) if self.donate else ())
         elif kind == "eval":
             pure = steplib.make_eval_fn(self._in_context(self.eval_step, spec, False), keys=self._keys, **options)
-            fn = jax.jit(pure)
+            fn = jax.jit(steplib.on_flat_state(pure, treedef))  # params are the live ones
         elif kind == "predict":
             pure = steplib.make_predict_fn(self._in_context(self.predict_step, spec, False), keys=self._keys, **options)
-            fn = jax.jit(pure)
+            fn = jax.jit(steplib.on_flat_state(pure, treedef, returns_state=False))
         elif kind == "logs":
             fn = jax.jit(lambda metrics, counters: self.compute_logs(TrainState(None, (), None, metrics, counters)))
         else:  # pragma: no cover - internal

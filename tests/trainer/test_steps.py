@@ -183,3 +183,76 @@ def test_train_on_batch_and_test_on_batch():
     model.eval()
     expected = float(optax.softmax_cross_entropy_with_integer_labels(model(jnp.asarray(x)), y).mean())
     assert ev["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+class EvalRecorder(callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self.events.append(("begin", batch))
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.events.append(("end", batch, dict(logs)))
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.events.append(("predict", batch, np.asarray(logs["outputs"]).shape))
+
+
+def _assert_same_events(a, b):
+    assert [e[:2] for e in a] == [e[:2] for e in b]
+    for ea, eb in zip(a, b, strict=True):
+        if ea[0] == "end":
+            assert ea[2].keys() == eb[2].keys()
+            for k in ea[2]:
+                assert ea[2][k] == pytest.approx(eb[2][k], rel=1e-6, abs=1e-7)
+        elif ea[0] == "predict":
+            assert ea[2] == eb[2]
+
+
+def test_evaluate_with_steps_per_execution_equals_single_steps():
+    x, y = _data(35)  # batch 4: 8 full batches and a padded one; blocks of 3 leave 3 single steps
+    batches = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 35, 4)]
+    scalar_loss = lambda p, t: optax.softmax_cross_entropy_with_integer_labels(p, t).mean()  # noqa: E731
+    results = {}
+    for spe in (1, 3):
+        model = Net()
+        metrics = {"accuracy": "accuracy", "nnx_acc": nnx.metrics.Accuracy()}
+        t = Trainer(model, optax.sgd(0.1), metrics=metrics, steps_per_execution=spe)
+        rec = EvalRecorder()
+        results[spe] = [
+            t.evaluate(x, y, batch_size=4, callbacks=[rec], verbose=0),
+            t.evaluate(batches, verbose=0),  # an iterable: stacked blocks, a smaller last batch
+            t.evaluate(x, y, batch_size=4, steps=7, verbose=0),
+            # a scalar loss cannot be masked: full batches fused, the last at its true size
+            Trainer(model, optax.sgd(0.1), loss=scalar_loss, steps_per_execution=spe).evaluate(x, y, batch_size=4, verbose=0),
+            rec.events,
+        ]
+    *one, events1 = results[1]
+    *fused, events3 = results[3]
+    assert len(events1) == 2 * 9
+    _assert_same_events(events1, events3)
+    for a, b in zip(one, fused, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-7)
+    model = Net()
+    model.eval()
+    expected = float(optax.softmax_cross_entropy_with_integer_labels(model(jnp.asarray(x)), y).mean())
+    assert fused[0]["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_predict_with_steps_per_execution_equals_single_steps():
+    x, _ = _data(35)
+    batches = [(x[i : i + 4],) for i in range(0, 35, 4)]
+    outs = {}
+    for spe in (1, 3):
+        rec = EvalRecorder()
+        t = Trainer(Net(), optax.sgd(0.1), steps_per_execution=spe)
+        outs[spe] = (t.predict(x, batch_size=4, callbacks=[rec], verbose=0), t.predict(batches, verbose=0), rec.events)
+    for a, b in zip(outs[1][:2], outs[3][:2], strict=True):
+        assert a.shape == b.shape == (35, 3)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    _assert_same_events(outs[1][2], outs[3][2])
+    assert [e[1] for e in outs[3][2]] == list(range(9))
