@@ -1,10 +1,13 @@
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from _standin import Regressor, regression_data
 
+import nnx
 from callbacks import ModelCheckpoint
 from trainer.trainer import Trainer
 
@@ -83,3 +86,66 @@ def test_callback_state_is_saved_with_the_checkpoint(tmp_path):
     assert sorted(tree["callbacks"]) == ["History", "ModelCheckpoint"]
     trainer.load_checkpoint_state(tree)  # outside fit: into the Trainer's own callbacks
     assert loader.best == pytest.approx(ckpt.best) and ckpt.best == pytest.approx(history.history["loss"][1])
+
+
+def test_fit_resume_with_an_empty_directory_starts_fresh_and_without_a_checkpoint_callback_raises(tmp_path, capsys):
+    x, y = regression_data(16)
+    trainer = Trainer(Regressor(), optax.adam(0.05), loss="mse")
+    trainer.fit(x, y, batch_size=8, verbose=0, resume=True, callbacks=[ModelCheckpoint(tmp_path / "empty")])
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "no checkpoint in" in out and "starting fresh" in out
+    assert trainer.step == 2
+    with pytest.raises(ValueError, match=r"fit\(resume=True\) needs a checkpointing callback"):
+        trainer.fit(x, y, batch_size=8, verbose=0, resume=True)
+
+
+def test_trainer_save_and_restore_outside_fit(tmp_path):
+    x, y = regression_data(16)
+    trainer = Trainer(Regressor(), optax.adam(0.05), loss="mse")
+    trainer.fit(x, y, batch_size=8, verbose=0)
+    assert trainer.save(tmp_path / "ckpt") == 2
+    trainer.fit(x, y, batch_size=8, verbose=0)
+    assert trainer.save(tmp_path / "ckpt") == 4 and os.listdir(tmp_path / "ckpt") == ["4"]  # replaced
+    model = Regressor()
+    other = Trainer(model, optax.adam(0.05), loss="mse")
+    assert other.restore(tmp_path / "ckpt") == 4 and other.step == 4
+    np.testing.assert_array_equal(np.asarray(model.kernel.value), np.asarray(trainer.model.kernel.value))
+    saved, restored = trainer.checkpoint_state()["optimizer"], other.checkpoint_state()["optimizer"]
+    assert len(saved) == len(restored) == 6  # adam's count, mu, nu (kernel and bias), lr_scale
+    for key in saved:
+        np.testing.assert_array_equal(np.asarray(saved[key]), np.asarray(restored[key]))
+    with pytest.raises(FileNotFoundError, match="Trainer.restore: no checkpoint in"):
+        other.restore(tmp_path / "nothing")
+
+
+def test_restoring_another_architecture_names_the_paths_and_shapes_and_changes_nothing(tmp_path):
+    saved = Regressor()
+    saved.kernel.value, saved.bias.value = jnp.full((3, 1), 2.0), jnp.full((1,), 3.0)
+    Trainer(saved, optax.adam(0.05), loss="mse").save(tmp_path)
+
+    class Wider(Regressor):
+        def __init__(self):
+            super().__init__()
+            self.kernel = nnx.Param(jnp.ones((4, 1)))
+
+    class Deeper(Regressor):
+        def __init__(self):
+            super().__init__()
+            self.extra = nnx.Param(jnp.ones((2,)))
+
+    class NoBias(nnx.Module):
+        def __init__(self):
+            self.kernel = nnx.Param(jnp.ones((3, 1)))
+
+    cases = [
+        (Wider, r"'kernel' has shape \(3, 1\) in the checkpoint but \(4, 1\) in the model"),
+        (Deeper, r"the checkpoint lacks 'extra' \(2,\)"),
+        (NoBias, r"the model lacks 'bias' \(1,\)"),
+    ]
+    for cls, message in cases:
+        model = cls()
+        before = [np.array(v) for v in jax.tree.leaves(nnx.state(model))]
+        with pytest.raises(ValueError, match=message):
+            Trainer(model, optax.adam(0.05), loss="mse").restore(tmp_path)
+        for a, b in zip(before, jax.tree.leaves(nnx.state(model)), strict=True):
+            np.testing.assert_array_equal(a, np.asarray(b))  # checked first: nothing was loaded

@@ -135,3 +135,18 @@ def test_fit_scheduler_sets_the_rate_used_by_each_epoch():
     history = trainer.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[scheduler])
     assert history.history["lr"] == pytest.approx([0.1, 0.05, 0.1 / 3])
     assert trainer.traces == 1
+
+
+def test_setting_the_learning_rate_replaces_the_array_instead_of_mutating_held_state():
+    import optax
+    from _standin import Regressor
+
+    from trainer import lr as lrlib
+    from trainer.trainer import Trainer
+
+    trainer = Trainer(Regressor(), optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), loss="mse")
+    held = trainer._live_opt_state()
+    old = lrlib.find_hyperparams(held)["learning_rate"]
+    trainer.learning_rate = 0.5
+    assert lrlib.find_hyperparams(held)["learning_rate"] is old and float(old) == pytest.approx(0.1)
+    assert trainer.learning_rate == 0.5
