@@ -158,7 +158,9 @@ class Loops:
           max_steps: stop after this many optimizer steps in total.
           callbacks: more callbacks for this call.
           verbose: 0 silent, 1 progress bar, 2 one line per epoch ("auto" is 1).
-          resume: restore the latest state from a checkpointing callback with ``latest_state()``.
+          resume: continue from the newest checkpoint of a ``ModelCheckpoint`` in the callbacks
+            (an empty directory starts fresh and says so). A ``BackupAndRestore`` backup is
+            restored whenever one exists, with or without ``resume``.
         """
         verbose = _verbose(verbose)
         bs = _batch_size(batch_size)
