@@ -46,7 +46,7 @@ def test_run_killed_between_backups_mid_epoch_resumes_to_identical_parameters(tm
             killed.wait()
     assert killed.returncode == -signal.SIGKILL
     assert ready.read_text() == "1 1"  # killed in the middle of epoch 1
-    assert sorted(os.listdir(backup_dir)) == ["6"]  # the last backup before the kill
+    assert BackupAndRestore(backup_dir).steps() == [6]  # the last backup before the kill
 
     out = tmp_path / "resumed.npz"
     resumed = subprocess.run(
@@ -164,7 +164,13 @@ def test_callback_states_learning_rate_and_history_come_back_with_the_backup(tmp
     assert [type(c).__name__ for c in first.callbacks] == ["BackupAndRestore", "ReduceLROnPlateau", "EarlyStopping"]
 
     second, reduce2, stop2 = make()
-    history = second.fit(x, y, batch_size=8, epochs=3, verbose=0)  # epoch 3 is done: nothing runs
+    seen = []
+    during = callbacks.LambdaCallback(on_train_begin=lambda logs: seen.extend(second.callbacks))
+    history = second.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[during])  # nothing left to run
+    # while fit runs: History first, the checkpointing callbacks after the others
+    assert [type(c).__name__ for c in seen] == [
+        "History", "ReduceLROnPlateau", "EarlyStopping", "LambdaCallback", "BackupAndRestore"
+    ]
     assert second.step == first.step == 6 and second.learning_rate == pytest.approx(0.025)
     assert (reduce2.wait, reduce2.best, reduce2.cooldown_counter) == (reduce.wait, reduce.best, reduce.cooldown_counter)
     assert (stop2.wait, stop2.best, stop2.best_epoch) == (stop.wait, stop.best, stop.best_epoch)
