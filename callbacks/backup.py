@@ -83,6 +83,7 @@ class BackupAndRestore(Callback):
             self.backup_dir, max_to_keep=2 if double_checkpoint else 1, owner="BackupAndRestore"
         )
         self._batches_since_save = 0
+        self._saved_step: int | None = None
 
     def overrides(self, hook: str) -> bool:
         """Batch hooks only when ``save_freq`` is a number of batches."""
@@ -110,6 +111,7 @@ class BackupAndRestore(Callback):
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         self._batches_since_save = 0
+        self._saved_step = None
 
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         self._batches_since_save += 1
@@ -123,7 +125,8 @@ class BackupAndRestore(Callback):
 
     def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         if getattr(self.trainer, "interrupted", False):
-            self.save()  # Ctrl-C: keep a backup of the last completed step
+            if self._saved_step != int(self.trainer.step):
+                self.save()  # Ctrl-C: keep a backup of the last completed step
             self._store.wait()
         elif self.delete_checkpoint:
             self._store.delete_all()
@@ -134,6 +137,7 @@ class BackupAndRestore(Callback):
         """Write a backup of the Trainer now (in the background); returns its step."""
         step = int(self.trainer.step)
         self._store.save(step, self.trainer.checkpoint_state())
+        self._saved_step = step
         return step
 
     def wait_until_finished(self) -> None:

@@ -103,8 +103,10 @@ class CheckpointStore:
         step lower than its newest.
         """
         manager = self.manager
-        for old in manager.all_steps():
-            if old >= step:
+        stale = [old for old in manager.all_steps() if old >= step]
+        if stale:
+            manager.wait_until_finished()  # one of them may still be being written
+            for old in stale:
                 manager.delete(old)
         arrays, scalars = split_tree(_string_keys(dict(tree)))
         manager.save(
