@@ -79,7 +79,7 @@ class _Plan:
             self.full, self.rem = full, rem
             total = full + (1 if rem else 0)
             self.steps: int | None = total if steps is None else min(steps, total)
-            self.first = jax.tree.map(lambda a: a[: min(bs, data.n)], data.batch)
+            self.first = steplib.first_rows(data.batch, min(bs, data.n))
         else:
             self.full, self.rem = 0, 0
             self.steps = steps if steps is not None else data.length
@@ -278,7 +278,7 @@ class Loops:
         return (epoch + 1) in freq
 
     def _set_pos(self, pos: int) -> None:
-        self._state = self._state._replace(counters=self._state.counters.at[steplib.POS].set(pos))
+        self._state = self._state._replace(counters=steplib.set_position(self._state.counters, np.int32(pos)))
 
     def _permutation(self, epoch: int, n: int, shuffle: bool) -> jax.Array:
         if not shuffle:

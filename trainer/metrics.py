@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import nnx
 
@@ -131,14 +132,14 @@ def mean_rows(specs: tuple[MetricSpec, ...], aux_keys: tuple[str, ...]) -> tuple
 
 
 def init_state(specs: tuple[MetricSpec, ...], aux_keys: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Zeroed running state.
+    """Zeroed running state (``means`` on the host; the Trainer copies it to the device).
 
     ``means`` is one float32 ``(k, 2)`` array of ``(total, weight)`` rows in ``mean_rows``
     order; ``objects`` holds each nnx metric object's State leaves.
     """
     rows = mean_rows(specs, aux_keys)
     objects = {s.name: list(s.initial) for s in specs if s.graphdef is not None}
-    return {"means": jnp.zeros((len(rows), 2), jnp.float32), "objects": objects}
+    return {"means": np.zeros((len(rows), 2), np.float32), "objects": objects}
 
 
 def update_state(

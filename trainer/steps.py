@@ -11,6 +11,7 @@ nested dict (what optax sees, shaped like ``nnx.state(model, wrt)``) and the oth
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -56,6 +57,12 @@ _NEXT_POS = np.array([0, 1, 0, 0], np.int32)  # an elementwise add fuses; .at[PO
 def new_counters(step: int = 0, pos: int = 0) -> jax.Array:
     """Fresh counters on the device."""
     return jnp.asarray(np.array([step, pos, 0, -1], np.int32))
+
+
+@jax.jit
+def set_position(counters: jax.Array, pos: jax.Array) -> jax.Array:
+    """``counters`` with ``POS`` set to ``pos`` (jitted: an eager scatter dispatches slowly)."""
+    return counters.at[POS].set(pos)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -163,11 +170,25 @@ def split_model(model: Any, wrt: Any) -> tuple[ModelSpec, list[Any], list[tuple[
     return spec, leaves, saved
 
 
+@jax.jit
+def copy_arrays(values: list[jax.Array]) -> list[jax.Array]:
+    """Fresh buffers holding ``values`` (one dispatch instead of one per array)."""
+    return [jnp.copy(v) for v in values]
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def first_rows(batch: Any, rows: int) -> Any:
+    """The first ``rows`` rows of every leaf of an on-device batch (one dispatch)."""
+    return jax.tree.map(lambda a: a[:rows], batch)
+
+
 def initial_arrays(spec: ModelSpec, copy: bool) -> tuple[dict, tuple]:
     """The trained leaves as a nested dict and the other leaves, copied when ``copy``."""
     values = [_raw(v) for v in spec.variables]
     if copy:
-        values = [jnp.array(v, copy=True) if hasattr(v, "shape") else v for v in values]
+        where = [i for i, v in enumerate(values) if hasattr(v, "shape")]
+        for i, v in zip(where, copy_arrays([values[i] for i in where]), strict=True):
+            values[i] = v
     params = _nest([spec.paths[i] for i in spec.param_order], [values[i] for i in spec.param_order])
     return params, tuple(values[i] for i in spec.other_index)
 

@@ -133,6 +133,7 @@ class Trainer(Loops):
         self._jits: dict[Any, Any] = {}
         self._ctx: tuple[Any, bool] | None = None
         self._spec: steplib.ModelSpec | None = None
+        self._prepared: Any = None  # what _prepare last checked
         self._state: TrainState | None = None
         self._written: list[Any] = []
         self._saved_mode: list[Any] = []
@@ -392,6 +393,15 @@ class Trainer(Loops):
     def _prepare(self, batch: Any, training: bool, verbose: int) -> None:
         """Choose and check the loss on the first batch (shapes only: no compile)."""
         spec, state = self._spec, self._state
+        prepared = (spec.key, training, datalib.shapes_of(batch))
+        if prepared == self._prepared:  # checked before: skip the shape tracing
+            self._init_metrics()
+            return
+        self._check_batch(batch, training, verbose)
+        self._prepared = prepared
+
+    def _check_batch(self, batch: Any, training: bool, verbose: int) -> None:
+        spec, state = self._spec, self._state
         inputs, targets, _ = datalib.batch_parts(batch, self._keys)
         if _overridden(self, "compute_loss"):
             self._maskable = False
@@ -460,7 +470,8 @@ class Trainer(Loops):
 
     def _fresh_metrics(self) -> dict[str, Any]:
         state = metriclib.init_state(self._metric_specs, self._aux_keys or ())
-        return jax.tree.map(lambda a: jnp.array(a, copy=True), state)
+        leaves, treedef = jax.tree.flatten(state)
+        return jax.tree.unflatten(treedef, steplib.copy_arrays(leaves))
 
     # -- keeping the user's model current ---------------------------------------------
     def _sync(self) -> None:
