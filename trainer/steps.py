@@ -76,6 +76,7 @@ class ModelSpec:
     other_index: tuple[int, ...]  # GraphDef leaf index of each other leaf
     variables: tuple[Any, ...]  # the user's leaves (Variables or raw arrays), GraphDef order
     train_kw: str | None  # 'train' or 'training' when the model's __call__ takes it
+    graphdef_given: Any = None  # the GraphDef in the mode the model was in when split
 
     @property
     def num_leaves(self) -> int:
@@ -134,16 +135,28 @@ def restore_mode(saved: list[tuple[Any, str, Any]]) -> None:
             setattr(module, attr, value)
 
 
-def split_model(model: Any, wrt: Any) -> tuple[ModelSpec, list[Any], list[tuple[Any, str, Any]]]:
+def split_model(
+    model: Any, wrt: Any, previous: ModelSpec | None = None
+) -> tuple[ModelSpec, list[Any], list[tuple[Any, str, Any]]]:
     """Split ``model`` into a ModelSpec and its leaves; also return its current mode to restore.
 
     Sown ``nnx.Intermediate`` Variables are removed from the model first: they grow on every
-    call, so they cannot be part of a fixed State.
+    call, so they cannot be part of a fixed State. ``previous`` (a spec of the same model) is
+    returned again when the model still has its GraphDef and Variables: one flatten instead of
+    switching modes twice.
     """
     if not isinstance(model, nnx.Module):
         raise TypeError(f"Trainer(model=...) expects an nnx.Module, got {type(model).__name__}.")
+    graphdef_given, leaves = nnx.flatten(model)
+    if (
+        previous is not None
+        and graphdef_given == previous.graphdef_given
+        and all(a is b for a, b in zip(leaves, previous.variables, strict=True))
+    ):
+        return previous, leaves, _mode_attributes(model)
     if len(nnx.state(model, nnx.Intermediate)):
         nnx.pop(model, nnx.Intermediate)
+        graphdef_given, _ = nnx.flatten(model)
     saved = _mode_attributes(model)
     try:
         model.eval()
@@ -165,7 +178,8 @@ def split_model(model: Any, wrt: Any) -> tuple[ModelSpec, list[Any], list[tuple[
     param_order = tuple(jax.tree.leaves(index_tree))
     others = tuple(i for i in range(len(leaves)) if i not in set(trained))
     spec = ModelSpec(
-        graphdef_train, graphdef_eval, tuple(paths), param_order, others, tuple(leaves), train_keyword(model)
+        graphdef_train, graphdef_eval, tuple(paths), param_order, others, tuple(leaves), train_keyword(model),
+        graphdef_given,
     )
     return spec, leaves, saved
 

@@ -334,7 +334,7 @@ class Trainer(Loops):
     # -- preparation (before any compile) -----------------------------------------------
     def _begin(self, training: bool) -> None:
         """Split the model, copy its arrays, and switch the user's model to the call's mode."""
-        spec, _, saved = steplib.split_model(self._model, self._wrt)
+        spec, _, saved = steplib.split_model(self._model, self._wrt, self._spec)
         self._spec = spec
         self._saved_mode = saved
         params, others = steplib.initial_arrays(spec, copy=self.donate)
@@ -392,8 +392,7 @@ class Trainer(Loops):
 
     def _prepare(self, batch: Any, training: bool, verbose: int) -> None:
         """Choose and check the loss on the first batch (shapes only: no compile)."""
-        spec, state = self._spec, self._state
-        prepared = (spec.key, training, datalib.shapes_of(batch))
+        prepared = (self._spec.key, training, datalib.shapes_of(batch))
         if prepared == self._prepared:  # checked before: skip the shape tracing
             self._init_metrics()
             return
