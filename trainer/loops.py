@@ -117,6 +117,17 @@ class Loops:
         """Replace the live state by leaves of the same structure."""
         self._state_leaves, self._state_tree = leaves, None
 
+    def _outer_call(self) -> tuple | None:
+        """What a call in progress (a ``fit`` whose callback evaluates or predicts) needs back
+        after the nested call; None when no call is in progress."""
+        if self._state_tree is None and self._state_leaves is None:
+            return None
+        return (self._state_tree, self._state_leaves, self._state_def, self._spec, self._saved_mode, self._written)
+
+    def _resume_outer(self, outer: tuple | None) -> None:
+        if outer is not None:
+            self._state_tree, self._state_leaves, self._state_def, self._spec, self._saved_mode, self._written = outer
+
     # -- fit ---------------------------------------------------------------------------
     def fit(
         self,
@@ -441,6 +452,7 @@ class Loops:
         verbose = _verbose(verbose)
         bs = _batch_size(batch_size)
         data = datalib.from_user(x, y, sample_weight, keys=self._keys)
+        outer = self._outer_call()  # evaluate / predict may run inside a fit's callback
         self._begin(training=False)
         try:
             first = _Plan(data, bs, steps, False, pad=True).first
@@ -452,6 +464,7 @@ class Loops:
                 return self._evaluate_source(data, bs, steps, cbs, in_fit=False)
         finally:
             self._end()
+            self._resume_outer(outer)
 
     def _evaluate_source(self, data: ArrayData | IterData, bs: int, steps: int | None, cbs: Any, in_fit: bool) -> dict[str, float]:
         live = self._state
@@ -549,6 +562,7 @@ class Loops:
             data: Any = datalib.from_user(x, keys=self._keys, need_targets=False, inputs_only=True)
         else:
             data = datalib.from_user(x, keys=self._keys, need_targets=False)
+        outer = self._outer_call()  # evaluate / predict may run inside a fit's callback
         self._begin(training=False)
         try:
             cbs, _ = self._callback_list(callbacks, verbose, "predict")
@@ -557,6 +571,7 @@ class Loops:
                 return self._predict_source(data, bs, steps, cbs)
         finally:
             self._end()
+            self._resume_outer(outer)
 
     def _predict_source(self, data: Any, bs: int, steps: int | None, cbs: Any) -> Any:
         leaves, treedef = self._flat_state()
@@ -653,6 +668,7 @@ class Loops:
     def test_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None) -> dict[str, float]:
         """Loss and metrics of one batch in eval mode."""
         batch = self._single_batch(x, y, sample_weight, need_targets=True)
+        outer = self._outer_call()  # evaluate / predict may run inside a fit's callback
         self._begin(training=False)
         try:
             self._prepare(batch, False, 1)
@@ -663,9 +679,11 @@ class Loops:
             return self._host_logs(logs)
         finally:
             self._end()
+            self._resume_outer(outer)
 
     def predict_on_batch(self, x: Any) -> Any:
         """The model's outputs for one batch of inputs, in eval mode (numpy)."""
+        outer = self._outer_call()  # evaluate / predict may run inside a fit's callback
         self._begin(training=False)
         try:
             leaves, treedef = self._flat_state()
@@ -673,6 +691,7 @@ class Loops:
             return jax.device_get(fn(leaves, jax.device_put((datalib.normalize_batch(x),)), None, None, None))
         finally:
             self._end()
+            self._resume_outer(outer)
 
     def _single_batch(self, x: Any, y: Any, sample_weight: Any, need_targets: bool) -> Any:
         data = datalib.from_user(x, y, sample_weight, keys=self._keys, need_targets=need_targets)
