@@ -56,7 +56,7 @@ _NEXT_POS = np.array([0, 1, 0, 0], np.int32)  # an elementwise add fuses; .at[PO
 
 def new_counters(step: int = 0, pos: int = 0) -> jax.Array:
     """Fresh counters on the device."""
-    return jnp.asarray(np.array([step, pos, 0, -1], np.int32))
+    return copy_arrays([np.array([step, pos, 0, -1], np.int32)])[0]
 
 
 @jax.jit
