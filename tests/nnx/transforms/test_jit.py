@@ -259,3 +259,24 @@ def test_submodule_replaced_from_callback_mid_loop():
     for step in range(4):
         callback(step)
         _check_equal(f, m, x)
+
+
+def test_steady_state_path_notices_other_objects_and_argument_kinds():
+    @nnx.jit
+    def f(a, b):
+        if isinstance(a, nnx.Module):
+            a.w[...] += 1
+            return a.w[...] * b
+        return a * b.w[...]
+
+    class W(nnx.Module):
+        def __init__(self, v):
+            self.w = nnx.Param(jnp.asarray(v))
+
+    m1, m2 = W(1.0), W(10.0)
+    assert float(f(m1, 2.0)) == 4.0
+    assert float(f(m1, jnp.asarray(2.0))) == 6.0  # cached: same objects, array in the same place
+    assert float(f(m2, jnp.asarray(2.0))) == 22.0  # another Module
+    assert float(m1.w[...]) == 3.0 and float(m2.w[...]) == 11.0
+    assert float(f(jnp.asarray(2.0), m1)) == 6.0  # node and array swap places
+    assert float(f(m1, jnp.asarray(1.0))) == 4.0
