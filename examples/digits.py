@@ -1,9 +1,13 @@
-"""Train a small MLP on scikit-learn's digits with the Trainer and report validation accuracy.
+"""Train a small MLP on scikit-learn's digits with the Trainer, report validation accuracy and
+keep the best checkpoint (orbax) under ``checkpoints/digits``.
 
-Run: ``python examples/digits.py`` (or ``make demo``).
+Run: ``python examples/digits.py [checkpoint_dir]`` (or ``make demo``).
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 import jax
 import numpy as np
@@ -11,6 +15,7 @@ import optax
 from sklearn.datasets import load_digits
 
 import nnx
+from callbacks import ModelCheckpoint
 from trainer import Trainer
 
 
@@ -34,8 +39,11 @@ def main() -> None:
 
     model = MLP(nnx.Rngs(params=0, dropout=1))
     trainer = Trainer(model, optax.adam(1e-3), metrics=["accuracy"])
-    history = trainer.fit(x, y, epochs=15, validation_split=0.2)
+    directory = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "checkpoints/digits")
+    checkpoint = ModelCheckpoint(directory, monitor="val_accuracy", save_best_only=True, max_to_keep=1)
+    history = trainer.fit(x, y, epochs=15, validation_split=0.2, callbacks=[checkpoint])
     print(f"validation accuracy: {history.history['val_accuracy'][-1]:.4f}")
+    print(f"best checkpoint: {directory} (steps {checkpoint.manager.all_steps()})")
 
 
 if __name__ == "__main__":
