@@ -9,9 +9,8 @@ from typing import Any
 import jax
 from jax.sharding import PartitionSpec as P
 
-from nnx.tracing import TraceContextError
 from nnx.transforms import shardings as shardlib
-from nnx.transforms.lift import Extraction, apply, collect, rebuild
+from nnx.transforms.lift import Extraction, apply, collect, collect_values_only, rebuild
 
 
 def _branches_call(
@@ -128,15 +127,9 @@ def shard_map(
 
         def pure(vals: list, ords: list) -> tuple:
             a, u, inner = rebuild(extraction.static, vals, ords)
-            new_vals, out_ord, box = collect(extraction.static, inner, u, f(*a))
-            _, out_treedef, _, _, changed, has_out_nodes, _ = box.value
-            if changed or has_out_nodes:
-                raise TraceContextError(
-                    "nnx.shard_map: the function changed the structure of its graph-node "
-                    "arguments or returned graph nodes; only Variable values may change inside it."
-                )
+            new_vals, out, box = collect_values_only(extraction.static, inner, u, f(*a), "nnx.shard_map")
             box_cell[:] = [box]
-            return new_vals, out_treedef.unflatten(out_ord)
+            return new_vals, out
 
         kwargs = {"axis_names": axis_names} if axis_names else {}
         mapped = jax.shard_map(

@@ -20,9 +20,15 @@ import jax.numpy as jnp
 
 from nnx import filters as filterlib
 from nnx.state import State
-from nnx.tracing import TraceContextError
 from nnx.transforms.autodiff import DiffState
-from nnx.transforms.lift import Extraction, apply, collect, is_node, rebuild
+from nnx.transforms.lift import (
+    Extraction,
+    apply,
+    argument_items,
+    collect_values_only,
+    is_node,
+    rebuild,
+)
 from nnx.variables import Variable
 
 
@@ -106,15 +112,9 @@ def _call(cv: CustomVjp, args: tuple, nondiff_pos: list[int], diff_pos: list[int
         return full, u, inner
 
     def finish(u: Any, inner: list, out: Any) -> tuple[list, Any]:
-        new_vals, out_ord, box = collect(static, inner, u, out)
-        _, out_treedef, out_defs, _, changed, has_out_nodes, _ = box.value
-        if changed or has_out_nodes:
-            raise TraceContextError(
-                "custom_vjp: the function changed the structure of its graph-node arguments or "
-                "returned graph nodes; only Variable values may change inside it."
-            )
+        new_vals, out, box = collect_values_only(static, inner, u, out, "custom_vjp")
         box_cell[:] = [box]
-        return new_vals, out_treedef.unflatten(out_ord)
+        return new_vals, out
 
     def primal(d_vals: list, o_vals: list, ords: list) -> tuple[list, Any]:
         full, u, inner = full_args(d_vals, o_vals, ords)
@@ -159,7 +159,6 @@ def _updates_cotangent(extraction: Extraction, diff_args: list, d_idx: list[int]
     """Per argument, the cotangents of its nodes' updated state: a State of the differentiable
     Variables in place of each graph node (None for arguments without nodes)."""
     d_set = set(d_idx)
-    ranges = iter(extraction.node_ranges)
 
     def node_state(start: int, stop: int) -> State:
         pairs = []
@@ -170,12 +169,11 @@ def _updates_cotangent(extraction: Extraction, diff_args: list, d_idx: list[int]
         return State.from_flat_path(pairs)
 
     out = []
-    for arg in diff_args:
-        items, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
-        if not any(is_node(x) for x in items):
+    for treedef, items in argument_items(extraction, diff_args):
+        if all(r is None for _, r in items):
             out.append(None)
             continue
-        out.append(treedef.unflatten([node_state(*next(ranges)) if is_node(x) else None for x in items]))
+        out.append(treedef.unflatten([None if r is None else node_state(*r) for _, r in items]))
     return tuple(out)
 
 
@@ -183,9 +181,8 @@ def _cotangents(extraction: Extraction, diff_args: list, cts: Sequence[Any]) -> 
     """Spread bwd's per-argument cotangents over the extraction's leaves and ordinary leaves."""
     ct_leaves: list[Any] = [None] * len(extraction.leaves)
     ct_ords: list[Any] = []
-    leaf_pos = 0
-    for a, (arg, ct) in enumerate(zip(diff_args, cts, strict=True)):
-        items, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
+    per_arg = argument_items(extraction, diff_args)
+    for a, ((treedef, items), arg, ct) in enumerate(zip(per_arg, diff_args, cts, strict=True)):
         if ct is None:
             cts_items: list[Any] = [None] * len(items)
         elif is_node(arg):
@@ -198,12 +195,10 @@ def _cotangents(extraction: Extraction, diff_args: list, cts: Sequence[Any]) -> 
                     f"custom_vjp: the cotangent bwd returned for argument {a} does not match its "
                     f"structure {treedef}: {e}"
                 ) from None
-        for item, c in zip(items, cts_items, strict=True):
-            if not is_node(item):
+        for (item, leaf_range), c in zip(items, cts_items, strict=True):
+            if leaf_range is None:
                 ct_ords.append(c)
                 continue
-            start, stop = extraction.node_ranges[leaf_pos]
-            leaf_pos += 1
             if c is None:
                 continue
             if not isinstance(c, State):
@@ -212,7 +207,7 @@ def _cotangents(extraction: Extraction, diff_args: list, cts: Sequence[Any]) -> 
                     f"an nnx.State shaped like its differentiable state, got {type(c).__name__}"
                 )
             flat = {tuple(p): v for p, v in c.flat_state()}
-            for j in range(start, stop):
+            for j in range(*leaf_range):
                 v = flat.get(tuple(extraction.paths[j]))
                 if v is not None:
                     ct_leaves[j] = v.get_value() if isinstance(v, Variable) else v

@@ -210,6 +210,34 @@ def collect(
     return values, out_ordinary, box
 
 
+def collect_values_only(
+    static: tuple, inner_nodes: list[list[Any]], u: Unflattener, out: Any, where: str
+) -> tuple[list[Any], Any, StaticBox]:
+    """``collect`` for transforms that can carry only new Variable values (no structure change,
+    no graph nodes in the outputs): returns all leaf values, the output pytree and the box."""
+    values, out_ordinary, box = collect(static, inner_nodes, u, out)
+    _, out_treedef, _, _, changed, has_out_nodes, _ = box.value
+    if changed or has_out_nodes:
+        raise TraceContextError(
+            f"{where}: the function changed the structure of its graph-node arguments or "
+            "returned graph nodes; only Variable values may change inside it."
+        )
+    return values, out_treedef.unflatten(out_ordinary), box
+
+
+def argument_items(
+    extraction: Extraction, args: Sequence[Any]
+) -> list[tuple[Any, list[tuple[Any, tuple[int, int] | None]]]]:
+    """Per argument of ``extraction``: its treedef (graph nodes as leaves) and its items, each
+    paired with the range of its leaves in ``extraction.leaves`` (None for a non-node leaf)."""
+    ranges = iter(extraction.node_ranges)
+    result = []
+    for arg in args:
+        items, treedef = jax.tree_util.tree_flatten(arg, is_leaf=is_node)
+        result.append((treedef, [(x, next(ranges) if is_node(x) else None) for x in items]))
+    return result
+
+
 def full_leaf_values(
     box: StaticBox, values: Sequence[Any], input_values: Sequence[Any]
 ) -> list[Any]:

@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec, Sharding
 
 from nnx import filters as filterlib
 from nnx.state import State
-from nnx.transforms.lift import Extraction, is_node
+from nnx.transforms.lift import Extraction, argument_items, is_node
 from nnx.variables import Variable
 
 
@@ -99,14 +99,13 @@ def argument_leaf_specs(
     """Spread one spec per argument over the extraction's node leaves and ordinary leaves."""
     leaf_specs: list[Any] = [None] * len(extraction.leaves)
     ord_specs: list[Any] = []
-    ranges = iter(extraction.node_ranges)
-    for arg, spec in zip(args, specs, strict=True):
-        items = jax.tree_util.tree_leaves(arg, is_leaf=is_node)
-        for item, s in zip(items, broadcast_prefix(spec, arg, where), strict=True):
-            if not is_node(item):
+    per_arg = argument_items(extraction, args)
+    for (_, items), arg, spec in zip(per_arg, args, specs, strict=True):
+        for (_, leaf_range), s in zip(items, broadcast_prefix(spec, arg, where), strict=True):
+            if leaf_range is None:
                 ord_specs.append(_unwrap(s))
                 continue
-            start, stop = next(ranges)
+            start, stop = leaf_range
             leaf_specs[start:stop] = node_leaf_specs(
                 s, extraction.paths[start:stop], extraction.leaves[start:stop]
             )
