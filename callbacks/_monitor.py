@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 # Parts of a metric name that mark it as "higher is better" when mode="auto".
 _MAXIMIZED_NAMES = ("acc", "auc", "precision", "recall", "f1", "iou")
 
@@ -38,3 +41,17 @@ def monitored_value(logs: dict[str, float] | None, monitor: str) -> float | None
     if not logs or monitor not in logs:
         return None
     return float(logs[monitor])
+
+
+def warn_missing_monitor(callback: Any, opening: str, logs: dict[str, float] | None,
+                         closing: str = "", stacklevel: int = 3) -> None:
+    """Warn once per callback that ``callback.monitor`` is not in ``logs``; the message is
+    ``opening`` + ``monitor=..., which is not in the logs; available keys: [...]`` + ``closing``."""
+    if getattr(callback, "_warned_missing", False):
+        return
+    callback._warned_missing = True
+    warnings.warn(
+        f"{opening} monitor={callback.monitor!r}, which is not in the logs; "
+        f"available keys: {sorted(logs or {})}{closing}",
+        stacklevel=stacklevel,
+    )

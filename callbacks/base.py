@@ -94,6 +94,29 @@ def load_callback_states(callbacks: Iterable[Callback], states: Mapping[str, Any
             cb.load_state_dict(dict(state))
 
 
+class ResumableCallback(Callback):
+    """A callback whose progress restarts with each ``fit`` unless a checkpoint was loaded into it
+    just before (``load_state_dict`` then calls ``keep_loaded_state``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._restored = False
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        """Forget the progress of an earlier run."""
+
+    def keep_loaded_state(self) -> None:
+        """Make the next ``on_train_begin`` keep the state just loaded."""
+        self._restored = True
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        if self._restored:  # progress came from a checkpoint: keep it
+            self._restored = False
+            return
+        self.reset_state()
+
+
 class CallbackList:
     """Calls each hook on every callback, in order; skips hooks no callback overrides."""
 

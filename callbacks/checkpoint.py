@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any
 
 import orbax.checkpoint as ocp
 
-from callbacks._monitor import improves, monitored_value, resolve_mode
+from callbacks._monitor import improves, monitored_value, resolve_mode, warn_missing_monitor
 from callbacks.base import Callback
 from callbacks.store import CheckpointStore
 
@@ -63,7 +62,6 @@ class ModelCheckpoint(Callback):
         self.max_to_keep = max_to_keep
         self.best: float | None = None
         self._batches_seen = 0
-        self._warned_missing = False
         self._store = CheckpointStore(self.directory, max_to_keep=max_to_keep, owner="ModelCheckpoint")
 
     # A batch-frequency checkpoint reads logs only when it saves (see ``on_train_batch_end``).
@@ -104,13 +102,9 @@ class ModelCheckpoint(Callback):
         if self.save_best_only:
             current = monitored_value(logs, self.monitor)
             if current is None:
-                if not self._warned_missing:
-                    self._warned_missing = True
-                    warnings.warn(
-                        f"ModelCheckpoint saves the best model by monitor={self.monitor!r}, which "
-                        f"is not in the logs; available keys: {sorted(logs or {})}; nothing saved",
-                        stacklevel=3,
-                    )
+                warn_missing_monitor(
+                    self, "ModelCheckpoint saves the best model by", logs, "; nothing saved", stacklevel=4
+                )
                 return
             if not improves(self.mode, current, self.best, 0.0):
                 return

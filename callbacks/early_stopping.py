@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 import nnx
-from callbacks._monitor import improves, monitored_value, resolve_mode
-from callbacks.base import Callback
+from callbacks._monitor import improves, monitored_value, resolve_mode, warn_missing_monitor
+from callbacks.base import ResumableCallback
 
 # The weights EarlyStopping keeps: every Variable except RNG state and sown intermediates.
 _WEIGHTS = nnx.Not(nnx.Any(nnx.RngState, nnx.Intermediate))
@@ -20,7 +19,7 @@ def _path_name(path: tuple[Any, ...]) -> str:
     return "/".join(map(str, path))
 
 
-class EarlyStopping(Callback):
+class EarlyStopping(ResumableCallback):
     """Stops training when ``monitor`` has not improved for ``patience`` epochs (Keras semantics).
 
     With ``restore_best_weights=True`` the model's Variables (all but RNG state) are copied at the
@@ -68,11 +67,8 @@ class EarlyStopping(Callback):
         self.baseline = baseline
         self.restore_best_weights = restore_best_weights
         self.start_from_epoch = start_from_epoch
-        self._warned_missing = False
-        self._restored = False
-        self._reset()
 
-    def _reset(self) -> None:
+    def reset_state(self) -> None:
         self.wait = 0
         self.stopped_epoch = 0
         self.best: float | None = None
@@ -80,16 +76,10 @@ class EarlyStopping(Callback):
         self.best_weights: nnx.State | None = None
         self._pending_weights: dict[str, Any] | None = None
 
-    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
-        if self._restored:  # progress came from a checkpoint: keep it
-            self._restored = False
-            return
-        self._reset()
-
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         current = monitored_value(logs, self.monitor)
         if current is None:
-            self._warn_missing(logs)
+            warn_missing_monitor(self, "EarlyStopping is conditioned on", logs, stacklevel=2)
             return
         if epoch < self.start_from_epoch:
             return
@@ -139,16 +129,6 @@ class EarlyStopping(Callback):
             for name, value in self._pending_weights.items()
         )
 
-    def _warn_missing(self, logs: dict[str, float] | None) -> None:
-        if self._warned_missing:
-            return
-        self._warned_missing = True
-        warnings.warn(
-            f"EarlyStopping is conditioned on monitor={self.monitor!r}, which is not in the logs; "
-            f"available keys: {sorted(logs or {})}",
-            stacklevel=2,
-        )
-
     def state_dict(self) -> dict[str, Any]:
         """``wait``, ``best``, ``best_epoch``, ``stopped_epoch``, and the best weights (a pure dict)."""
         state: dict[str, Any] = {
@@ -176,4 +156,4 @@ class EarlyStopping(Callback):
         self._pending_weights = None if weights is None else {
             _path_name(path): value for path, value in nnx.State.flatten_mapping(weights).items()
         }
-        self._restored = True
+        self.keep_loaded_state()

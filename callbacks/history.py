@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from callbacks.base import Callback
+from callbacks.base import ResumableCallback
 
 
-class History(Callback):
+class History(ResumableCallback):
     """Per-epoch logs as lists: ``history.history['loss'][i]`` is epoch ``history.epoch[i]``.
 
     The Trainer adds one to every ``fit`` call (first in the list) and returns it. It is saved
@@ -21,17 +21,9 @@ class History(Callback):
       3
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def reset_state(self) -> None:
         self.history: dict[str, list[float]] = {}
         self.epoch: list[int] = []
-        self._restored = False
-
-    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
-        if self._restored:  # loaded from a checkpoint: keep the earlier epochs
-            self._restored = False
-            return
-        self.history, self.epoch = {}, []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self.epoch.append(epoch)
@@ -52,4 +44,4 @@ class History(Callback):
         """Restore what ``state_dict`` returned; the next ``on_train_begin`` keeps it."""
         self.history = {k: [float(x) for x in v] for k, v in state.get("history", {}).items()}
         self.epoch = [int(e) for e in state.get("epoch", [])]
-        self._restored = True
+        self.keep_loaded_state()

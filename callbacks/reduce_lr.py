@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
-from callbacks._monitor import improves, monitored_value, resolve_mode
-from callbacks.base import Callback
+from callbacks._monitor import improves, monitored_value, resolve_mode, warn_missing_monitor
+from callbacks.base import ResumableCallback
 
 
-class ReduceLROnPlateau(Callback):
+class ReduceLROnPlateau(ResumableCallback):
     """Multiplies the learning rate by ``factor`` after ``patience`` epochs without improvement.
 
     The rate changes between steps without recompiling. It sets ``trainer.learning_rate`` when the
@@ -55,31 +54,16 @@ class ReduceLROnPlateau(Callback):
         self.min_delta = abs(min_delta)
         self.cooldown = cooldown
         self.min_lr = min_lr
-        self._warned_missing = False
-        self._restored = False
-        self._reset()
 
-    def _reset(self) -> None:
+    def reset_state(self) -> None:
         self.wait = 0
         self.cooldown_counter = 0
         self.best: float | None = None
 
-    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
-        if self._restored:  # progress came from a checkpoint: keep it
-            self._restored = False
-            return
-        self._reset()
-
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         current = monitored_value(logs, self.monitor)
         if current is None:
-            if not self._warned_missing:
-                self._warned_missing = True
-                warnings.warn(
-                    f"ReduceLROnPlateau is conditioned on monitor={self.monitor!r}, which is not "
-                    f"in the logs; available keys: {sorted(logs or {})}",
-                    stacklevel=2,
-                )
+            warn_missing_monitor(self, "ReduceLROnPlateau is conditioned on", logs)
             return
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
@@ -116,4 +100,4 @@ class ReduceLROnPlateau(Callback):
         self.wait = int(state["wait"])
         self.best = None if state["best"] is None else float(state["best"])
         self.cooldown_counter = int(state["cooldown_counter"])
-        self._restored = True
+        self.keep_loaded_state()
