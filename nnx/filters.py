@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from nnx.variables import Variable
+
 Predicate = Callable[[tuple, object], bool]
 
 
@@ -61,8 +63,6 @@ class WithTag:
         self.tag = tag
 
     def __call__(self, path: tuple, x: object) -> bool:
-        from nnx.variables import Variable
-
         return isinstance(x, Variable) and x._metadata.get("tag") == self.tag
 
     def __repr__(self) -> str:

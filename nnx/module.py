@@ -8,6 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from nnx import filters as filterlib
+from nnx.graph import iter_children, iter_graph
 from nnx.object import Object
 from nnx.variables import Perturbation, Variable, variable_type_from_name
 
@@ -65,16 +66,12 @@ class Module(Object):
 
     def iter_modules(self) -> Iterator[tuple[tuple, Module]]:
         """Yield ``(path, module)`` for every Module in the graph, this one last."""
-        from nnx.graph import iter_graph
-
         for path, value in iter_graph(self):
             if isinstance(value, Module):
                 yield path, value
 
     def iter_children(self) -> Iterator[tuple[Any, Module]]:
         """Yield ``(name, module)`` for the direct submodules."""
-        from nnx.graph import iter_children
-
         for key, child in iter_children(self):
             if isinstance(child, Module):
                 yield key, child

@@ -15,13 +15,14 @@ import jax
 import numpy as np
 
 from nnx import structure
+from nnx.display import ReprParts, object_repr, treescope_repr
 from nnx.statics import Static
 from nnx.tracing import check_same_trace, current_trace
+from nnx.typing import ARRAY_TYPES, key_order
 from nnx.variables import Variable
 
 _MISSING = object()
 _STATIC_TYPES = (int, float, complex, str, bool, bytes, type(None), type, np.dtype)
-ARRAY_TYPES = (jax.Array, np.ndarray, jax.ShapeDtypeStruct)
 
 
 class _Marker:
@@ -265,15 +266,11 @@ class Object(GraphNode):
         dict.update(self.__dict__, state["attributes"])
         self.__dict__.forced = state["forced"]
 
-    def __repr__(self) -> str:
-        from nnx.display import object_repr
+    def _repr_parts(self) -> ReprParts:
+        return ReprParts(type(self).__name__, list(dict.items(self.__dict__)))
 
-        return object_repr(self)
-
-    def __treescope_repr__(self, path: Any, subtree_renderer: Any) -> Any:
-        from nnx.display import treescope_repr
-
-        return treescope_repr(self, path, subtree_renderer)
+    __repr__ = object_repr
+    __treescope_repr__ = treescope_repr
 
 
 Pytree = Object
@@ -388,10 +385,6 @@ class List(GraphNode, list):
         return f"List({list.__repr__(self)})"
 
 
-def _sort_key(key: Any) -> tuple:
-    return (0, key, "") if isinstance(key, int) else (1, 0, str(key))
-
-
 class Dict(GraphNode, dict):
     """A dict whose mutations are tracked; plain dicts assigned to Objects become one."""
 
@@ -455,7 +448,7 @@ class Dict(GraphNode, dict):
             raise AttributeError(f"Dict has no key {name!r}") from None
 
     def _graph_items(self) -> list[tuple[Any, Any]]:
-        return sorted(dict.items(self), key=lambda kv: _sort_key(kv[0]))
+        return sorted(dict.items(self), key=lambda kv: key_order(kv[0]))
 
     def _graph_get(self, key: Any) -> Any:
         return dict.__getitem__(self, key)
@@ -525,7 +518,7 @@ def _make_pytree_unflatten(cls: type[GraphNode]):
     def unflatten(aux: tuple, children: Iterable[Any]) -> GraphNode:
         data_keys, statics = aux
         items = list(zip(data_keys, children, strict=True)) + [(k, s.value) for k, s in statics]
-        items.sort(key=lambda kv: _sort_key(kv[0]))
+        items.sort(key=lambda kv: key_order(kv[0]))
         node = cls._graph_create()
         node._graph_fill(items)
         return node

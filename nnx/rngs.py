@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nnx.graph import iter_graph
 from nnx.object import Object
 from nnx.variables import RngCount, RngKey
 
@@ -152,8 +153,6 @@ for _name in _SAMPLERS:
 
 def reseed(node: Any, **stream_keys: Any) -> None:
     """Reset the key (and zero the count) of every stream named in ``stream_keys`` in ``node``."""
-    from nnx.graph import iter_graph
-
     for _, value in iter_graph(node):
         if isinstance(value, RngStream) and value.tag in stream_keys:
             key = _as_key(stream_keys[value.tag])

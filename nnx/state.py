@@ -7,13 +7,10 @@ from typing import Any
 
 import jax
 
+from nnx import filters as filterlib
+from nnx.display import ReprParts, object_repr, treescope_repr
+from nnx.typing import Path, key_order, path_order, path_str
 from nnx.variables import Variable
-
-Path = tuple[Any, ...]
-
-
-def _sort_key(key: Any) -> tuple:
-    return (0, key, "") if isinstance(key, int) else (1, 0, str(key))
 
 
 def is_state_leaf(x: Any) -> bool:
@@ -84,7 +81,7 @@ class State(MutableMapping):
         if not isinstance(other, Mapping):
             return NotImplemented
         a, b = self.flat_state(), State.flatten_mapping(other)
-        if [p for p, _ in a] != sorted(b, key=lambda p: tuple(map(_sort_key, p))):
+        if [p for p, _ in a] != sorted(b, key=lambda p: path_order(p)):
             return False
         for path, leaf in a:
             x, y = leaf, b[path]
@@ -111,7 +108,7 @@ class State(MutableMapping):
     def flat_state(self) -> list[tuple[Path, Any]]:
         """``(path, leaf)`` pairs in sorted path order."""
         flat = State.flatten_mapping(self)
-        return sorted(flat.items(), key=lambda kv: tuple(map(_sort_key, kv[0])))
+        return sorted(flat.items(), key=lambda kv: path_order(kv[0]))
 
     def to_flat_state(self) -> list[tuple[Path, Any]]:
         return self.flat_state()
@@ -136,16 +133,12 @@ class State(MutableMapping):
     # -- filtering and combining -------------------------------------------------------
     def filter(self, *filters: Any) -> Any:
         """The leaves matching each filter, as one State per filter (unmatched dropped)."""
-        from nnx.graph import _partition
-
-        states = _partition(self.flat_state(), filters or (...,), exhaustive=False)
+        states = partition_pairs(self.flat_state(), filters or (...,), exhaustive=False)
         return states[0] if len(states) == 1 else tuple(states)
 
     def split(self, *filters: Any) -> Any:
         """Partition into one State per filter; filters must match every leaf."""
-        from nnx.graph import _partition
-
-        states = _partition(self.flat_state(), filters or (...,), exhaustive=True)
+        states = partition_pairs(self.flat_state(), filters or (...,), exhaustive=True)
         return states[0] if len(states) == 1 else tuple(states)
 
     @staticmethod
@@ -188,15 +181,39 @@ class State(MutableMapping):
             last = _resolve_key(node, path[-1], path)
             node[last] = replace_fn(node[last], value)
 
-    def __repr__(self) -> str:
-        from nnx.display import state_repr
+    def _repr_parts(self) -> ReprParts:
+        return ReprParts("State", list(self._mapping.items()), mapping=True)
 
-        return state_repr(self)
+    __repr__ = object_repr
+    __treescope_repr__ = treescope_repr
 
-    def __treescope_repr__(self, path: Any, subtree_renderer: Any) -> Any:
-        from nnx.display import treescope_repr
 
-        return treescope_repr(self, path, subtree_renderer)
+def partition_pairs(
+    pairs: list[tuple[Path, Any]], filters: tuple[Any, ...], *, exhaustive: bool
+) -> list[Any]:
+    """One State per filter from ``(path, leaf)`` pairs; each leaf goes to the first filter that
+    matches it. With ``exhaustive``, a leaf no filter matches raises, naming its path.
+
+    A standalone Variable (a single leaf at path ``()``) is returned as is, not in a State.
+    """
+    predicates = filterlib.filters_to_predicates(filters)
+    buckets: list[list[tuple[Path, Any]]] = [[] for _ in predicates]
+    rest = []
+    for path, leaf in pairs:
+        for bucket, pred in zip(buckets, predicates, strict=True):
+            if pred(path, leaf):
+                bucket.append((path, leaf))
+                break
+        else:
+            rest.append((path, leaf))
+    if exhaustive and rest:
+        shown = "\n".join(f"  {path_str(p)}: {type(v).__name__}" for p, v in rest[:10])
+        more = f"\n  ... and {len(rest) - 10} more" if len(rest) > 10 else ""
+        raise ValueError(
+            f"Non-exhaustive filters: {len(rest)} Variable(s) matched none of {filters!r}:\n"
+            f"{shown}{more}\nAdd a filter for them, or `...` as the last filter to take the rest."
+        )
+    return [b[0][1] if b and b[0][0] == () else State.from_flat_path(b) for b in buckets]
 
 
 def _raw(v: Any) -> Any:
@@ -215,7 +232,7 @@ def _resolve_key(node: Mapping, key: Any, path: Path) -> Any:
     if isinstance(key, str) and key.lstrip("-").isdigit() and int(key) in node:
         return int(key)
     raise KeyError(
-        f"replace_by_pure_dict: '{'/'.join(map(str, path))}' does not exist in the State "
+        f"replace_by_pure_dict: '{path_str(path)}' does not exist in the State "
         f"(at this level it has {sorted(map(str, node))})."
     )
 
@@ -243,12 +260,12 @@ def merge_state(state: Mapping, *states: Mapping) -> State:
 
 
 def _flatten_with_keys(state: State):
-    keys = sorted(state._mapping, key=_sort_key)
+    keys = sorted(state._mapping, key=key_order)
     return [(jax.tree_util.DictKey(k), state._mapping[k]) for k in keys], tuple(keys)
 
 
 def _flatten(state: State):
-    keys = sorted(state._mapping, key=_sort_key)
+    keys = sorted(state._mapping, key=key_order)
     return [state._mapping[k] for k in keys], tuple(keys)
 
 

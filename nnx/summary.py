@@ -13,29 +13,16 @@ from typing import Any
 import jax
 import numpy as np
 
+from nnx.display import format_bytes
 from nnx.graph import merge, split
 from nnx.graph import state as graph_state
 from nnx.module import Module
+from nnx.typing import Path, path_order
 from nnx.variables import Param, RngState, Variable
-
-Path = tuple[Any, ...]
-
-
-def _path_str(path: Path) -> str:
-    return "/".join(map(str, path))
-
-
-def _format_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
 
 
 def _format_count(count: int, nbytes: int) -> str:
-    return f"{count:,} ({_format_bytes(nbytes)})" if count else ""
+    return f"{count:,} ({format_bytes(nbytes)})" if count else ""
 
 
 def _format_value(x: Any) -> str:
@@ -192,7 +179,7 @@ def tabulate(
         calls = _trace_calls(model, method, inputs, kwargs)
         entries = [(path, by_path[path], call) for path, call in calls]
     else:
-        entries = [(path, m, None) for path, m in sorted(modules, key=lambda pm: _sort_key(pm[0]))]
+        entries = [(path, m, None) for path, m in sorted(modules, key=lambda pm: path_order(pm[0]))]
 
     totals = _variable_totals(model)
     kinds = ["Param"] + sorted(k for k in totals if k != "Param")
@@ -203,7 +190,7 @@ def tabulate(
         if depth is not None and len(path) > depth:
             continue
         own = _variable_totals(module)
-        row = [_path_str(path) or "(root)", type(module).__name__]
+        row = ["/".join(map(str, path)) or "(root)", type(module).__name__]
         if with_calls:
             row += [_format_inputs(call["inputs"]), _format_value(call["outputs"])]
         row += [_format_count(*own.get(k, (0, 0))) for k in kinds]
@@ -220,10 +207,6 @@ def tabulate(
 
 
 summary = tabulate
-
-
-def _sort_key(path: Path) -> tuple:
-    return tuple((0, k, "") if isinstance(k, int) else (1, 0, str(k)) for k in path)
 
 
 def _trace_calls(

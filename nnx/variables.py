@@ -10,14 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnx import structure
+from nnx import placement, structure
+from nnx.display import ReprParts, format_bytes, object_repr
 from nnx.statics import Static
 from nnx.tracing import check_same_trace, current_trace
 
 _SLOTS = frozenset({"_raw_value", "_metadata", "_trace", "_seen"})
 
 
-_SHARDING_KEYS = frozenset({"out_sharding", "sharding_names", "sharding"})
+_SHARDING_KEYS = frozenset(placement.SHARDING_KEYS)
 
 
 class VariableMetadata:
@@ -55,11 +56,9 @@ class Variable:
             metadata = {**value.metadata, **metadata}
             value = value.raw_value
         if metadata and not _SHARDING_KEYS.isdisjoint(metadata):
-            from nnx import spmd
-
-            names = spmd.sharding_names_of(metadata)
+            names = placement.sharding_names_of(metadata)
             if names is not None:
-                value = spmd.shard_value(value, names, metadata.get("mesh"))
+                value = placement.shard_value(value, names, metadata.get("mesh"))
         object.__setattr__(self, "_raw_value", value)
         object.__setattr__(self, "_metadata", metadata)
         object.__setattr__(self, "_trace", current_trace())
@@ -238,10 +237,13 @@ class Variable:
 
     __hash__ = object.__hash__
 
-    def __repr__(self) -> str:
-        from nnx.display import object_repr
+    def _repr_parts(self) -> ReprParts:
+        value = self._raw_value
+        size, nbytes = getattr(value, "size", None), getattr(value, "nbytes", None)
+        comment = f"{size:,} ({format_bytes(nbytes)})" if size is not None and nbytes is not None else ""
+        return ReprParts(type(self).__name__, [("value", value), *self._metadata.items()], comment=comment)
 
-        return object_repr(self)
+    __repr__ = object_repr
 
     def __getstate__(self) -> dict[str, Any]:
         return {"raw_value": self._raw_value, "metadata": self._metadata}

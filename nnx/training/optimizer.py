@@ -12,20 +12,8 @@ import optax
 from nnx.graph import state as graph_state
 from nnx.object import ARRAY_TYPES, Object
 from nnx.state import State
+from nnx.typing import Path, key_from_path_entry, path_str
 from nnx.variables import OptState, Param, Variable
-
-Path = tuple[Any, ...]
-
-
-def _path_str(path: Path) -> str:
-    return "/".join(map(str, path)) or "<root>"
-
-
-def _key_of(entry: Any) -> Any:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return getattr(entry, attr)
-    return str(entry)
 
 
 def _is_variable(x: Any) -> bool:
@@ -57,7 +45,7 @@ def _wrap_opt_state(tree: Any, param_metadata: dict[Path, dict[str, Any]]) -> An
     def wrap(key_path: Any, leaf: Any) -> Any:
         if not isinstance(leaf, ARRAY_TYPES):
             return leaf
-        path = tuple(_key_of(k) for k in key_path)
+        path = tuple(key_from_path_entry(k) for k in key_path)
         for start in range(len(path)):
             meta = param_metadata.get(path[start:])
             if meta is not None and meta[0] == jnp.shape(leaf):
@@ -158,14 +146,14 @@ class Optimizer(Object):
             else:
                 raise KeyError(
                     f"Optimizer.update: grads have no entry for the parameter "
-                    f"'{_path_str(path)}' (wrt={self.wrt!r}). Pass the gradients of every "
+                    f"'{path_str(path)}' (wrt={self.wrt!r}). Pass the gradients of every "
                     "optimized Variable, e.g. from nnx.grad(loss_fn)(model)."
                 )
         if isinstance(node, Variable):
             node = node.value
         if isinstance(node, Mapping):
             raise TypeError(
-                f"Optimizer.update: grads at '{_path_str(path)}' is a mapping, expected an array."
+                f"Optimizer.update: grads at '{path_str(path)}' is a mapping, expected an array."
             )
         return node
 

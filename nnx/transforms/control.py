@@ -9,6 +9,7 @@ from typing import Any
 import jax
 from jax.sharding import PartitionSpec as P
 
+from nnx.graphdef import Unflattener
 from nnx.transforms import shardings as shardlib
 from nnx.transforms.lift import Extraction, apply, collect, collect_values_only, rebuild
 
@@ -62,35 +63,19 @@ def eval_shape(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return collect(static, inner, u, f(*pos, **kw))
 
     new_vals, out_ord, box = jax.eval_shape(pure, values, extraction.ordinary)
-    in_defs, out_treedef, out_defs, pre_of_post, *_ = box.value
-    # Outputs only: the arguments keep their concrete values.
-    existing = {k: extraction.flattener.objects[j] for k, j in enumerate(pre_of_post)
-                if j is not None}
-    u = _OutputsOnly(list(new_vals), existing)
-    for defs in in_defs:
+    info = box.value
+    # Outputs only: the arguments keep their concrete values; an argument returned as an output
+    # comes back as the caller's object.
+    u = Unflattener(list(new_vals))
+    u.objects.update(
+        {k: extraction.flattener.objects[j] for k, j in enumerate(info.pre_of_post) if j is not None}
+    )
+    for defs in info.in_defs:
         for d in defs:
             u.skip(d)
     it = iter(out_ord)
-    items = [next(it) if d is None else u.unflatten(d) for d in out_defs]
-    return out_treedef.unflatten(items)
-
-
-class _OutputsOnly:
-    """Rebuilds output nodes while leaving the caller's argument objects untouched."""
-
-    def __init__(self, leaves: list[Any], existing: dict[int, Any]):
-        from nnx.graph import Unflattener
-
-        self.u = Unflattener(leaves)
-        self.u.objects.update(existing)
-
-    def skip(self, d: Any) -> None:
-        from nnx.transforms.iteration import _count_leaves
-
-        self.u.pos += _count_leaves(d)
-
-    def unflatten(self, d: Any) -> Any:
-        return self.u.unflatten(d)
+    items = [next(it) if d is None else u.unflatten(d) for d in info.out_defs]
+    return info.out_treedef.unflatten(items)
 
 
 def shard_map(

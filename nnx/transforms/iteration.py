@@ -11,7 +11,11 @@ import jax
 import jax.numpy as jnp
 
 from nnx import filters as filterlib
+from nnx.graph import iter_graph
+from nnx.graphdef import count_leaves
+from nnx.rngs import RngStream
 from nnx.transforms.lift import Extraction, StaticBox, apply, collect, is_node, rebuild
+from nnx.typing import path_str
 
 
 class StateAxes:
@@ -33,7 +37,7 @@ class StateAxes:
                 return axis
         raise ValueError(
             f"StateAxes{dict(zip(self.filters, self.axes, strict=True))!r} has no filter for "
-            f"'{'/'.join(map(str, path))}' ({type(leaf).__name__}); add `...: axis` last."
+            f"'{path_str(path)}' ({type(leaf).__name__}); add `...: axis` last."
         )
 
     def __repr__(self) -> str:
@@ -132,36 +136,18 @@ def _flat_values(structured: Any) -> tuple[list[Any], list[Any]]:
 
 def _out_structured(box: StaticBox, values: list[Any], out_ordinary: list[Any], n_in: int) -> Any:
     """The user's output tree with output nodes replaced by ``_Leaves`` of their leaves."""
-    _, out_treedef, out_defs, *_ = box.value
+    info = box.value
     pos = n_in
     ords = iter(out_ordinary)
     items = []
-    for d in out_defs:
+    for d in info.out_defs:
         if d is None:
             items.append(next(ords))
         else:
-            n = _count_leaves(d)
+            n = count_leaves(d)
             items.append(_Leaves(values[pos:pos + n]))
             pos += n
-    return out_treedef.unflatten(items)
-
-
-def _count_leaves(d: Any) -> int:
-    from nnx.graph import LEAF
-    from nnx.statics import Static
-
-    if type(d) is Static:
-        return 0
-    if d is LEAF:
-        return 1
-    kind = d[0]
-    if kind == "var":
-        return 1
-    if kind == "ref":
-        return 0
-    if kind == "node":
-        return sum(_count_leaves(c) for _, c in d[3])
-    return sum(_count_leaves(c) for c in d[2])
+    return info.out_treedef.unflatten(items)
 
 
 def _vmap_like(
@@ -185,9 +171,8 @@ def _vmap_like(
             out = f(*a)
             new_vals, out_ord, box = collect(static, inner, u, out)
             box_cell[:] = [box]
-            in_defs = box.value[0]
-            counts = [sum(_count_leaves(d) for d in defs) for defs in in_defs]
-            if box.value[4] and any(
+            counts = [sum(count_leaves(d) for d in defs) for defs in box.value.in_defs]
+            if box.value.changed and any(
                 counts[i] != sum(1 for a in extraction.leaf_args if a == i) for i in state_axes_args
             ):
                 raise ValueError(
@@ -369,7 +354,7 @@ def scan(
             carry_out = [o for o, ax in zip(outs, out_spec, strict=True) if ax is Carry]
             ys = [o for o, ax in zip(outs, out_spec, strict=True) if ax is not Carry]
             new_vals, out_ord, box = collect(static, inner, u, (carry_out, ys))
-            if box.value[4]:
+            if box.value.changed:
                 raise ValueError(
                     "scan: the function changed the structure of an argument (added or removed "
                     "attributes or Variables); that cannot be carried across iterations."
@@ -438,9 +423,6 @@ def split_rngs(
     """
     if f is None:
         return lambda fn: split_rngs(fn, splits=splits, only=only, squeeze=squeeze)
-    from nnx.graph import iter_graph
-    from nnx.rngs import RngStream
-
     predicate = filterlib.to_predicate(only)
 
     @functools.wraps(f)
@@ -526,8 +508,7 @@ def while_loop(
 
 
 def _check_loop_box(box: StaticBox, name: str) -> None:
-    in_defs, out_treedef, out_defs, pre_of_post, changed, has_out_nodes, _ = box.value
-    if changed:
+    if box.value.changed:
         raise ValueError(f"{name}: the body changed the structure of the loop value's nodes")
 
 

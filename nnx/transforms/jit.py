@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from nnx import structure
+from nnx.object import GraphNode
 from nnx.transforms import shardings as shardlib
 from nnx.transforms.lift import (
     Extraction,
@@ -117,11 +118,11 @@ class JitWrapped:
                     else:
                         out = self._call_jitted(fast, values, ordinary)
                     info = out[2].value
-                    if info[4] or info[5]:  # structure changed or nodes returned
+                    if info.changed or info.has_out_nodes:
                         return self._finish(fast, values, out)
-                    for i, x in zip(info[6], out[0], strict=True):
+                    for i, x in zip(info.updated, out[0], strict=True):
                         _SET_RAW(variables[i], x)
-                    return info[1].unflatten(out[1])
+                    return info.out_treedef.unflatten(out[1])
         dyn_args, dyn_kwargs, static_args = self._split_static(args, kwargs)
         flat, treedef = jax.tree_util.tree_flatten((dyn_args, dyn_kwargs), is_leaf=is_node)
         version = structure.version()
@@ -260,7 +261,7 @@ class JitWrapped:
                 [extraction.ordinary[i] for i in kept_ord],
             )
             by_id, (new_vals, out_ord, box) = record[0], record[1]
-            updated = box.value[6]
+            updated = box.value.updated
             state_s = [
                 leaf_s[updated[k]] if updated is not None and k < len(updated)
                 else by_id.get(id(v))
@@ -297,15 +298,16 @@ class JitWrapped:
     def _finish(entry: _Entry, values: list, out: Any) -> Any:
         """Write the call's results back into the arguments' objects; return the outputs."""
         new_values, out_ordinary, box = out
-        _, out_treedef, _, _, changed, has_out_nodes, updated = box.value
-        if not changed and not has_out_nodes and entry.all_variables:
+        info = box.value
+        simple = not info.changed and not info.has_out_nodes
+        if simple and entry.all_variables:
             variables = entry.variables
-            for i, x in zip(updated, new_values, strict=True):
+            for i, x in zip(info.updated, new_values, strict=True):
                 _SET_RAW(variables[i], x)
-            return out_treedef.unflatten(out_ordinary)
+            return info.out_treedef.unflatten(out_ordinary)
         full = full_leaf_values(box, new_values, values)
-        if not changed and not has_out_nodes and write_back_fast(entry.extraction, full):
-            return out_treedef.unflatten(out_ordinary)
+        if simple and write_back_fast(entry.extraction, full):
+            return info.out_treedef.unflatten(out_ordinary)
         return apply(entry.extraction, box, full, out_ordinary)
 
     # -- introspection -------------------------------------------------------------------
@@ -323,8 +325,6 @@ class JitWrapped:
             [ordinary[i] for i in entry.donated_ord], [ordinary[i] for i in entry.kept_ord],
         )
 
-
-from nnx.object import GraphNode  # noqa: E402
 
 _NODE_TYPES = (GraphNode, Variable)
 _ARRAY_TYPES = (jax.Array, np.ndarray)

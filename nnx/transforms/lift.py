@@ -17,12 +17,12 @@ Every nnx transform follows the same four steps:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
 from nnx import structure
-from nnx.graph import Flattener, Unflattener
+from nnx.graphdef import Flattener, Unflattener
 from nnx.object import GraphNode
 from nnx.tracing import TraceContextError, current_trace
 from nnx.variables import Variable
@@ -48,6 +48,30 @@ class StaticBox:
 jax.tree_util.register_pytree_node(
     StaticBox, lambda b: ((), b.value), lambda aux, _: StaticBox(aux)
 )
+
+
+class CallInfo(NamedTuple):
+    """What ``collect`` learns inside the trace about the call's graph nodes (static data).
+
+    Attributes:
+      in_defs: per argument, the definitions of its nodes after the call.
+      out_treedef: the treedef of the output, with graph nodes as leaves.
+      out_defs: per output item, the definition of a graph node or None.
+      pre_of_post: per object of the walk after the call, its index before the call (or None
+        for an object created inside).
+      changed: whether any argument node's structure changed.
+      has_out_nodes: whether the output holds graph nodes.
+      updated: with the structure unchanged, the indices of the input leaves that are returned
+        (None when every leaf is returned).
+    """
+
+    in_defs: tuple
+    out_treedef: Any
+    out_defs: tuple
+    pre_of_post: tuple
+    changed: bool
+    has_out_nodes: bool
+    updated: tuple[int, ...] | None
 
 
 class Extraction:
@@ -160,8 +184,8 @@ def collect(
 ) -> tuple[list[Any], list[Any], StaticBox]:
     """Inside a trace, after the call: flatten the argument nodes again, then the outputs.
 
-    Returns the new leaf values, the ordinary output leaves, and a StaticBox holding
-    ``(in_defs, out_treedef, out_defs, pre_of_post, changed, has_out_nodes, updated)``.
+    Returns the new leaf values, the ordinary output leaves, and a StaticBox holding a
+    ``CallInfo``.
     When the structure is unchanged and ``input_values`` is given, only the input leaves whose
     value was replaced (or that ``always_return`` marks, e.g. donated ones) are returned, their
     indices in ``updated``, followed by the leaves of new nodes in the outputs; returning
@@ -205,7 +229,7 @@ def collect(
         )
         values = [values[i] for i in updated] + values[n_in:]
     box = StaticBox(
-        (in_defs, out_treedef, tuple(out_defs), pre_of_post, changed, has_out_nodes, updated)
+        CallInfo(in_defs, out_treedef, tuple(out_defs), pre_of_post, changed, has_out_nodes, updated)
     )
     return values, out_ordinary, box
 
@@ -216,13 +240,13 @@ def collect_values_only(
     """``collect`` for transforms that can carry only new Variable values (no structure change,
     no graph nodes in the outputs): returns all leaf values, the output pytree and the box."""
     values, out_ordinary, box = collect(static, inner_nodes, u, out)
-    _, out_treedef, _, _, changed, has_out_nodes, _ = box.value
-    if changed or has_out_nodes:
+    info: CallInfo = box.value
+    if info.changed or info.has_out_nodes:
         raise TraceContextError(
             f"{where}: the function changed the structure of its graph-node arguments or "
             "returned graph nodes; only Variable values may change inside it."
         )
-    return values, out_treedef.unflatten(out_ordinary), box
+    return values, info.out_treedef.unflatten(out_ordinary), box
 
 
 def argument_items(
@@ -242,7 +266,7 @@ def full_leaf_values(
     box: StaticBox, values: Sequence[Any], input_values: Sequence[Any]
 ) -> list[Any]:
     """All leaf values after a call, given what ``collect`` returned and the inputs."""
-    updated = box.value[6]
+    updated = box.value.updated
     if updated is None:
         return list(values)
     full = list(input_values)
@@ -256,18 +280,18 @@ def apply(
 ) -> Any:
     """Outside, after the transform: write the results into the caller's objects; return the
     outputs with output nodes rebuilt (inputs returned as outputs keep their identity)."""
-    in_defs, out_treedef, out_defs, pre_of_post, changed, has_out_nodes, _ = box.value
+    info: CallInfo = box.value
     outer = extraction.flattener.objects
-    existing = {k: outer[j] for k, j in enumerate(pre_of_post) if j is not None}
+    existing = {k: outer[j] for k, j in enumerate(info.pre_of_post) if j is not None}
     u = Unflattener(list(leaf_values), existing)
-    if changed:
+    if info.changed:
         structure.bump()
-    for defs in in_defs:
+    for defs in info.in_defs:
         for d in defs:
             u.unflatten(d)
     it = iter(out_ordinary)
-    items = [next(it) if d is None else u.unflatten(d) for d in out_defs]
-    return out_treedef.unflatten(items)
+    items = [next(it) if d is None else u.unflatten(d) for d in info.out_defs]
+    return info.out_treedef.unflatten(items)
 
 
 def write_back_fast(extraction: Extraction, leaf_values: Sequence[Any]) -> bool:
