@@ -229,51 +229,75 @@ def pytree_children(value: Any) -> tuple[list[tuple[Any, Any]], Any]:
     return [(key_from_path_entry(e[0]), child) for e, child in entries], treedef
 
 
-class Flattener:
-    """One depth-first walk over one or more roots that share a reference table."""
+def _is_immutable_container(value: Any) -> bool:
+    """Tuples and namedtuples cannot change in place: a cache may look through them."""
+    return type(value) is tuple or (isinstance(value, tuple) and hasattr(type(value), "_fields"))
 
-    __slots__ = ("index", "objects", "leaves", "paths", "owners")
+
+class Flattener:
+    """One depth-first walk over one or more roots that share a reference table.
+
+    Besides the definitions it records, per leaf, its path, its owner (the Variable, or
+    ``(node, key)`` for a raw array held directly by a graph node, or None for a raw array
+    nested in a container) and its holder (the Variable, or the nearest enclosing graph node);
+    per object, its path. ``cacheable`` turns False when the walk crossed something whose
+    changes the structure version does not see: a mutable container that is neither a graph
+    node nor tracked (a dict inside a tuple, an ``OrderedDict``, a dataclass, a custom pytree;
+    a ``State`` is tracked) or a raw array nested in a container; a cache must then flatten
+    again on every call.
+    """
+
+    __slots__ = (
+        "index", "objects", "object_paths", "leaves", "paths", "owners", "holders", "cacheable",
+    )
 
     def __init__(self):
         self.index: dict[int, int] = {}
         self.objects: list[Any] = []  # index -> object; also keeps ids valid
+        self.object_paths: list[Path] = []
         self.leaves: list[Any] = []
         self.paths: list[Path] = []
-        # Per leaf: the Variable, or (node, key) for a raw array held directly by a graph node,
-        # or None for a raw array nested in a tuple/other container (no direct write-back).
         self.owners: list[Any] = []
+        self.holders: list[Any] = []
+        self.cacheable = True
 
-    def _register(self, obj: Any) -> int:
+    def _register(self, obj: Any, path: Path) -> int:
         i = len(self.objects)
         self.index[id(obj)] = i
         self.objects.append(obj)
+        self.object_paths.append(path)
         return i
 
-    def _add_leaf(self, leaf: Any, path: Path, owner: Any) -> None:
+    def _add_leaf(self, leaf: Any, path: Path, owner: Any, holder: Any) -> None:
         self.leaves.append(leaf)
         self.paths.append(path)
         self.owners.append(owner)
+        self.holders.append(holder)
+        if owner is None:
+            self.cacheable = False
 
     def flatten(
-        self, value: Any, path: Path = (), force_data: bool = False, owner: Any = None
+        self, value: Any, path: Path = (), force_data: bool = False, owner: Any = None,
+        holder: Any = None,
     ) -> Any:
         """Return the definition of ``value`` and append its leaves; see module docstring.
 
-        ``owner`` is ``(node, key)`` when ``value`` is held directly by a graph node.
+        ``owner`` is ``(node, key)`` when ``value`` is held directly by a graph node;
+        ``holder`` is the nearest graph node above ``value``.
         """
         if isinstance(value, Variable):
             i = self.index.get(id(value))
             if i is not None:
                 return RefDef(i)
-            i = self._register(value)
+            i = self._register(value, path)
             object.__setattr__(value, "_seen", True)
-            self._add_leaf(value, path, value)
+            self._add_leaf(value, path, value, value)
             return VariableDef(type(value), i, metadata_key(value._metadata))
         if isinstance(value, GraphNode):
             i = self.index.get(id(value))
             if i is not None:
                 return RefDef(i)
-            i = self._register(value)
+            i = self._register(value, path)
             value._graph_mark_seen()
             children = []
             for key, child in value._graph_items():
@@ -281,12 +305,12 @@ class Flattener:
                 if forced == "static":
                     children.append((key, Static(child)))
                 else:
-                    children.append(
-                        (key, self.flatten(child, (*path, key), forced == "data", (value, key)))
-                    )
+                    children.append((key, self.flatten(
+                        child, (*path, key), forced == "data", (value, key), value
+                    )))
             return NodeDef(type(value), i, tuple(children))
         if isinstance(value, ARRAY_TYPES):
-            self._add_leaf(value, path, owner)
+            self._add_leaf(value, path, owner, holder)
             return LEAF
         if isinstance(value, _STATIC_FAST) and not force_data:
             return Static(value)
@@ -295,11 +319,19 @@ class Flattener:
         items, treedef = pytree_children(value)
         if treedef is None:  # not a container
             if force_data:
-                self._add_leaf(value, path, owner)
+                self._add_leaf(value, path, owner, holder)
                 return LEAF
             return Static(value)
+        if not _is_immutable_container(value):
+            mark_seen = getattr(value, "_graph_mark_seen", None)  # a tracked container (State)
+            if mark_seen is None:
+                self.cacheable = False
+            else:
+                mark_seen()
         start = len(self.leaves)
-        children = tuple(self.flatten(child, (*path, key), force_data) for key, child in items)
+        children = tuple(
+            self.flatten(child, (*path, key), force_data, None, holder) for key, child in items
+        )
         if len(self.leaves) == start and all(type(c) is Static for c in children):
             return Static(value)
         return PytreeDef(treedef, children)

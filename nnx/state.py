@@ -8,6 +8,7 @@ from typing import Any
 import jax
 
 from nnx import filters as filterlib
+from nnx import structure
 from nnx.display import ReprParts, object_repr, treescope_repr
 from nnx.typing import Path, key_order, path_order, path_str
 from nnx.variables import Variable
@@ -23,15 +24,21 @@ class State(MutableMapping):
 
     Index it by key (``state['linear']['kernel']``) or attribute (``state.linear.kernel``).
     ``jax.tree.map`` over a State maps its arrays and keeps its structure and Variable types.
+    A State held by a graph node (an optimizer's state) is tracked like ``nnx.Dict``: once a
+    flatten has seen it, adding or removing keys bumps the structure version.
     """
 
-    __slots__ = ("_mapping",)
+    __slots__ = ("_mapping", "_seen")
 
     def __init__(self, mapping: Mapping[Any, Any] | None = None, /):
         object.__setattr__(self, "_mapping", {})
+        object.__setattr__(self, "_seen", False)
         if mapping is not None:
             for k, v in mapping.items():
                 self[k] = v
+
+    def _graph_mark_seen(self) -> None:
+        object.__setattr__(self, "_seen", True)
 
     # -- mapping protocol --------------------------------------------------------------
     def __getitem__(self, key: Any) -> Any:
@@ -40,9 +47,13 @@ class State(MutableMapping):
     def __setitem__(self, key: Any, value: Any) -> None:
         if isinstance(value, Mapping) and not isinstance(value, State):
             value = State(value)
+        if self._seen:
+            structure.bump()
         self._mapping[key] = value
 
     def __delitem__(self, key: Any) -> None:
+        if self._seen:
+            structure.bump()
         del self._mapping[key]
 
     def __iter__(self) -> Iterator[Any]:
@@ -55,7 +66,7 @@ class State(MutableMapping):
         return key in self._mapping
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "_mapping":  # _mapping unset: not initialised yet
+        if name.startswith("__") or name in ("_mapping", "_seen"):  # unset: not initialised yet
             raise AttributeError(name)
         try:
             return self._mapping[name]
@@ -271,6 +282,7 @@ def _flatten(state: State):
 
 def _unflatten(keys: tuple, children: Any) -> State:
     s = object.__new__(State)
+    object.__setattr__(s, "_seen", False)
     object.__setattr__(s, "_mapping", dict(zip(keys, children, strict=True)))
     return s
 

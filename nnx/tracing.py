@@ -8,8 +8,9 @@ from jax._src import core as _core
 
 
 def current_trace() -> Any:
-    """An opaque token for the JAX trace active now; equal tokens mean the same trace."""
-    return _core.get_opaque_trace_state(convention="flax")
+    """An opaque token for the JAX trace active now; equal tokens mean the same trace, and the
+    same trace always gives the identical token (so ``is`` is an exact, fast comparison)."""
+    return _core.trace_state.value  # a weak reference to the current jax trace
 
 
 class TraceContextError(RuntimeError):

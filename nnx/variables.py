@@ -46,7 +46,10 @@ class Variable:
       **metadata: free-form metadata kept beside the value.
     """
 
-    __slots__ = tuple(_SLOTS)
+    __slots__ = (*_SLOTS, "__weakref__")
+    # Above numpy's: ``np_array @ v`` and ``np_array + v`` defer to the Variable's reflected
+    # operators instead of converting it through ``__array__`` (which fails under a trace).
+    __array_priority__ = 100
 
     def __init__(self, value: Any, **metadata: Any):
         if isinstance(value, Variable):

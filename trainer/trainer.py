@@ -364,9 +364,12 @@ class Trainer(Loops):
             return self._opt_state
         base_state = self._tx.init(params)
         if self._nnx_optimizer is not None:
-            from_opt = _unwrap(self._nnx_optimizer.opt_state)
-            if jax.tree.structure(from_opt) == jax.tree.structure(base_state):
-                base_state = from_opt
+            # The nnx.Optimizer keeps its state with States where optax has dicts: same leaves
+            # in the same order, so it carries over when the leaves' shapes agree.
+            from_opt = jax.tree.leaves(_unwrap(self._nnx_optimizer.opt_state))
+            base_leaves, base_def = jax.tree.flatten(base_state)
+            if [jnp.shape(a) for a in from_opt] == [jnp.shape(b) for b in base_leaves]:
+                base_state = jax.tree.unflatten(base_def, from_opt)
         if lrlib.find_hyperparams(base_state) is not None:
             self._full_tx, state = self._tx, base_state
         else:

@@ -24,23 +24,36 @@ def _unwrap(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.value if isinstance(x, Variable) else x, tree, is_leaf=_is_variable)
 
 
-def _pure_tree(flat: list[tuple[Path, Any]]) -> dict[Any, Any]:
-    """A nested plain dict of raw arrays from ``(path, leaf)`` pairs."""
-    root: dict[Any, Any] = {}
-    for path, leaf in flat:
-        node = root
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = leaf.value if isinstance(leaf, Variable) else leaf
-    return root
+def _raw_state(flat: list[tuple[Path, Any]]) -> State:
+    """A State of raw arrays from ``(path, leaf)`` pairs (Variables unwrapped)."""
+    return State.from_flat_path([(p, v.value if isinstance(v, Variable) else v) for p, v in flat])
+
+
+def _dicts_to_states(tree: Any) -> Any:
+    """``tree`` with every plain dict (``inject_hyperparams``' hyperparameters, a
+    ``multi_transform`` state per label) replaced by a ``State``: its containers are then all
+    tuples, namedtuples or States, whose changes the structure version sees, so ``nnx.jit``
+    can keep its fast path for the optimizer."""
+    if type(tree) is dict:
+        return State({k: _dicts_to_states(v) for k, v in tree.items()})
+    if isinstance(tree, State):
+        return State({k: _dicts_to_states(v) for k, v in tree.items()})
+    if type(tree) is tuple:
+        return tuple(_dicts_to_states(v) for v in tree)
+    if isinstance(tree, tuple) and hasattr(type(tree), "_fields"):
+        return type(tree)(*(_dicts_to_states(v) for v in tree))
+    if type(tree) is list:
+        return [_dicts_to_states(v) for v in tree]
+    return tree
 
 
 def _wrap_opt_state(tree: Any, param_metadata: dict[Path, dict[str, Any]]) -> Any:
-    """Wrap every array leaf of an optax state in an ``OptState``.
+    """Wrap every array leaf of an optax state in an ``OptState`` (plain dicts become States).
 
     A leaf whose key path ends with a parameter's path (``mu/linear/kernel``) and has its shape
     gets that parameter's metadata (e.g. sharding annotations).
     """
+    tree = _dicts_to_states(tree)
 
     def wrap(key_path: Any, leaf: Any) -> Any:
         if not isinstance(leaf, ARRAY_TYPES):
@@ -91,7 +104,7 @@ class Optimizer(Object):
                 f"wrt={wrt!r}; nothing to optimize."
             )
         metadata = {path: (var.shape, var.get_metadata()) for path, var in params}
-        self.opt_state = _wrap_opt_state(tx.init(_pure_tree(params)), metadata)
+        self.opt_state = _wrap_opt_state(tx.init(_raw_state(params)), metadata)
 
     def _params(self) -> list[tuple[Path, Variable]]:
         return graph_state(self.model, self.wrt).flat_state()
@@ -125,8 +138,8 @@ class Optimizer(Object):
                 "for that model instead."
             )
         params = self._params()
-        param_tree = _pure_tree(params)
-        grad_tree = _pure_tree([(path, self._grad_at(grads, path)) for path, _ in params])
+        param_tree = _raw_state(params)
+        grad_tree = _raw_state([(path, self._grad_at(grads, path)) for path, _ in params])
         opt_state = _unwrap(self.opt_state)
         updates, new_opt_state = self.tx.update(grad_tree, opt_state, param_tree, **kwargs)
         new_params = optax.apply_updates(param_tree, updates)
@@ -158,6 +171,7 @@ class Optimizer(Object):
         return node
 
     def _write_opt_state(self, new_state: Any) -> None:
+        new_state = _dicts_to_states(new_state)
         old_leaves, old_def = jax.tree.flatten(self.opt_state, is_leaf=_is_variable)
         new_leaves, new_def = jax.tree.flatten(new_state)
         # a raw optax state (assigned back from a checkpoint) holds arrays, not OptStates

@@ -11,7 +11,15 @@ from jax.sharding import PartitionSpec as P
 
 from nnx.graphdef import Unflattener
 from nnx.transforms import shardings as shardlib
-from nnx.transforms.lift import Extraction, apply, collect, collect_values_only, rebuild
+from nnx.transforms.lift import (
+    Extraction,
+    apply,
+    collect,
+    collect_values_only,
+    keep_unchanged,
+    rebuild,
+)
+from nnx.transforms.programs import ProgramCache
 
 
 def _branches_call(
@@ -99,6 +107,8 @@ def shard_map(
         return lambda fn: shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                                     check_vma=check_vma, axis_names=axis_names)
 
+    programs = ProgramCache()
+
     @functools.wraps(f)
     def wrapper(*args: Any) -> Any:
         extraction = Extraction(list(args))
@@ -106,23 +116,27 @@ def shard_map(
         leaf_specs, ord_specs = shardlib.argument_leaf_specs(
             extraction, args, specs, "nnx.shard_map in_specs"
         )
-        leaf_specs = [P() if s is None else s for s in leaf_specs]
-        ord_specs = [P() if s is None else s for s in ord_specs]
-        box_cell: list[Any] = []
+        leaf_specs = tuple(P() if s is None else s for s in leaf_specs)
+        ord_specs = tuple(P() if s is None else s for s in ord_specs)
+        static = extraction.static
 
-        def pure(vals: list, ords: list) -> tuple:
-            a, u, inner = rebuild(extraction.static, vals, ords)
-            new_vals, out, box = collect_values_only(extraction.static, inner, u, f(*a), "nnx.shard_map")
-            box_cell[:] = [box]
-            return new_vals, out
+        def make() -> Callable[..., Any]:
+            def pure(vals: list, ords: list) -> tuple:
+                a, u, inner = rebuild(static, vals, ords)
+                return collect_values_only(static, inner, u, f(*a), "nnx.shard_map", vals)
 
-        kwargs = {"axis_names": axis_names} if axis_names else {}
-        mapped = jax.shard_map(
-            pure, mesh=mesh, in_specs=(leaf_specs, ord_specs), out_specs=(leaf_specs, out_specs),
-            check_vma=check_vma, **kwargs,
-        )
-        new_vals, out = mapped(extraction.leaf_values(), extraction.ordinary)
-        return apply(extraction, box_cell[0], new_vals, jax.tree_util.tree_leaves(out))
+            kwargs = {"axis_names": axis_names} if axis_names else {}
+            # Under jax.jit so that eager calls are traced once per signature, as in nnx.jit.
+            return jax.jit(jax.shard_map(
+                pure, mesh=mesh, in_specs=(list(leaf_specs), list(ord_specs)),
+                out_specs=(list(leaf_specs), out_specs, P()), check_vma=check_vma, **kwargs,
+            ))
+
+        mapped = programs.get((static, leaf_specs, ord_specs), make)
+        values = extraction.leaf_values()
+        new_vals, out, box = mapped(values, extraction.ordinary)
+        new_vals = keep_unchanged(box.value, new_vals, values)
+        return apply(extraction, box, new_vals, jax.tree_util.tree_leaves(out))
 
     return wrapper
 

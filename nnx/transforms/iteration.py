@@ -14,7 +14,16 @@ from nnx import filters as filterlib
 from nnx.graph import iter_graph
 from nnx.graphdef import count_leaves
 from nnx.rngs import RngStream
-from nnx.transforms.lift import Extraction, StaticBox, apply, collect, is_node, rebuild
+from nnx.transforms.lift import (
+    Extraction,
+    StaticBox,
+    apply,
+    collect,
+    is_node,
+    keep_unchanged,
+    rebuild,
+)
+from nnx.transforms.programs import ProgramCache
 from nnx.typing import path_str
 
 
@@ -150,56 +159,71 @@ def _out_structured(box: StaticBox, values: list[Any], out_ordinary: list[Any], 
     return info.out_treedef.unflatten(items)
 
 
+def _mapped_pure(
+    f: Callable[..., Any], static: tuple, leaf_args: tuple[int, ...],
+    state_axes_args: tuple[int, ...], name: str,
+) -> Callable[..., tuple]:
+    """The pure function ``_vmap_like`` maps: structured leaf values in, per-argument leaf
+    groups, the structured output and the call's ``StaticBox`` out. Closes over structure only."""
+
+    def pure(*structured: Any) -> tuple:
+        vals, ords = _flat_values(list(structured))
+        a, u, inner = rebuild(static, vals, ords)
+        new_vals, out_ord, box = collect(static, inner, u, f(*a), vals, keep_all=True)
+        counts = [sum(count_leaves(d) for d in defs) for defs in box.value.in_defs]
+        if box.value.changed and any(
+            counts[i] != sum(1 for a in leaf_args if a == i) for i in state_axes_args
+        ):
+            raise ValueError(
+                f"{name}: the function changed the structure of an argument mapped with "
+                "StateAxes (added or removed Variables); use a single axis for it instead."
+            )
+        groups, pos = [], 0
+        for n in counts:
+            groups.append(_Leaves(new_vals[pos:pos + n]))
+            pos += n
+        return tuple(groups), _out_structured(box, new_vals, out_ord, pos), box
+
+    return pure
+
+
 def _vmap_like(
     jax_transform: Callable[..., Any], f: Callable[..., Any], in_axes: Any, out_axes: Any,
-    name: str, **transform_kwargs: Any,
+    name: str, programs: ProgramCache | None = None, **transform_kwargs: Any,
 ) -> Callable[..., Any]:
+    """The shared body of ``vmap`` and ``pmap``. With ``programs``, the mapped function is kept
+    per argument structure and axes, so JAX traces (and compiles) it once per signature."""
+
     @functools.wraps(f)
     def wrapper(*args: Any) -> Any:
         extraction = Extraction(list(args))
         values = extraction.leaf_values()
         arg_axes = _per_arg(in_axes, len(args), "in_axes")
         in_leaf_axes = _leaf_axes(extraction, arg_axes)
-        static = extraction.static
-        box_cell: list[StaticBox] = []
+        leaf_args = tuple(extraction.leaf_args)
 
-        state_axes_args = [i for i, ax in enumerate(arg_axes) if isinstance(ax, StateAxes)]
+        def make() -> Callable[..., Any]:
+            state_axes_args = tuple(i for i, ax in enumerate(arg_axes) if isinstance(ax, StateAxes))
+            pure = _mapped_pure(f, extraction.static, leaf_args, state_axes_args, name)
+            state_out_axes = tuple(
+                _Leaves([ax for ax, a in zip(in_leaf_axes, leaf_args, strict=True) if a == i])
+                if isinstance(arg_axes[i], StateAxes) else arg_axes[i]
+                for i in range(len(args))
+            )
+            return jax_transform(
+                pure, in_axes=tuple(_structured_axes(extraction, args, arg_axes)),
+                out_axes=(state_out_axes, out_axes, 0), **transform_kwargs,
+            )
 
-        def pure(*structured: Any) -> tuple:
-            vals, ords = _flat_values(list(structured))
-            a, u, inner = rebuild(static, vals, ords)
-            out = f(*a)
-            new_vals, out_ord, box = collect(static, inner, u, out)
-            box_cell[:] = [box]
-            counts = [sum(count_leaves(d) for d in defs) for defs in box.value.in_defs]
-            if box.value.changed and any(
-                counts[i] != sum(1 for a in extraction.leaf_args if a == i) for i in state_axes_args
-            ):
-                raise ValueError(
-                    f"{name}: the function changed the structure of an argument mapped with "
-                    "StateAxes (added or removed Variables); use a single axis for it instead."
-                )
-            groups, pos = [], 0
-            for n in counts:
-                groups.append(_Leaves(new_vals[pos:pos + n]))
-                pos += n
-            out_struct = _out_structured(box, new_vals, out_ord, pos)
-            return tuple(groups), out_struct
-
-        structured_args = _structured_args(extraction, args, values)
-        structured_axes = _structured_axes(extraction, args, arg_axes)
-        state_out_axes = tuple(
-            _Leaves([ax for ax, a in zip(in_leaf_axes, extraction.leaf_args, strict=True)
-                     if a == i]) if isinstance(arg_axes[i], StateAxes) else arg_axes[i]
-            for i in range(len(args))
-        )
-        mapped = jax_transform(
-            pure, in_axes=tuple(structured_axes), out_axes=(state_out_axes, out_axes),
-            **transform_kwargs,
-        )
-        groups, out_struct = mapped(*structured_args)
-        box = box_cell[0]
+        if programs is None:
+            mapped = make()
+        else:
+            key = (extraction.static, tuple(in_leaf_axes), leaf_args, tuple(arg_axes))
+            mapped = programs.get(key, make)
+        groups, out_struct, box = mapped(*_structured_args(extraction, args, values))
         new_vals = [v for g in groups for v in g.values]
+        if box.value.updated is not None:  # keep the caller's arrays where nothing changed
+            new_vals = keep_unchanged(box.value, new_vals, values) + new_vals[len(values):]
         out_ord = []
         for x in jax.tree_util.tree_leaves(out_struct, is_leaf=_is_leaves):
             if isinstance(x, _Leaves):
@@ -269,7 +293,7 @@ def pmap(
     kwargs = dict(axis_name=axis_name, devices=devices, backend=backend)
     if axis_size is not None:
         kwargs["axis_size"] = axis_size
-    return _vmap_like(jax.pmap, f, in_axes, out_axes, "pmap", **kwargs)
+    return _vmap_like(jax.pmap, f, in_axes, out_axes, "pmap", ProgramCache(), **kwargs)
 
 
 # -- scan ------------------------------------------------------------------------------

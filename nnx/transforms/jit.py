@@ -1,14 +1,22 @@
 """``nnx.jit``: ``jax.jit`` for functions of graph nodes, with a cached fast path.
 
-On the first call (and whenever the global structure version has changed) the arguments are
-flattened; the Variables found, the GraphDef-like static description, and the compiled pure
-function are cached. A later call with the same argument objects and structure only reads each
-cached Variable's value, calls the compiled function, and writes the new values back.
+A call flattens its arguments (``Extraction``), finds the compiled program for their structure
+(compiling it on first use) and binds the argument objects to their leaves. A later call with the
+same objects, while no structural change happened anywhere (the global structure version), skips
+the flatten: it reads each bound Variable's value, calls the program and writes the results back.
+
+The fast path is sound only while every structural change bumps the version. Graph nodes (and the
+``nnx.List`` / ``nnx.Dict`` that plain lists and dicts become) bump it; a mutable container that
+is not a graph node (a dict in a tuple, an ``OrderedDict``, a dataclass, a user pytree) does not,
+so arguments that hold one are flattened on every call (``Extraction.cacheable``). Results are
+written only into objects of the current trace: an object captured from an outer trace raises
+``TraceContextError`` instead of keeping a tracer.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,19 +25,26 @@ import numpy as np
 
 from nnx import structure
 from nnx.object import GraphNode
+from nnx.tracing import current_trace
 from nnx.transforms import shardings as shardlib
 from nnx.transforms.lift import (
     Extraction,
     apply,
     collect,
+    creation_trace,
+    foreign_write_error,
     full_leaf_values,
     is_node,
     rebuild,
     write_back_fast,
 )
+from nnx.transforms.programs import ProgramCache
 from nnx.variables import Variable
 
-_MAX_ENTRIES = 8
+_MAX_BINDINGS = 8  # argument-object signatures remembered per function
+_NODE_TYPES = (GraphNode, Variable)
+_ARRAY_TYPES = (jax.Array, np.ndarray)
+_SET_RAW = Variable._raw_value.__set__  # type: ignore[attr-defined]
 
 
 def _as_tuple(x: int | str | Sequence[Any] | None) -> tuple:
@@ -45,18 +60,93 @@ def _split_indices(donated: list[bool]) -> tuple[list[int], list[int]]:
     return [i for i, d in enumerate(donated) if d], [i for i, d in enumerate(donated) if not d]
 
 
-class _Entry:
-    """One cached call signature: argument objects, their leaves and the compiled function."""
+class _Program:
+    """The compiled pure function of one static signature, and how its inputs split into the
+    donated and the kept groups. Holds only structure: no user object, no array."""
+
+    __slots__ = ("jitted", "donated_idx", "kept_idx", "donated_ord", "kept_ord", "all_donated")
+
+    def __init__(self, jitted: Any, leaf_donated: list[bool], ord_donated: list[bool]):
+        self.jitted = jitted
+        self.donated_idx, self.kept_idx = _split_indices(leaf_donated)
+        self.donated_ord, self.kept_ord = _split_indices(ord_donated)
+        self.all_donated = bool(leaf_donated) and all(leaf_donated) and not any(ord_donated)
+
+    def _groups(self, values: list, ordinary: list) -> tuple[list, list, list, list]:
+        if self.all_donated:
+            return values, [], [], ordinary
+        if self.donated_idx or self.donated_ord:
+            return (
+                [values[i] for i in self.donated_idx], [values[i] for i in self.kept_idx],
+                [ordinary[i] for i in self.donated_ord], [ordinary[i] for i in self.kept_ord],
+            )
+        return [], values, [], ordinary
+
+    def __call__(self, values: list, ordinary: list) -> Any:
+        return self.jitted(*self._groups(values, ordinary))
+
+    def lower(self, values: list, ordinary: list) -> Any:
+        return self.jitted.lower(*self._groups(values, ordinary))
+
+
+class _Binding:
+    """Where the leaves of one call signature live, all held by weak references: the argument
+    nodes that recognise the next call, and per leaf its Variable (or, for a raw array, the
+    graph node holding it and the key). Valid while the structure version is ``version``.
+
+    Only arguments whose every structural change bumps the structure version are bound
+    (``Extraction.cacheable``); others are flattened again on every call.
+    """
 
     __slots__ = (
-        "treedef", "version", "nodes", "extraction", "variables", "all_variables", "jitted",
-        "donated_idx", "kept_idx", "donated_ord", "kept_ord", "all_donated", "pattern",
-        "ord_positions",
+        "key", "version", "node_refs", "program", "refs", "keys", "all_variables", "paths",
+        "pattern", "ord_positions", "home",
     )
+
+    def read(self) -> tuple[list[Any], list[Any]]:
+        """The leaves' owners and current values; AttributeError if an owner no longer exists
+        (only a change the version did not see can cause that)."""
+        objs = [r() for r in self.refs]
+        if self.all_variables:
+            return objs, [o._raw_value for o in objs]
+        return objs, [
+            o._raw_value if k is None else o._graph_get(k)
+            for o, k in zip(objs, self.keys, strict=True)
+        ]
+
+    def write(
+        self, objs: list[Any], updated: Sequence[int], new_values: Sequence[Any], trace: Any
+    ) -> None:
+        """Write returned values into their owners (``updated`` indexes the leaves). If the
+        call runs in another trace than the objects' own, an owner of another trace than
+        ``trace`` raises before anything is written."""
+        keys = self.keys
+        if trace is not self.home:
+            for i in updated:
+                if creation_trace(objs[i]) != trace:
+                    raise foreign_write_error(objs[i], self.paths[i])
+        if self.all_variables:
+            for i, x in zip(updated, new_values, strict=True):
+                _SET_RAW(objs[i], x)
+            return
+        for i, x in zip(updated, new_values, strict=True):
+            if keys[i] is None:
+                _SET_RAW(objs[i], x)
+            else:
+                objs[i]._graph_set(keys[i], x)
+
+
+def _weak(x: Any) -> Any:
+    return weakref.ref(x) if is_node(x) else None
 
 
 class JitWrapped:
-    """The callable returned by ``nnx.jit``; also a method decorator (binds ``self``)."""
+    """The callable returned by ``nnx.jit``; also a method decorator (binds ``self``).
+
+    Its caches hold no strong reference to user objects or arrays: compiled programs are keyed
+    by structure only (a bounded ``ProgramCache``), and bindings of argument objects to leaves
+    use weak references.
+    """
 
     def __init__(
         self,
@@ -79,9 +169,9 @@ class JitWrapped:
         self.donate_argnums = _as_tuple(donate_argnums)
         self.donate_argnames = _as_tuple(donate_argnames)
         self.jit_kwargs = jit_kwargs
-        self._compiled: dict[Any, Any] = {}
-        self._entries: list[_Entry] = []
-        self._fast: _Entry | None = None
+        self._programs = ProgramCache()
+        self._bindings: list[_Binding] = []
+        self._fast: _Binding | None = None
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
@@ -103,83 +193,150 @@ class JitWrapped:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         fast = self._fast
         if fast is not None and not kwargs and fast.version == structure._version:
-            # Steady state: the same objects (and arrays in the same places) as last time.
+            # Steady state: the same objects (and arrays in the same places) as last time, in
+            # the trace those objects belong to.
+            trace = current_trace()
             pattern = fast.pattern
-            if len(args) == len(pattern):
+            if trace is fast.home and len(args) == len(pattern):
                 for a, p in zip(args, pattern, strict=True):
-                    if a is not p and (p is not None or not isinstance(a, _ARRAY_TYPES)):
+                    if (a is not p()) if p is not None else not isinstance(a, _ARRAY_TYPES):
                         break
                 else:
-                    variables = fast.variables
-                    values = [v._raw_value for v in variables]
-                    ordinary = [args[i] for i in fast.ord_positions]
-                    if fast.all_donated:
-                        out = fast.jitted(values, [], [], ordinary)
+                    try:
+                        objs, values = fast.read()
+                    except AttributeError:
+                        self._forget(fast)
                     else:
-                        out = self._call_jitted(fast, values, ordinary)
-                    info = out[2].value
-                    if info.changed or info.has_out_nodes:
-                        return self._finish(fast, values, out)
-                    for i, x in zip(info.updated, out[0], strict=True):
-                        _SET_RAW(variables[i], x)
-                    return info.out_treedef.unflatten(out[1])
+                        out = fast.program(values, [args[i] for i in fast.ord_positions])
+                        info = out[2].value
+                        if info.changed or info.has_out_nodes:
+                            return self._finish(fast, objs, values, out, args, {}, trace)
+                        for i, x in zip(info.updated, out[0], strict=True):
+                            _SET_RAW(objs[i], x)
+                        return info.out_treedef.unflatten(out[1])
+        return self._call(args, kwargs)
+
+    def _call(self, args: tuple, kwargs: dict) -> Any:
         dyn_args, dyn_kwargs, static_args = self._split_static(args, kwargs)
         flat, treedef = jax.tree_util.tree_flatten((dyn_args, dyn_kwargs), is_leaf=is_node)
         version = structure.version()
-        entry = self._lookup(flat, treedef, version, static_args)
-        if entry is None:
-            entry = self._new_entry(dyn_args, dyn_kwargs, static_args, flat, treedef, version)
-        self._fast = entry if entry.pattern is not None else None
-        return self._run(entry, flat)
+        trace = current_trace()
+        binding = self._lookup(flat, treedef, version, static_args)
+        if binding is not None:
+            try:
+                objs, values = binding.read()
+            except AttributeError:
+                self._forget(binding)
+                binding = None
+        if binding is None:
+            extraction = Extraction([*dyn_args, dyn_kwargs])
+            program = self._program(extraction, dyn_args, dyn_kwargs, static_args)
+            if not extraction.cacheable:
+                self._fast = None
+                return self._run_unbound(extraction, program)
+            binding = self._bind(
+                extraction, program, dyn_args, dyn_kwargs, static_args, flat, treedef, trace
+            )
+            objs, values = binding.read()
+        self._fast = binding if binding.pattern is not None and binding.home is trace else None
+        out = binding.program(values, [x for x in flat if not is_node(x)])
+        return self._finish(binding, objs, values, out, dyn_args, dyn_kwargs, trace)
 
-    def _lookup(self, flat: list, treedef: Any, version: int, static_args: tuple) -> _Entry | None:
-        for entry in self._entries:
-            if entry.version != version or entry.treedef != (treedef, static_args):
+    def _lookup(
+        self, flat: list, treedef: Any, version: int, static_args: tuple
+    ) -> _Binding | None:
+        for binding in self._bindings:
+            if binding.version != version or binding.key != (treedef, static_args):
                 continue
             # The same graph nodes at the same leaf positions, other leaves not nodes.
-            for x, node in zip(flat, entry.nodes, strict=True):
-                if x is not node and (node is not None or isinstance(x, _NODE_TYPES)):
+            for x, ref in zip(flat, binding.node_refs, strict=True):
+                if (x is not ref()) if ref is not None else isinstance(x, _NODE_TYPES):
                     break
             else:
-                return entry
+                return binding
         return None
 
-    def _new_entry(
-        self, args: tuple, kwargs: dict, static_args: tuple, flat: list, treedef: Any, version: int
-    ) -> _Entry:
-        extraction = Extraction([*args, kwargs])
-        n_args = len(args)
+    def _forget(self, binding: _Binding) -> None:
+        if self._fast is binding:
+            self._fast = None
+        if binding in self._bindings:
+            self._bindings.remove(binding)
+
+    def _program(
+        self, extraction: Extraction, args: tuple, kwargs: dict, static_args: tuple
+    ) -> _Program:
+        """The compiled program for these arguments' structure (compiled on first use)."""
         donated_args = self._donated_positions(args, static_args)
         if "kwargs" in donated_args:
-            donated_args = donated_args - {"kwargs"} | {n_args}
+            donated_args = donated_args - {"kwargs"} | {len(args)}
         leaf_donated = [a in donated_args for a in extraction.leaf_args]
         ord_donated = [a in donated_args for a in extraction.ordinary_args]
         key = (extraction.static, static_args, tuple(leaf_donated), tuple(ord_donated))
-        jitted = self._compiled.get(key)
-        if jitted is None:
-            jitted = self._compile(extraction, [*args, kwargs], static_args, leaf_donated, ord_donated)
-            self._compiled[key] = jitted
-        entry = _Entry()
-        entry.treedef = (treedef, static_args)
-        entry.version = structure.version()  # flattening may mark nodes seen, never bumps
-        entry.nodes = [x if is_node(x) else None for x in flat]  # per leaf of the arguments
-        entry.extraction = extraction
-        entry.variables = extraction.leaves
-        entry.all_variables = all(isinstance(o, Variable) for o in extraction.flattener.owners)
-        entry.jitted = jitted
-        entry.donated_idx, entry.kept_idx = _split_indices(leaf_donated)
-        entry.donated_ord, entry.kept_ord = _split_indices(ord_donated)
-        entry.all_donated = bool(leaf_donated) and all(leaf_donated) and not any(ord_donated)
-        # The fast path's key: per positional argument, the node itself or None for an array.
+        return self._programs.get(key, lambda: _Program(
+            self._compile(extraction, [*args, kwargs], static_args, leaf_donated, ord_donated),
+            leaf_donated, ord_donated,
+        ))
+
+    def _bind(
+        self, extraction: Extraction, program: _Program, args: tuple, kwargs: dict,
+        static_args: tuple, flat: list, treedef: Any, trace: Any,
+    ) -> _Binding:
+        f = extraction.flattener
+        b = _Binding()
+        b.key = (treedef, static_args)
+        b.version = structure.version()  # flattening may mark nodes seen, never bumps
+        b.node_refs = [_weak(x) for x in flat]
+        b.program = program
+        b.all_variables = all(isinstance(o, Variable) for o in f.owners)
+        b.refs = [weakref.ref(o if isinstance(o, Variable) else o[0]) for o in f.owners]
+        b.keys = [None if isinstance(o, Variable) else o[1] for o in f.owners]
+        b.paths = tuple(f.paths)
+        # The trace every object was created under, if they all share the current one: writes
+        # into them then need no per-object check.
+        b.home = trace if all(creation_trace(o) == trace for o in f.objects) else None
         simple = (
-            not kwargs and not static_args and entry.all_variables
+            not kwargs and not static_args and b.all_variables
             and all(is_node(a) or isinstance(a, _ARRAY_TYPES) for a in args)
         )
-        entry.pattern = tuple(a if is_node(a) else None for a in args) if simple else None
-        entry.ord_positions = [i for i, a in enumerate(args) if not is_node(a)]
-        self._entries.insert(0, entry)
-        del self._entries[_MAX_ENTRIES:]
-        return entry
+        b.pattern = tuple(_weak(a) for a in args) if simple else None
+        b.ord_positions = [i for i, a in enumerate(args) if not is_node(a)]
+        self._bindings = [x for x in self._bindings if x.version == b.version]
+        self._bindings.insert(0, b)
+        del self._bindings[_MAX_BINDINGS:]
+        return b
+
+    def _finish(
+        self, binding: _Binding, objs: list, values: list, out: Any, args: tuple, kwargs: dict,
+        trace: Any,
+    ) -> Any:
+        """Write a bound call's results back into the arguments' objects; return the outputs."""
+        new_values, out_ordinary, box = out
+        info = box.value
+        if info.changed or info.has_out_nodes:
+            # Rebuilding structure needs the objects in walk order: flatten again (the call
+            # changed nothing outside, so the walk finds the bound objects in the same order).
+            extraction = Extraction([*args, kwargs])
+            return apply(extraction, box, full_leaf_values(box, new_values, values), out_ordinary)
+        binding.write(objs, info.updated, new_values, trace)
+        return info.out_treedef.unflatten(out_ordinary)
+
+    @staticmethod
+    def _run_unbound(extraction: Extraction, program: _Program) -> Any:
+        values = extraction.leaf_values()
+        new_values, out_ordinary, box = program(values, extraction.ordinary)
+        info = box.value
+        full = full_leaf_values(box, new_values, values)
+        if not info.changed and not info.has_out_nodes and write_back_fast(extraction, full):
+            return info.out_treedef.unflatten(out_ordinary)
+        return apply(extraction, box, full, out_ordinary)
+
+    # -- introspection -------------------------------------------------------------------
+    def lower(self, *args: Any, **kwargs: Any) -> Any:
+        """Lower the pure function for these arguments (``jax.jit(...).lower``)."""
+        dyn_args, dyn_kwargs, static_args = self._split_static(args, kwargs)
+        extraction = Extraction([*dyn_args, dyn_kwargs])
+        program = self._program(extraction, dyn_args, dyn_kwargs, static_args)
+        return program.lower(extraction.leaf_values(), extraction.ordinary)
 
     def _donated_positions(self, args: tuple, static_args: tuple) -> set[Any]:
         if not self.donate_argnums and not self.donate_argnames:
@@ -269,66 +426,6 @@ class JitWrapped:
             ]
             jit_kwargs["out_shardings"] = (state_s, [by_id.get(id(v)) for v in out_ord], None)
         return jax.jit(make_pure(None), donate_argnums=donate, **jit_kwargs)
-
-    def _run(self, entry: _Entry, flat: list) -> Any:
-        if entry.all_variables:
-            values = [v._raw_value for v in entry.variables]
-        else:
-            values = [
-                o._raw_value if isinstance(o, Variable) else (
-                    o[0]._graph_get(o[1]) if o is not None else leaf
-                )
-                for o, leaf in zip(entry.extraction.flattener.owners, entry.variables, strict=True)
-            ]
-        ordinary = [x for x in flat if not is_node(x)]
-        return self._finish(entry, values, self._call_jitted(entry, values, ordinary))
-
-    @staticmethod
-    def _call_jitted(entry: _Entry, values: list, ordinary: list) -> Any:
-        if entry.all_donated:
-            return entry.jitted(values, [], [], ordinary)
-        if entry.donated_idx or entry.donated_ord:
-            return entry.jitted(
-                [values[i] for i in entry.donated_idx], [values[i] for i in entry.kept_idx],
-                [ordinary[i] for i in entry.donated_ord], [ordinary[i] for i in entry.kept_ord],
-            )
-        return entry.jitted([], values, [], ordinary)
-
-    @staticmethod
-    def _finish(entry: _Entry, values: list, out: Any) -> Any:
-        """Write the call's results back into the arguments' objects; return the outputs."""
-        new_values, out_ordinary, box = out
-        info = box.value
-        simple = not info.changed and not info.has_out_nodes
-        if simple and entry.all_variables:
-            variables = entry.variables
-            for i, x in zip(info.updated, new_values, strict=True):
-                _SET_RAW(variables[i], x)
-            return info.out_treedef.unflatten(out_ordinary)
-        full = full_leaf_values(box, new_values, values)
-        if simple and write_back_fast(entry.extraction, full):
-            return info.out_treedef.unflatten(out_ordinary)
-        return apply(entry.extraction, box, full, out_ordinary)
-
-    # -- introspection -------------------------------------------------------------------
-    def lower(self, *args: Any, **kwargs: Any) -> Any:
-        """Lower the pure function for these arguments (``jax.jit(...).lower``)."""
-        dyn_args, dyn_kwargs, static_args = self._split_static(args, kwargs)
-        flat, treedef = jax.tree_util.tree_flatten((dyn_args, dyn_kwargs), is_leaf=is_node)
-        entry = self._new_entry(
-            dyn_args, dyn_kwargs, static_args, flat, treedef, structure.version()
-        )
-        values = entry.extraction.leaf_values()
-        ordinary = [x for x in flat if not is_node(x)]
-        return entry.jitted.lower(
-            [values[i] for i in entry.donated_idx], [values[i] for i in entry.kept_idx],
-            [ordinary[i] for i in entry.donated_ord], [ordinary[i] for i in entry.kept_ord],
-        )
-
-
-_NODE_TYPES = (GraphNode, Variable)
-_ARRAY_TYPES = (jax.Array, np.ndarray)
-_SET_RAW = Variable._raw_value.__set__  # type: ignore[attr-defined]
 
 
 def jit(

@@ -25,6 +25,7 @@ from nnx import structure
 from nnx.graphdef import Flattener, Unflattener
 from nnx.object import GraphNode
 from nnx.tracing import TraceContextError, current_trace
+from nnx.typing import path_str
 from nnx.variables import Variable
 
 NODE_TYPES = (GraphNode, Variable)
@@ -124,6 +125,12 @@ class Extraction:
     def paths(self) -> list[tuple]:
         return self.flattener.paths
 
+    @property
+    def cacheable(self) -> bool:
+        """Whether every change to these arguments' structure bumps the structure version (see
+        ``Flattener.cacheable``), so a cache keyed on it stays fresh."""
+        return self.flattener.cacheable
+
     def leaf_values(self) -> list[Any]:
         """The raw values of the leaves (a Variable's value, or the array itself)."""
         return [x._raw_value if isinstance(x, Variable) else x for x in self.leaves]
@@ -159,8 +166,43 @@ def rebuild(
     return args, u, inner_nodes
 
 
-def _creation_trace(obj: Any) -> Any:
+def creation_trace(obj: Any) -> Any:
     return obj._trace if isinstance(obj, Variable) else obj._graph_trace()
+
+
+def foreign_write_error(obj: Any, path: tuple) -> TraceContextError:
+    where = path_str(path)
+    return TraceContextError(
+        f"Cannot update {type(obj).__name__} at '{where}' from a different trace level: it was "
+        "created outside the JAX transform that is running now (it was captured by a closure, "
+        "e.g. a Module used inside jax.jit without being its argument), and writing the "
+        "transform's results into it would leave a tracer behind. Pass it to the transform as "
+        "an argument (use nnx.jit instead of jax.jit), or keep it unchanged inside."
+    )
+
+
+def check_write_back(
+    flattener: Flattener, changed: bool, new_values: Sequence[Any], trace: Any = None
+) -> None:
+    """Raise TraceContextError, naming the path, if writing a transform's results would change
+    an object that belongs to another trace than the current one; nothing is written then.
+
+    With ``changed`` (the structure changed) every object of the walk is rewritten; otherwise
+    only the leaves whose value is a new object.
+    """
+    if trace is None:
+        trace = current_trace()
+    if changed:
+        for obj, path in zip(flattener.objects, flattener.object_paths, strict=True):
+            if creation_trace(obj) != trace:
+                raise foreign_write_error(obj, path)
+        return
+    for leaf, holder, path, new in zip(
+        flattener.leaves, flattener.holders, flattener.paths, new_values, strict=False
+    ):
+        old = leaf._raw_value if isinstance(leaf, Variable) else leaf
+        if new is not old and holder is not None and creation_trace(holder) != trace:
+            raise foreign_write_error(holder, path)
 
 
 class Collected:
@@ -181,6 +223,7 @@ def collect(
     out: Any,
     input_values: Sequence[Any] | None = None,
     always_return: Sequence[bool] | None = None,
+    keep_all: bool = False,
 ) -> tuple[list[Any], list[Any], StaticBox]:
     """Inside a trace, after the call: flatten the argument nodes again, then the outputs.
 
@@ -190,7 +233,8 @@ def collect(
     value was replaced (or that ``always_return`` marks, e.g. donated ones) are returned, their
     indices in ``updated``, followed by the leaves of new nodes in the outputs; returning
     untouched arrays would make XLA copy them. Otherwise ``updated`` is None and all leaves are
-    returned.
+    returned. ``keep_all`` returns every leaf even then (for transforms whose outputs are fixed
+    in advance); ``updated`` still names the replaced ones.
     """
     g = Flattener()
     in_defs = tuple(tuple(g.flatten(n) for n in nodes) for nodes in inner_nodes)
@@ -212,7 +256,7 @@ def collect(
     pre_of_post = tuple(pre_index.get(id(obj)) for obj in g.objects)
     trace = current_trace()
     for k, obj in enumerate(g.objects):
-        if pre_of_post[k] is None and _creation_trace(obj) != trace:
+        if pre_of_post[k] is None and creation_trace(obj) != trace:
             where = "returned from" if k >= n_in_objects else "attached inside"
             raise TraceContextError(
                 f"A {type(obj).__name__} captured from outside the transform was {where} it. "
@@ -227,7 +271,8 @@ def collect(
             i for i in range(n_in)
             if values[i] is not input_values[i] or (always_return and always_return[i])
         )
-        values = [values[i] for i in updated] + values[n_in:]
+        if not keep_all:
+            values = [values[i] for i in updated] + values[n_in:]
     box = StaticBox(
         CallInfo(in_defs, out_treedef, tuple(out_defs), pre_of_post, changed, has_out_nodes, updated)
     )
@@ -235,11 +280,15 @@ def collect(
 
 
 def collect_values_only(
-    static: tuple, inner_nodes: list[list[Any]], u: Unflattener, out: Any, where: str
+    static: tuple, inner_nodes: list[list[Any]], u: Unflattener, out: Any, where: str,
+    input_values: Sequence[Any] | None = None,
 ) -> tuple[list[Any], Any, StaticBox]:
     """``collect`` for transforms that can carry only new Variable values (no structure change,
-    no graph nodes in the outputs): returns all leaf values, the output pytree and the box."""
-    values, out_ordinary, box = collect(static, inner_nodes, u, out)
+    no graph nodes in the outputs): returns all leaf values, the output pytree and the box.
+    With ``input_values``, the box's ``updated`` names the leaves whose value was replaced."""
+    values, out_ordinary, box = collect(
+        static, inner_nodes, u, out, input_values, keep_all=input_values is not None
+    )
     info: CallInfo = box.value
     if info.changed or info.has_out_nodes:
         raise TraceContextError(
@@ -262,6 +311,17 @@ def argument_items(
     return result
 
 
+def keep_unchanged(
+    info: CallInfo, values: Sequence[Any], input_values: Sequence[Any]
+) -> list[Any]:
+    """For a call collected with ``keep_all``: the input values where the function left a leaf
+    unchanged, so that writing back does not replace (and re-place) the caller's arrays."""
+    full = list(input_values)
+    for i in info.updated:
+        full[i] = values[i]
+    return full
+
+
 def full_leaf_values(
     box: StaticBox, values: Sequence[Any], input_values: Sequence[Any]
 ) -> list[Any]:
@@ -281,6 +341,7 @@ def apply(
     """Outside, after the transform: write the results into the caller's objects; return the
     outputs with output nodes rebuilt (inputs returned as outputs keep their identity)."""
     info: CallInfo = box.value
+    check_write_back(extraction.flattener, info.changed, leaf_values)
     outer = extraction.flattener.objects
     existing = {k: outer[j] for k, j in enumerate(info.pre_of_post) if j is not None}
     u = Unflattener(list(leaf_values), existing)
@@ -303,6 +364,7 @@ def write_back_fast(extraction: Extraction, leaf_values: Sequence[Any]) -> bool:
     owners = extraction.flattener.owners
     if any(o is None for o in owners):
         return False
+    check_write_back(extraction.flattener, False, leaf_values)
     for owner, value in zip(owners, leaf_values, strict=True):
         if isinstance(owner, Variable):
             _set_raw(owner, value)
