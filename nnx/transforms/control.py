@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nnx.graphdef import Unflattener
@@ -120,25 +121,44 @@ def shard_map(
         ord_specs = tuple(P() if s is None else s for s in ord_specs)
         static = extraction.static
 
-        def make() -> Callable[..., Any]:
+        def make() -> tuple[Callable[..., Any], list[Any], list[Any]]:
             def pure(vals: list, ords: list) -> tuple:
                 a, u, inner = rebuild(static, vals, ords)
                 return collect_values_only(static, inner, u, f(*a), "nnx.shard_map", vals)
 
             kwargs = {"axis_names": axis_names} if axis_names else {}
             # Under jax.jit so that eager calls are traced once per signature, as in nnx.jit.
-            return jax.jit(jax.shard_map(
+            mapped = jax.jit(jax.shard_map(
                 pure, mesh=mesh, in_specs=(list(leaf_specs), list(ord_specs)),
                 out_specs=(list(leaf_specs), out_specs, P()), check_vma=check_vma, **kwargs,
             ))
+            return mapped, _placements(mesh, leaf_specs), _placements(mesh, ord_specs)
 
-        mapped = programs.get((static, leaf_specs, ord_specs), make)
-        values = extraction.leaf_values()
-        new_vals, out, box = mapped(values, extraction.ordinary)
+        mapped, leaf_places, ord_places = programs.get((static, leaf_specs, ord_specs), make)
+        values = _place(extraction.leaf_values(), leaf_places)
+        new_vals, out, box = mapped(values, _place(extraction.ordinary, ord_places))
         new_vals = keep_unchanged(box.value, new_vals, values)
         return apply(extraction, box, new_vals, jax.tree_util.tree_leaves(out))
 
     return wrapper
+
+
+def _placements(mesh: Any, specs: Sequence[Any]) -> list[Any]:
+    """The sharding of each input on ``mesh`` (None for all when the mesh is abstract)."""
+    if not isinstance(mesh, jax.sharding.Mesh):
+        return [None] * len(specs)
+    return [NamedSharding(mesh, s) for s in specs]
+
+
+def _place(values: Sequence[Any], placements: Sequence[Any]) -> list[Any]:
+    """``values`` on the mesh as their specs say, so that the first call sees the same input
+    types as the calls after it (whose Variables come back on the mesh): one trace, not two.
+    Variables keep the placed arrays, so this copies each array once."""
+    return [
+        jax.device_put(v, s) if s is not None and isinstance(v, jax.Array)
+        and not isinstance(v, jax.core.Tracer) and v.sharding != s else v
+        for v, s in zip(values, placements, strict=True)
+    ]
 
 
 __all__ = ["cond", "eval_shape", "shard_map", "switch"]

@@ -1,6 +1,7 @@
 """Variables: value access, metadata, operators, in-place updates, pytree behaviour."""
 
 import copy
+import operator
 import pickle
 
 import jax
@@ -81,6 +82,38 @@ def test_arithmetic_and_reflected_operators():
     i = nnx.Variable(jnp.array([6, 3]))
     np.testing.assert_array_equal(i & 2, [2, 2])
     np.testing.assert_array_equal(1 << i, [64, 8])
+
+
+_FLOAT_OPS = [
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv,
+    operator.mod, operator.pow, operator.matmul, operator.lt, operator.le, operator.gt,
+    operator.ge, operator.eq, operator.ne,
+]
+_INT_OPS = [operator.and_, operator.or_, operator.xor, operator.lshift, operator.rshift]
+
+
+class _Holds(nnx.Module):
+    def __init__(self, value):
+        self.w = nnx.Param(value)
+
+
+@pytest.mark.parametrize("op", _FLOAT_OPS + _INT_OPS, ids=lambda op: op.__name__)
+def test_numpy_operand_on_the_left_defers_to_the_variable_under_jit_and_grad(op):
+    integer = op in _INT_OPS
+    dtype = np.int32 if integer else np.float32
+    x = np.array([[3, 1], [2, 5]], dtype)  # numpy on the left
+    w = np.array([[2, 1], [1, 2]], dtype)
+    m = _Holds(jnp.asarray(w))
+    expected = op(x, w)
+    got = nnx.jit(lambda m: op(x, m.w))(m)
+    assert isinstance(got, jax.Array)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(op(x, m.w), expected, rtol=1e-6)  # eager too
+    if integer or op in (operator.lt, operator.le, operator.gt, operator.ge, operator.eq, operator.ne):
+        return
+    grads = nnx.grad(lambda m: jnp.sum(op(x, m.w)))(m)
+    ref = jax.grad(lambda w: jnp.sum(op(jnp.asarray(x), w)))(jnp.asarray(w))
+    np.testing.assert_allclose(grads["w"][...], ref, rtol=1e-5)
 
 
 def test_comparison_operators_act_on_values():

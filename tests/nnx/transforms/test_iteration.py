@@ -124,3 +124,43 @@ def test_eval_shape_gives_abstract_model_without_allocation():
     abstract = nnx.eval_shape(lambda: nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
     assert isinstance(abstract.kernel.value, jax.ShapeDtypeStruct)
     assert abstract.kernel.value.shape == (2, 3)
+
+
+def test_pmap_traces_once_for_repeated_calls():
+    traces = []
+
+    class Scale(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.full((3,), 2.0))
+            self.calls = nnx.BatchStat(jnp.zeros(()))
+
+    @nnx.pmap(in_axes=(None, 0), out_axes=0)
+    def forward(m, x):
+        traces.append(1)
+        return x * m.w[...]
+
+    m = Scale()
+    x = jnp.ones((jax.local_device_count(), 3))
+    w_before = m.w[...]
+    for _ in range(4):
+        np.testing.assert_allclose(forward(m, x), 2.0 * x)
+    assert len(traces) == 1
+    assert m.w[...] is w_before  # an unchanged Variable keeps the caller's array
+
+
+def test_vmap_keeps_the_callers_arrays_for_unchanged_leaves():
+    class Two(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.ones((3,)))
+            self.seen = nnx.BatchStat(jnp.zeros(()))
+
+    m = Two()
+    w_before = m.w[...]
+
+    def f(m, x):
+        m.seen[...] += 1
+        return x * m.w[...]
+
+    nnx.vmap(f, in_axes=(None, 0), out_axes=0)(m, jnp.ones((2, 3)))
+    assert m.w[...] is w_before
+    assert float(m.seen[...]) == 1.0

@@ -1,8 +1,15 @@
 """nnx.jit: write-back, identity, retracing, trace errors, and a cache that is never stale."""
 
+import collections
+import dataclasses
+import functools
+import gc
+import weakref
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import nnx
@@ -280,3 +287,190 @@ def test_steady_state_path_notices_other_objects_and_argument_kinds():
     assert float(m1.w[...]) == 3.0 and float(m2.w[...]) == 11.0
     assert float(f(jnp.asarray(2.0), m1)) == 6.0  # node and array swap places
     assert float(f(m1, jnp.asarray(1.0))) == 4.0
+
+
+# -- containers the structure version does not see ---------------------------------------
+
+
+class Holder(nnx.Module):
+    """Params reached through containers that are not graph nodes."""
+
+    def __init__(self, make):
+        self.c = make()
+
+    def total(self):
+        return sum(v[...].sum() for v in jax.tree.leaves(self.c, is_leaf=_is_var))
+
+
+def _is_var(x):
+    return isinstance(x, nnx.Variable)
+
+
+@dataclasses.dataclass
+class Box:
+    items: list
+
+
+jax.tree_util.register_dataclass(Box, data_fields=["items"], meta_fields=[])
+Pair = collections.namedtuple("Pair", ["first", "second"])
+
+
+def _p(n):
+    return nnx.Param(jnp.full((n,), 1.0))
+
+
+@pytest.mark.parametrize(
+    "make, edit",
+    [
+        (lambda: ({"w": _p(2)},), lambda c: c[0].__setitem__("x", _p(3))),  # dict in a tuple
+        (lambda: collections.OrderedDict(w=_p(2)), lambda c: c.__setitem__("x", _p(3))),
+        (lambda: collections.defaultdict(list, w=_p(2)), lambda c: c.__setitem__("x", _p(3))),
+        (lambda: (Box([_p(2)]),), lambda c: c[0].items.append(_p(3))),  # dataclass
+        (lambda: Pair({"a": _p(2)}, [_p(1)]), lambda c: c.second.append(_p(3))),  # namedtuple
+        (lambda: ([_p(2)],), lambda c: c[0].__setitem__(0, _p(5))),  # a Variable replaced
+    ],
+    ids=["tuple-dict", "OrderedDict", "defaultdict", "dataclass", "namedtuple-list", "replace"],
+)
+def test_cache_sees_edits_inside_untracked_containers(make, edit):
+    m = Holder(make)
+    f = nnx.jit(lambda m: m.total())
+    assert float(f(m)) == float(m.total())
+    assert float(f(m)) == float(m.total())  # a second call: would be the cached one
+    edit(m.c)
+    assert float(f(m)) == float(m.total()) != 2.0
+
+
+def test_static_values_in_untracked_containers_are_read_fresh():
+    class S(nnx.Module):
+        def __init__(self):
+            self.cfg = ({"scale": 2.0},)
+            self.w = nnx.Param(jnp.ones(3))
+
+        def __call__(self):
+            return self.w[...].sum() * self.cfg[0]["scale"]
+
+    m = S()
+    f = nnx.jit(lambda m: m())
+    assert float(f(m)) == 6.0
+    m.cfg[0]["scale"] = 3.0
+    assert float(f(m)) == 9.0
+
+
+def test_tracked_containers_keep_the_fast_path():
+    class T(nnx.Module):
+        def __init__(self):
+            self.layers = [Lin(2, 2)]
+            self.named = {"a": Lin(2, 2, 1)}
+            self.pair = (Lin(2, 2, 2), 3)
+
+    m = T()
+    opt = nnx.Optimizer(m, optax.adam(1e-3))
+    f = nnx.jit(lambda m, opt: m.layers[0].w[...].sum())
+    f(m, opt)
+    assert f._fast is not None  # lists, dicts, tuples and the optimizer's States are tracked
+    m.named["b"] = Lin(2, 2, 3)
+    opt.opt_state[0].mu["extra"] = nnx.OptState(jnp.zeros(2))  # a tracked State edit
+    f(m, opt)
+    assert f._fast is not None and f._fast.version == nnx.structure.version()
+
+
+# -- no tracer left in a captured Module -------------------------------------------------
+
+
+def _counter():
+    m = Lin(3, 2)
+    step = nnx.jit(lambda m: m(jnp.ones((1, 3))))
+    return m, step
+
+
+def test_captured_module_inside_jax_jit_raises_on_the_first_call():
+    m, step = _counter()
+
+    @jax.jit
+    def outer(x):
+        return step(m).sum() + x
+
+    with pytest.raises(nnx.TraceContextError, match="'count'"):
+        outer(1.0)
+    assert isinstance(m.count[...], jax.Array) and int(m.count[...]) == 0
+
+
+def test_captured_module_inside_jax_jit_raises_on_a_cached_call():
+    m, step = _counter()
+    step(m)  # bound at the top level: the fast path is warm
+    assert step._fast is not None
+
+    @jax.jit
+    def outer(x):
+        return step(m).sum() + x
+
+    with pytest.raises(nnx.TraceContextError, match="'count'"):
+        outer(1.0)
+    assert not isinstance(m.count[...], jax.core.Tracer) and int(m.count[...]) == 1
+    step(m)  # the top level still works, through the fast path
+    assert int(m.count[...]) == 2
+
+
+def test_captured_module_read_only_inside_jax_jit_works():
+    m = Lin(3, 2)
+    forward = nnx.jit(lambda m, x: x @ m.w[...] + m.b[...])
+    x = jnp.ones((1, 3))
+    forward(m, x)
+
+    @jax.jit
+    def outer(x):
+        return forward(m, x)
+
+    np.testing.assert_allclose(outer(x), x @ m.w[...] + m.b[...], rtol=1e-6)
+    assert not isinstance(m.w[...], jax.core.Tracer)
+
+
+def test_other_transforms_inside_jax_jit_raise_instead_of_leaking():
+    m = Lin(3, 2)
+
+    def loss(m):
+        return m(jnp.ones((1, 3))).sum()
+
+    @jax.jit
+    def outer(x):
+        return nnx.grad(loss)(m)["w"][...].sum() + x
+
+    with pytest.raises(nnx.TraceContextError, match="'count'"):
+        outer(1.0)
+    assert not isinstance(m.count[...], jax.core.Tracer)
+
+
+# -- caches hold no user objects ---------------------------------------------------------
+
+
+def test_deleted_model_and_argument_array_are_freed():
+    @nnx.jit
+    def step(m, x):
+        m.count[...] += 1
+        return m(x)
+
+    m, x = Lin(3, 2), jnp.ones((2, 3))
+    step(m, x)
+    step(m, x)  # the fast path too
+    refs = [weakref.ref(m), weakref.ref(m.w), weakref.ref(m.w[...]), weakref.ref(x)]
+    del m, x
+    gc.collect()
+    assert [r() for r in refs] == [None] * 4
+
+
+def test_compiled_programs_are_bounded():
+    traces = []
+
+    @functools.partial(nnx.jit, static_argnums=1)
+    def f(x, k):
+        traces.append(k)
+        return x + k
+
+    f._programs.maxsize = 3
+    x = jnp.zeros(2)
+    for k in (0, 1, 2, 0, 3, 4):
+        assert float(f(x, k)[0]) == k
+    assert traces == [0, 1, 2, 3, 4]  # one trace per static signature
+    assert len(f._programs) == 3
+    kept = [static_args for _, static_args, *_ in f._programs._items]
+    assert kept[-1] == ((1, 4),)  # the newest is kept, the oldest dropped
