@@ -282,7 +282,7 @@ class List(GraphNode, list):
     Items are graph children with integer keys (state paths like ``layers/0/kernel``).
     """
 
-    __slots__ = ("_seen", "_trace")
+    __slots__ = ("_seen", "_trace", "__weakref__")
 
     def __init__(self, items: Iterable[Any] = ()):
         self._seen = False
@@ -388,7 +388,7 @@ class List(GraphNode, list):
 class Dict(GraphNode, dict):
     """A dict whose mutations are tracked; plain dicts assigned to Objects become one."""
 
-    __slots__ = ("_seen", "_trace")
+    __slots__ = ("_seen", "_trace", "__weakref__")
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Dict:
         obj = dict.__new__(cls)
