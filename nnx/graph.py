@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from nnx.graphdef import (
+from nnx._graphdef import (
     _STATIC_FAST,
     GraphDef,
     Unflattener,
@@ -21,11 +21,11 @@ from nnx.graphdef import (
     pytree_children,
     unflatten,
 )
+from nnx._tracing import check_same_trace
+from nnx._typing import ARRAY_TYPES, Path, path_str
 from nnx.object import GraphNode, Object
-from nnx.state import State, is_state_leaf, partition_pairs
-from nnx.tracing import check_same_trace
-from nnx.typing import ARRAY_TYPES, Path, path_str
-from nnx.variables import Variable
+from nnx.statelib import State, is_state_leaf, partition_pairs
+from nnx.variablelib import Variable
 
 # -- public graph API ------------------------------------------------------------------
 

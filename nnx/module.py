@@ -7,10 +7,10 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from nnx import filters as filterlib
+from nnx import filterlib
 from nnx.graph import iter_children, iter_graph
 from nnx.object import Object
-from nnx.variables import Perturbation, Variable, variable_type_from_name
+from nnx.variablelib import Perturbation, Variable, variable_type_from_name
 
 
 def _append(xs: tuple, x: Any) -> tuple:

@@ -14,12 +14,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from nnx import structure
-from nnx.display import ReprParts, object_repr, treescope_repr
-from nnx.statics import Static
-from nnx.tracing import check_same_trace, current_trace
-from nnx.typing import ARRAY_TYPES, key_order
-from nnx.variables import Variable
+from nnx import _structure as structure
+from nnx._display import ReprParts, object_repr, treescope_repr
+from nnx._statics import Static
+from nnx._tracing import check_same_trace, current_trace
+from nnx._typing import ARRAY_TYPES, key_order
+from nnx.variablelib import Variable
 
 _MISSING = object()
 _STATIC_TYPES = (int, float, complex, str, bool, bytes, type(None), type, np.dtype)

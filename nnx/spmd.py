@@ -17,8 +17,8 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nnx.placement import sharding_names_of
-from nnx.variables import Variable, VariableMetadata, with_metadata
+from nnx._placement import sharding_names_of
+from nnx.variablelib import Variable, VariableMetadata, with_metadata
 
 
 def sharding_names(variable: Variable) -> tuple | None:

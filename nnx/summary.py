@@ -7,18 +7,20 @@ temporarily wrapping the ``__call__`` of the module classes involved.
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 
-from nnx.display import format_bytes
+from nnx._display import format_bytes
+from nnx._typing import Path, path_order
 from nnx.graph import merge, split
 from nnx.graph import state as graph_state
 from nnx.module import Module
-from nnx.typing import Path, path_order
-from nnx.variables import Param, RngState, Variable
+from nnx.variablelib import Param, RngState, Variable
 
 
 def _format_count(count: int, nbytes: int) -> str:
@@ -206,7 +208,7 @@ def tabulate(
     return _render(f"{type(model).__name__} summary", header, rows, footer)
 
 
-summary = tabulate
+summary = tabulate  # ``from nnx.summary import summary`` (the module itself is callable too)
 
 
 def _trace_calls(
@@ -252,3 +254,14 @@ def _trace_calls(
 
 
 __all__ = ["summary", "tabulate"]
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``nnx.summary(model, x)`` work: the name is this module (as in Flax, so that
+    ``nnx.summary.tabulate`` resolves) and calling it calls ``tabulate``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> str:
+        return tabulate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -166,7 +166,7 @@ def split_model(
     finally:
         restore_mode(saved)
     paths = graphdef_train.paths
-    predicate = nnx.filters.to_predicate(wrt)
+    predicate = nnx.filterlib.to_predicate(wrt)
     trained = [i for i, (p, v) in enumerate(zip(paths, leaves, strict=True)) if isinstance(v, nnx.Variable) and predicate(p, v)]
     if not trained:
         kinds = sorted({type(v).__name__ for v in leaves})

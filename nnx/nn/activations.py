@@ -39,7 +39,7 @@ from jax.nn import (
 from jax.numpy import tanh
 
 from nnx.module import Module
-from nnx.variables import Param
+from nnx.variablelib import Param
 
 normalize = standardize  # the older jax.nn name for standardize
 

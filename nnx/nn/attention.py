@@ -18,8 +18,8 @@ from nnx.nn import initializers
 from nnx.nn.dtypes import check_last_axis, promote_dtype
 from nnx.nn.linear import LinearGeneral, default_kernel_init
 from nnx.nn.normalization import LayerNorm
-from nnx.rngs import Rngs, RngStream
-from nnx.variables import Cache, Intermediate
+from nnx.rnglib import Rngs, RngStream
+from nnx.variablelib import Cache, Intermediate
 
 Array = jax.Array
 

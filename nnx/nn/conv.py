@@ -12,8 +12,8 @@ import jax.numpy as jnp
 from nnx.module import Module
 from nnx.nn import initializers
 from nnx.nn.dtypes import check_last_axis, promote_dtype
-from nnx.rngs import Rngs
-from nnx.variables import Param
+from nnx.rnglib import Rngs
+from nnx.variablelib import Param
 
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
 

@@ -13,8 +13,8 @@ import numpy as np
 from nnx.module import Module
 from nnx.nn import initializers
 from nnx.nn.dtypes import check_last_axis, feature_error, promote_dtype
-from nnx.rngs import Rngs
-from nnx.variables import Param
+from nnx.rnglib import Rngs
+from nnx.variablelib import Param
 
 default_kernel_init = initializers.lecun_normal()
 default_bias_init = initializers.zeros

@@ -13,8 +13,8 @@ from nnx.module import Module
 from nnx.nn import initializers
 from nnx.nn.dtypes import check_last_axis, promote_dtype
 from nnx.nn.linear import Linear
-from nnx.rngs import Rngs
-from nnx.variables import LoRAParam, Variable
+from nnx.rnglib import Rngs
+from nnx.variablelib import LoRAParam, Variable
 
 default_a_initializer = initializers.he_uniform()
 default_b_initializer = initializers.zeros

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 from nnx.module import Module
 from nnx.nn import initializers
 from nnx.nn.dtypes import canonicalize_dtype, feature_error
-from nnx.rngs import Rngs
-from nnx.variables import BatchStat, Param
+from nnx.rnglib import Rngs
+from nnx.variablelib import BatchStat, Param
 
 Axes = int | Sequence[int]
 

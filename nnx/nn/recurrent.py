@@ -18,8 +18,8 @@ from nnx.module import Module
 from nnx.nn import initializers
 from nnx.nn.dtypes import check_last_axis
 from nnx.nn.linear import Linear, default_kernel_init
-from nnx.rngs import Rngs
-from nnx.variables import Param
+from nnx.rnglib import Rngs
+from nnx.variablelib import Param
 
 Array = jax.Array
 Carry = Any

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from nnx.module import Module
-from nnx.rngs import Rngs, RngStream
+from nnx.rnglib import Rngs, RngStream
 
 
 def _key_from(rngs: Rngs | RngStream | jax.Array, collection: str) -> jax.Array:

@@ -1,9 +1,8 @@
-"""Training pieces: Optimizer, metrics, and the ``tabulate``/``summary`` table; ``__all__`` is
-re-exported at the top of ``nnx``."""
+"""Training pieces: ``Optimizer`` and the metrics; ``__all__`` is re-exported at the top of
+``nnx``. The per-module table (``nnx.tabulate``) lives in ``nnx.summary``."""
 
-from nnx.summary import summary, tabulate
 from nnx.training import metrics
 from nnx.training.metrics import Metric, MultiMetric
 from nnx.training.optimizer import Optimizer
 
-__all__: list[str] = ["Metric", "MultiMetric", "Optimizer", "metrics", "summary", "tabulate"]
+__all__: list[str] = ["Metric", "MultiMetric", "Optimizer", "metrics"]

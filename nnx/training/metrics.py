@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from nnx.object import Object
-from nnx.variables import Variable
+from nnx.variablelib import Variable
 
 
 class MetricState(Variable):

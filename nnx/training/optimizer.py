@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nnx._typing import Path, key_from_path_entry, path_str
 from nnx.graph import state as graph_state
 from nnx.object import ARRAY_TYPES, Object
-from nnx.state import State
-from nnx.typing import Path, key_from_path_entry, path_str
-from nnx.variables import OptState, Param, Variable
+from nnx.statelib import State
+from nnx.variablelib import OptState, Param, Variable
 
 
 def _is_variable(x: Any) -> bool:

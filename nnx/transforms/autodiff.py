@@ -9,8 +9,8 @@ from typing import Any
 
 import jax
 
-from nnx import filters as filterlib
-from nnx.state import State
+from nnx import filterlib
+from nnx.statelib import State
 from nnx.transforms.lift import (
     Extraction,
     apply,
@@ -20,7 +20,7 @@ from nnx.transforms.lift import (
     lifted_call,
     rebuild,
 )
-from nnx.variables import Param, Variable
+from nnx.variablelib import Param, Variable
 
 
 class DiffState:

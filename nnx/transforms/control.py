@@ -10,7 +10,7 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nnx.graphdef import Unflattener
+from nnx._graphdef import Unflattener
 from nnx.transforms import shardings as shardlib
 from nnx.transforms.lift import (
     Extraction,

@@ -18,8 +18,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from nnx import filters as filterlib
-from nnx.state import State
+from nnx import filterlib
+from nnx.statelib import State
 from nnx.transforms.autodiff import DiffState
 from nnx.transforms.lift import (
     Extraction,
@@ -29,7 +29,7 @@ from nnx.transforms.lift import (
     is_node,
     rebuild,
 )
-from nnx.variables import Variable
+from nnx.variablelib import Variable
 
 
 def _split_nondiff(nondiff_argnums: Sequence[int | DiffState]) -> tuple[tuple[int, ...], dict]:

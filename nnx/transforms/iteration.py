@@ -10,10 +10,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from nnx import filters as filterlib
+from nnx import filterlib
+from nnx._graphdef import count_leaves
+from nnx._typing import path_str
 from nnx.graph import iter_graph
-from nnx.graphdef import count_leaves
-from nnx.rngs import RngStream
+from nnx.rnglib import RngStream
 from nnx.transforms.lift import (
     Extraction,
     StaticBox,
@@ -24,7 +25,6 @@ from nnx.transforms.lift import (
     rebuild,
 )
 from nnx.transforms.programs import ProgramCache
-from nnx.typing import path_str
 
 
 class StateAxes:

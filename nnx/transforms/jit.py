@@ -23,9 +23,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from nnx import structure
+from nnx import _structure as structure
+from nnx._tracing import current_trace
 from nnx.object import GraphNode
-from nnx.tracing import current_trace
 from nnx.transforms import shardings as shardlib
 from nnx.transforms.lift import (
     Extraction,
@@ -39,7 +39,7 @@ from nnx.transforms.lift import (
     write_back_fast,
 )
 from nnx.transforms.programs import ProgramCache
-from nnx.variables import Variable
+from nnx.variablelib import Variable
 
 _MAX_BINDINGS = 8  # argument-object signatures remembered per function
 _NODE_TYPES = (GraphNode, Variable)

@@ -21,12 +21,12 @@ from typing import Any, NamedTuple
 
 import jax
 
-from nnx import structure
-from nnx.graphdef import Flattener, Unflattener
+from nnx import _structure as structure
+from nnx._graphdef import Flattener, Unflattener
+from nnx._tracing import TraceContextError, current_trace
+from nnx._typing import path_str
 from nnx.object import GraphNode
-from nnx.tracing import TraceContextError, current_trace
-from nnx.typing import path_str
-from nnx.variables import Variable
+from nnx.variablelib import Variable
 
 NODE_TYPES = (GraphNode, Variable)
 _set_raw = Variable._raw_value.__set__  # type: ignore[attr-defined]

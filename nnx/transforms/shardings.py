@@ -15,10 +15,10 @@ from typing import Any
 import jax
 from jax.sharding import PartitionSpec, Sharding
 
-from nnx import filters as filterlib
-from nnx.state import State
+from nnx import filterlib
+from nnx.statelib import State
 from nnx.transforms.lift import Extraction, argument_items, is_node
-from nnx.variables import Variable
+from nnx.variablelib import Variable
 
 
 class StateSharding:

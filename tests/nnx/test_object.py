@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx import structure
+from nnx import _structure as structure
 
 
 def _tanh(x):

@@ -13,6 +13,7 @@ import optax
 import pytest
 
 import nnx
+from nnx import _structure
 
 
 class Count(nnx.Variable):
@@ -371,7 +372,7 @@ def test_tracked_containers_keep_the_fast_path():
     m.named["b"] = Lin(2, 2, 3)
     opt.opt_state[0].mu["extra"] = nnx.OptState(jnp.zeros(2))  # a tracked State edit
     f(m, opt)
-    assert f._fast is not None and f._fast.version == nnx.structure.version()
+    assert f._fast is not None and f._fast.version == _structure.version()
 
 
 # -- no tracer left in a captured Module -------------------------------------------------

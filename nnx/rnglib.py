@@ -11,7 +11,7 @@ import numpy as np
 
 from nnx.graph import iter_graph
 from nnx.object import Object
-from nnx.variables import RngCount, RngKey
+from nnx.variablelib import RngCount, RngKey
 
 _SAMPLERS = (
     "normal", "uniform", "bernoulli", "randint", "categorical", "permutation",

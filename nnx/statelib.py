@@ -7,11 +7,11 @@ from typing import Any
 
 import jax
 
-from nnx import filters as filterlib
-from nnx import structure
-from nnx.display import ReprParts, object_repr, treescope_repr
-from nnx.typing import Path, key_order, path_order, path_str
-from nnx.variables import Variable
+from nnx import _structure as structure
+from nnx import filterlib
+from nnx._display import ReprParts, object_repr, treescope_repr
+from nnx._typing import Path, key_order, path_order, path_str
+from nnx.variablelib import Variable
 
 
 def is_state_leaf(x: Any) -> bool:

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from nnx.typing import ARRAY_TYPES
+from nnx._typing import ARRAY_TYPES
 
 _INDENT = "  "
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 import nnx
-from nnx import filters
+from nnx import filterlib
 
 
 class Count(nnx.Variable):
@@ -100,10 +100,10 @@ def test_unknown_filter_kind_raises():
     with pytest.raises(TypeError, match="Unknown filter 3.5 of type float"):
         nnx.state(Net(), 3.5)
     with pytest.raises(TypeError, match="Unknown filter"):
-        filters.to_predicate(object())
+        filterlib.to_predicate(object())
 
 
 def test_ellipsis_only_last():
     with pytest.raises(ValueError, match="only be the last filter"):
-        filters.filters_to_predicates((..., nnx.Param))
-    assert len(filters.filters_to_predicates((nnx.Param, ...))) == 2
+        filterlib.filters_to_predicates((..., nnx.Param))
+    assert len(filterlib.filters_to_predicates((nnx.Param, ...))) == 2

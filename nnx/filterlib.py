@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from nnx.variables import Variable
+from nnx.variablelib import Variable
 
 Predicate = Callable[[tuple, object], bool]
 

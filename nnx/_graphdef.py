@@ -20,11 +20,11 @@ from typing import Any, NamedTuple
 
 import jax
 
-from nnx.display import leaf_repr
+from nnx._display import leaf_repr
+from nnx._statics import Static
+from nnx._typing import ARRAY_TYPES, Path, key_from_path_entry
 from nnx.object import GraphNode
-from nnx.statics import Static
-from nnx.typing import ARRAY_TYPES, Path, key_from_path_entry
-from nnx.variables import Variable, build_variable, metadata_key
+from nnx.variablelib import Variable, build_variable, metadata_key
 
 
 class NodeDef(NamedTuple):

@@ -10,10 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnx import placement, structure
-from nnx.display import ReprParts, format_bytes, object_repr
-from nnx.statics import Static
-from nnx.tracing import check_same_trace, current_trace
+from nnx import _placement as placement
+from nnx import _structure as structure
+from nnx._display import ReprParts, format_bytes, object_repr
+from nnx._statics import Static
+from nnx._tracing import check_same_trace, current_trace
 
 _SLOTS = frozenset({"_raw_value", "_metadata", "_trace", "_seen"})
 
