@@ -119,35 +119,35 @@ def is_data_leaf(x: Any) -> bool:
     return isinstance(x, (Variable, GraphNode, *ARRAY_TYPES))
 
 
-class _NodeDict(dict):
-    """The ``__dict__`` of an Object: edits through ``vars(obj)`` count as structural changes."""
+class _TrackedMapping(dict):
+    """The dict methods that change a mapping, each calling ``_before_change`` first (the
+    trace check and the version bump) and tracking the values it stores. Shared by ``nnx.Dict``
+    and the ``__dict__`` of every Object."""
 
-    __slots__ = ("seen", "trace", "forced")
+    __slots__ = ()
 
     def _before_change(self) -> None:
-        check_same_trace(self, self.trace)
-        if self.seen:
-            structure.bump()
+        raise NotImplementedError
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._before_change()
-        super().__setitem__(key, track(value))
+        dict.__setitem__(self, key, track(value))
 
     def __delitem__(self, key: Any) -> None:
         self._before_change()
-        super().__delitem__(key)
+        dict.__delitem__(self, key)
 
     def pop(self, *args: Any) -> Any:
         self._before_change()
-        return super().pop(*args)
+        return dict.pop(self, *args)
 
     def popitem(self) -> tuple[Any, Any]:
         self._before_change()
-        return super().popitem()
+        return dict.popitem(self)
 
     def clear(self) -> None:
         self._before_change()
-        super().clear()
+        dict.clear(self)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         self._before_change()
@@ -160,9 +160,20 @@ class _NodeDict(dict):
             dict.__setitem__(self, key, track(default))
         return dict.__getitem__(self, key)
 
-    def __ior__(self, other: Any) -> _NodeDict:
+    def __ior__(self, other: Any) -> _TrackedMapping:
         self.update(other)
         return self
+
+
+class _NodeDict(_TrackedMapping):
+    """The ``__dict__`` of an Object: edits through ``vars(obj)`` count as structural changes."""
+
+    __slots__ = ("seen", "trace", "forced")
+
+    def _before_change(self) -> None:
+        check_same_trace(self, self.trace)
+        if self.seen:
+            structure.bump()
 
 
 def _new_node_dict() -> _NodeDict:
@@ -385,7 +396,7 @@ class List(GraphNode, list):
         return f"List({list.__repr__(self)})"
 
 
-class Dict(GraphNode, dict):
+class Dict(GraphNode, _TrackedMapping):
     """A dict whose mutations are tracked; plain dicts assigned to Objects become one."""
 
     __slots__ = ("_seen", "_trace", "__weakref__")
@@ -405,41 +416,6 @@ class Dict(GraphNode, dict):
         check_same_trace(self, self._trace)
         if self._seen:
             structure.bump()
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self._before_change()
-        dict.__setitem__(self, key, track(value))
-
-    def __delitem__(self, key: Any) -> None:
-        self._before_change()
-        dict.__delitem__(self, key)
-
-    def pop(self, *args: Any) -> Any:
-        self._before_change()
-        return dict.pop(self, *args)
-
-    def popitem(self) -> tuple[Any, Any]:
-        self._before_change()
-        return dict.popitem(self)
-
-    def clear(self) -> None:
-        self._before_change()
-        dict.clear(self)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        self._before_change()
-        for k, v in dict(*args, **kwargs).items():
-            dict.__setitem__(self, k, track(v))
-
-    def setdefault(self, key: Any, default: Any = None) -> Any:
-        if key not in self:
-            self._before_change()
-            dict.__setitem__(self, key, track(default))
-        return dict.__getitem__(self, key)
-
-    def __ior__(self, other: Any) -> Dict:
-        self.update(other)
-        return self
 
     def __getattr__(self, name: str) -> Any:
         try:
