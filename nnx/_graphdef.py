@@ -217,6 +217,7 @@ jax.tree_util.register_pytree_node(GraphDef, lambda g: ((), g), lambda g, _: g)
 # -- flatten ---------------------------------------------------------------------------
 
 _STATIC_FAST = (int, float, complex, str, bool, bytes, type(None), type)
+_STATIC_EXACT = frozenset(_STATIC_FAST)
 
 
 def pytree_children(value: Any) -> tuple[list[tuple[Any, Any]], Any]:
@@ -291,7 +292,10 @@ class Flattener:
                 return RefDef(i)
             i = self._register(value, path)
             object.__setattr__(value, "_seen", True)
-            self._add_leaf(value, path, value, value)
+            self.leaves.append(value)
+            self.paths.append(path)
+            self.owners.append(value)
+            self.holders.append(value)
             return VariableDef(type(value), i, metadata_key(value._metadata))
         if isinstance(value, GraphNode):
             i = self.index.get(id(value))
@@ -302,8 +306,8 @@ class Flattener:
             children = []
             for key, child in value._graph_items():
                 forced = value._graph_forced(key)
-                if forced == "static":
-                    children.append((key, Static(child)))
+                if forced == "static" or (forced is None and type(child) in _STATIC_EXACT):
+                    children.append((key, Static(child)))  # the common case, without a call
                 else:
                     children.append((key, self.flatten(
                         child, (*path, key), forced == "data", (value, key), value
