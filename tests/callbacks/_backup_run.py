@@ -7,6 +7,7 @@ up every 3 steps (after steps 3, 6 and 9: not a multiple of the epoch length).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import jax
@@ -52,8 +53,9 @@ class BlockAfter(Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.step is not None and self.trainer.step == self.step:
             self.backup.wait_until_finished()
-            with open(self.ready, "w") as f:
+            with open(self.ready + ".tmp", "w") as f:
                 f.write(f"{self.trainer.epoch} {batch}")
+            os.replace(self.ready + ".tmp", self.ready)  # the parent never reads a half-written file
             time.sleep(600)
 
 
