@@ -3,7 +3,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+COMPAT_VENV := .venv-compat
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
+
+.PHONY: demo test bench lint clean compat
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +22,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	XLA_FLAGS="--xla_backend_optimization_level=0 $$XLA_FLAGS" JAX_PLATFORMS=cpu $(BIN)/python -m pytest -x -q
 
+# Flax's own nnx tests against this nnx; slow, not part of `make test`. A venv of its own,
+# with flax installed for the tests that compare against Linen.
+$(COMPAT_VENV)/bin/python:
+	$(PYTHON) -m venv $(COMPAT_VENV)
+
+$(COMPAT_STAMP): $(COMPAT_VENV)/bin/python pyproject.toml
+	$(COMPAT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(COMPAT_VENV)/bin/python -m pip install --quiet -e ".[dev,compat]"
+	touch $(COMPAT_STAMP)
+
+compat: $(COMPAT_STAMP)
+	$(COMPAT_VENV)/bin/python compat/flax_tests.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/graph_overhead.py
 	$(BIN)/python benchmarks/jit_overhead.py
@@ -27,4 +43,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(COMPAT_VENV)
