@@ -99,8 +99,9 @@ def rewrite(source: str) -> str:
 
 
 def _prepare(mode: str) -> Path:
-    """A fresh copy of the tests for ``mode`` ('reference' or 'ours')."""
-    scratch = CACHE / f"run-{mode}"
+    """A fresh copy of the tests for ``mode`` ('reference' or 'ours'), private to this process
+    (several runs may go on at once)."""
+    scratch = CACHE / f"run-{mode}-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     shutil.copytree(_pristine_tests(), scratch)
     if mode == "ours":
@@ -113,8 +114,8 @@ def _prepare(mode: str) -> Path:
 
 def _run(mode: str, files: list[str], jobs: int) -> Path:
     scratch = _prepare(mode)
-    results = CACHE / f"results-{mode}.csv"
-    parts = CACHE / f"results-{mode}.parts"
+    results = CACHE / (f"results-{mode}.csv" if mode == "reference" else f"results-{mode}-{os.getpid()}.csv")
+    parts = CACHE / f"results-{mode}-{os.getpid()}.parts"
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir(parents=True)
     env = dict(
@@ -130,7 +131,9 @@ def _run(mode: str, files: list[str], jobs: int) -> Path:
         command += ["-n", str(jobs)]
     print(f"[{mode}] {' '.join(command[2:4])} ... ({'flax ' + FLAX_VERSION if mode == 'reference' else 'this nnx'})",
           flush=True)
-    subprocess.run(command, cwd=scratch, env=env, stdout=subprocess.DEVNULL, check=False)
+    log = CACHE / f"pytest-{mode}-{os.getpid()}.log"
+    with open(log, "w") as out:
+        subprocess.run(command, cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     rows: dict[str, list[str]] = {}
     for part in sorted(parts.glob("results*")):
         with open(part, newline="") as f:
@@ -141,6 +144,8 @@ def _run(mode: str, files: list[str], jobs: int) -> Path:
         writer = csv.writer(f)
         writer.writerow(["test", "file", "outcome", "detail"])
         writer.writerows(sorted(rows.values()))
+    shutil.rmtree(parts, ignore_errors=True)
+    shutil.rmtree(scratch, ignore_errors=True)
     return results
 
 
@@ -189,6 +194,13 @@ def report(reference: dict, ours: dict, files: list[str]) -> tuple[int, int]:
             f.write(f"# Flax {FLAX_VERSION} tests/nnx tests not counted by make compat, with the reason.\n")
             for test in sorted(excluded):
                 f.write(f"{test}\t{excluded[test][2]}\n")
+    if files:  # a few files: say what fails, and why
+        failing = [(t, ours.get(t, ("", "missing", ""))) for t in sorted(counted)]
+        failing = [(t, o) for t, o in failing if o[1] != "passed"]
+        if failing:
+            print("\nnot passing:")
+            for test, (_, outcome, detail) in failing:
+                print(f"  {test}  [{outcome}] {detail[:160]}")
     passed = sum(p for p, _, _ in per_file.values())
     total = sum(t for _, t, _ in per_file.values())
     return passed, total
@@ -206,6 +218,10 @@ def main() -> None:
         _run("reference", [], args.jobs)
     ours_path = _run("ours", args.files, args.jobs)
     passed, total = report(_read(reference_path), _read(ours_path), args.files)
+    if not args.files:
+        shutil.copy(ours_path, CACHE / "results-ours.csv")
+    ours_path.unlink()
+    print(f"(pytest output: {CACHE / f'pytest-ours-{os.getpid()}.log'})")
     pct = 100 * passed / total if total else 0.0
     print(f"\n{passed}/{total} flax tests pass ({pct:.1f}%)")
 

@@ -59,7 +59,8 @@ from nnx.statelib import (
     to_pure_dict,
 )
 from nnx.summary import tabulate
-from nnx.training import Metric, MultiMetric, Optimizer, metrics
+from nnx.training import *  # noqa: F403 - Optimizer, metrics (nnx.training.__all__)
+from nnx.training import __all__ as _training_all
 from nnx.transforms import *  # noqa: F403 - jit, grad, vmap, scan... (nnx.transforms.__all__)
 from nnx.transforms import __all__ as _transforms_all
 from nnx.variablelib import (
@@ -110,11 +111,10 @@ __all__ = [
     # randomness, sharding, display, errors
     "Rngs", "RngStream", "reseed", "with_partitioning", "get_partition_spec",
     "get_named_sharding", "display", "tabulate", "TraceContextError",
-    # training
-    "Optimizer", "Metric", "MultiMetric",
     # public submodules
-    "filterlib", "graph", "initializers", "metrics", "module", "nn", "object", "rnglib", "spmd",
+    "filterlib", "graph", "initializers", "module", "nn", "object", "rnglib", "spmd",
     "statelib", "summary", "training", "transforms", "variablelib",
     *_nn_all,
+    *_training_all,
     *_transforms_all,
 ]
