@@ -112,7 +112,7 @@ __all__ = [
     "Rngs", "RngStream", "reseed", "with_partitioning", "get_partition_spec",
     "get_named_sharding", "display", "tabulate", "TraceContextError",
     # public submodules
-    "filterlib", "graph", "initializers", "module", "nn", "object", "rnglib", "spmd",
+    "filterlib", "graph", "module", "nn", "object", "rnglib", "spmd",
     "statelib", "summary", "training", "transforms", "variablelib",
     *_nn_all,
     *_training_all,

@@ -24,3 +24,7 @@ def test_summary_is_the_module_and_calling_it_tabulates():
     model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
     assert nnx.summary.tabulate is nnx.tabulate
     assert nnx.summary(model) == nnx.tabulate(model)
+
+
+def test_all_lists_each_name_once():
+    assert len(nnx.__all__) == len(set(nnx.__all__))
