@@ -135,6 +135,37 @@ def count_leaves(d: Any) -> int:
     return _COUNTER.visit(d)
 
 
+class _LeafSources(DefVisitor):
+    __slots__ = ()
+
+    def node(self, d: NodeDef) -> list:
+        return [i for _, c in d.children for i in self.visit(c)]
+
+    def variable(self, d: VariableDef) -> list:
+        return [d.index]
+
+    def ref(self, d: RefDef) -> list:
+        return []
+
+    def pytree(self, d: PytreeDef) -> list:
+        return [i for c in d.children for i in self.visit(c)]
+
+    def leaf(self, d: LeafDef) -> list:
+        return [None]
+
+    def static(self, d: Static) -> list:
+        return []
+
+
+_SOURCES = _LeafSources()
+
+
+def leaf_sources(d: Any) -> list[int | None]:
+    """Per leaf that ``d`` defines, in order: the object index of its Variable, or None for a
+    raw array."""
+    return _SOURCES.visit(d)
+
+
 class _Renderer(DefVisitor):
     __slots__ = ("depth",)
     _INDENT = "  "
@@ -246,13 +277,22 @@ class Flattener:
     node nor tracked (a dict inside a tuple, an ``OrderedDict``, a dataclass, a custom pytree;
     a ``State`` is tracked) or a raw array nested in a container; a cache must then flatten
     again on every call.
+
+    With ``tree=True`` (tree mode) nothing is shared: a Variable reached twice raises (naming
+    both paths), a graph node reached twice is walked again (a copy on the other side), and a
+    cycle raises. ``label`` prefixes paths in those messages (e.g. ``args[0]``).
     """
 
     __slots__ = (
         "index", "objects", "object_paths", "leaves", "paths", "owners", "holders", "cacheable",
+        "tree", "label", "_labels", "_walking",
     )
 
-    def __init__(self):
+    def __init__(self, tree: bool = False):
+        self.tree = tree
+        self.label = ""
+        self._labels: list[str] = []
+        self._walking: set[int] = set()
         self.index: dict[int, int] = {}
         self.objects: list[Any] = []  # index -> object; also keeps ids valid
         self.object_paths: list[Path] = []
@@ -267,7 +307,23 @@ class Flattener:
         self.index[id(obj)] = i
         self.objects.append(obj)
         self.object_paths.append(path)
+        self._labels.append(self.label)
         return i
+
+    def where(self, i: int) -> str:
+        """Where object ``i`` was found, for messages: ``args[0]/layers/0``."""
+        parts = [self._labels[i], *map(str, self.object_paths[i])]
+        return "/".join(p for p in parts if p) or "<root>"
+
+    def _duplicate(self, value: Any, i: int, path: Path) -> ValueError:
+        now = "/".join(p for p in [self.label, *map(str, path)] if p) or "<root>"
+        return ValueError(
+            f"Duplicate {type(value).__name__} found at paths:\n  - {self.where(i)}\n  - {now}\n"
+            "Tree mode (graph=False) and graph_updates=False do not support Variable aliasing "
+            "(the same Variable twice among the arguments or outputs, or an input Variable "
+            "returned). Pass distinct Variables (nnx.clone), or use graph mode with graph "
+            "updates (graph=True, graph_updates=True), which keeps the sharing."
+        )
 
     def _add_leaf(self, leaf: Any, path: Path, owner: Any, holder: Any) -> None:
         self.leaves.append(leaf)
@@ -276,6 +332,18 @@ class Flattener:
         self.holders.append(holder)
         if owner is None:
             self.cacheable = False
+
+    def _node_children(self, node: GraphNode, path: Path) -> tuple:
+        children = []
+        for key, child in node._graph_items():
+            forced = node._graph_forced(key)
+            if forced == "static" or (forced is None and type(child) in _STATIC_EXACT):
+                children.append((key, Static(child)))  # the common case, without a call
+            else:
+                children.append((key, self.flatten(
+                    child, (*path, key), forced == "data", (node, key), node
+                )))
+        return tuple(children)
 
     def flatten(
         self, value: Any, path: Path = (), force_data: bool = False, owner: Any = None,
@@ -289,6 +357,8 @@ class Flattener:
         if isinstance(value, Variable):
             i = self.index.get(id(value))
             if i is not None:
+                if self.tree:
+                    raise self._duplicate(value, i, path)
                 return RefDef(i)
             i = self._register(value, path)
             object.__setattr__(value, "_seen", True)
@@ -300,19 +370,22 @@ class Flattener:
         if isinstance(value, GraphNode):
             i = self.index.get(id(value))
             if i is not None:
-                return RefDef(i)
+                if not self.tree:
+                    return RefDef(i)
+                if id(value) in self._walking:
+                    raise ValueError(
+                        f"{type(value).__name__} at '{self.where(i)}' contains itself: a cycle "
+                        "cannot be a pytree; use graph mode (graph=True)."
+                    )
             i = self._register(value, path)
             value._graph_mark_seen()
-            children = []
-            for key, child in value._graph_items():
-                forced = value._graph_forced(key)
-                if forced == "static" or (forced is None and type(child) in _STATIC_EXACT):
-                    children.append((key, Static(child)))  # the common case, without a call
-                else:
-                    children.append((key, self.flatten(
-                        child, (*path, key), forced == "data", (value, key), value
-                    )))
-            return NodeDef(type(value), i, tuple(children))
+            if self.tree:
+                self._walking.add(id(value))
+                try:
+                    return NodeDef(type(value), i, self._node_children(value, path))
+                finally:
+                    self._walking.discard(id(value))
+            return NodeDef(type(value), i, self._node_children(value, path))
         if isinstance(value, ARRAY_TYPES):
             self._add_leaf(value, path, owner, holder)
             return LEAF

@@ -423,6 +423,21 @@ class Dict(GraphNode, _TrackedMapping):
         except KeyError:
             raise AttributeError(f"Dict has no key {name!r}") from None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in Dict.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            self[name] = value  # d.key = value is d["key"] = value
+
+    def __delattr__(self, name: str) -> None:
+        if name in Dict.__slots__:
+            object.__delattr__(self, name)
+        else:
+            try:
+                del self[name]
+            except KeyError:
+                raise AttributeError(f"Dict has no key {name!r}") from None
+
     def _graph_items(self) -> list[tuple[Any, Any]]:
         return sorted(dict.items(self), key=lambda kv: key_order(kv[0]))
 

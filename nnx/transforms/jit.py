@@ -24,6 +24,9 @@ import jax
 import numpy as np
 
 from nnx import _structure as structure
+from nnx._modes import DEFAULT as DEFAULT_MODE
+from nnx._modes import Mode
+from nnx._modes import resolve as resolve_mode
 from nnx._tracing import current_trace
 from nnx.object import GraphNode
 from nnx.transforms import shardings as shardlib
@@ -36,6 +39,7 @@ from nnx.transforms.lift import (
     full_leaf_values,
     is_node,
     rebuild,
+    reject_bound_method,
     write_back_fast,
 )
 from nnx.transforms.programs import ProgramCache
@@ -158,10 +162,12 @@ class JitWrapped:
         static_argnames: str | Sequence[str] | None = None,
         donate_argnums: int | Sequence[int] | None = None,
         donate_argnames: str | Sequence[str] | None = None,
+        mode: Mode = DEFAULT_MODE,
         **jit_kwargs: Any,
     ):
         functools.update_wrapper(self, fun)
         self.fun = fun
+        self.mode = mode
         self.in_shardings = in_shardings
         self.out_shardings = out_shardings
         self.static_argnums = _as_tuple(static_argnums)
@@ -191,6 +197,8 @@ class JitWrapped:
         return dyn_args, dyn_kwargs, static
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.mode.full:
+            return self._call_functional(args, kwargs)
         fast = self._fast
         if fast is not None and not kwargs and fast.version == structure._version:
             # Steady state: the same objects (and arrays in the same places) as last time, in
@@ -241,6 +249,13 @@ class JitWrapped:
         self._fast = binding if binding.pattern is not None and binding.home is trace else None
         out = binding.program(values, [x for x in flat if not is_node(x)])
         return self._finish(binding, objs, values, out, dyn_args, dyn_kwargs, trace)
+
+    def _call_functional(self, args: tuple, kwargs: dict) -> Any:
+        """``graph_updates=False`` or tree mode: flatten each call (nothing to bind), write back
+        new Variable values only."""
+        dyn_args, dyn_kwargs, static_args = self._split_static(args, kwargs)
+        extraction = Extraction([*dyn_args, dyn_kwargs], self.mode)
+        return self._run_unbound(extraction, self._program(extraction, dyn_args, dyn_kwargs, static_args))
 
     def _lookup(
         self, flat: list, treedef: Any, version: int, static_args: tuple
@@ -334,7 +349,7 @@ class JitWrapped:
     def lower(self, *args: Any, **kwargs: Any) -> Any:
         """Lower the pure function for these arguments (``jax.jit(...).lower``)."""
         dyn_args, dyn_kwargs, static_args = self._split_static(args, kwargs)
-        extraction = Extraction([*dyn_args, dyn_kwargs])
+        extraction = Extraction([*dyn_args, dyn_kwargs], self.mode)
         program = self._program(extraction, dyn_args, dyn_kwargs, static_args)
         return program.lower(extraction.leaf_values(), extraction.ordinary)
 
@@ -437,6 +452,8 @@ def jit(
     static_argnames: str | Sequence[str] | None = None,
     donate_argnums: int | Sequence[int] | None = None,
     donate_argnames: str | Sequence[str] | None = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
     **jit_kwargs: Any,
 ) -> Any:
     """Compile ``fun`` with ``jax.jit``; graph nodes may appear anywhere in its arguments and
@@ -455,18 +472,18 @@ def jit(
       donate_argnums / donate_argnames: arguments whose buffers (a Module's whole state
         included) may be reused for the outputs; arrays taken from them before the call become
         invalid.
+      graph / graph_updates: graph or tree mode, and whether structure changes are carried
+        out (see ``nnx.set_graph_mode``); None: the current setting.
       **jit_kwargs: passed to ``jax.jit`` (``keep_unused``, ``compiler_options``...).
     """
+    mode = resolve_mode(graph, graph_updates)
     kwargs = dict(
         in_shardings=in_shardings, out_shardings=out_shardings, static_argnums=static_argnums,
         static_argnames=static_argnames, donate_argnums=donate_argnums,
         donate_argnames=donate_argnames, **jit_kwargs,
     )
+    for name in ("in_shardings", "out_shardings"):
+        shardlib.check_prefix(kwargs[name], name, "jit", mode)
     if fun is None:
-        return lambda f: jit(f, **kwargs)
-    self_node = getattr(fun, "__self__", None)
-    if self_node is not None and is_node(self_node):
-        # A bound method of a Module: its object is carried as the first argument.
-        wrapped = JitWrapped(fun.__func__, **kwargs)
-        return functools.partial(wrapped, self_node)
-    return JitWrapped(fun, **kwargs)
+        return lambda f: JitWrapped(reject_bound_method(f, "jit"), mode=mode, **kwargs)
+    return JitWrapped(reject_bound_method(fun, "jit"), mode=mode, **kwargs)

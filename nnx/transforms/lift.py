@@ -22,7 +22,9 @@ from typing import Any, NamedTuple
 import jax
 
 from nnx import _structure as structure
-from nnx._graphdef import Flattener, Unflattener
+from nnx._graphdef import Flattener, Unflattener, leaf_sources
+from nnx._modes import DEFAULT as DEFAULT_MODE
+from nnx._modes import Mode
 from nnx._tracing import TraceContextError, current_trace
 from nnx._typing import path_str
 from nnx.object import GraphNode
@@ -75,25 +77,37 @@ class CallInfo(NamedTuple):
     updated: tuple[int, ...] | None
 
 
+class ArgsDef(NamedTuple):
+    """The hashable description of a transform's arguments (a cache and trace key): per
+    argument ``(treedef, defs)`` (``treedef`` None for a graph node given directly), and the
+    mode the transform runs in."""
+
+    args: tuple
+    mode: Mode
+
+
 class Extraction:
     """The graph nodes of a sequence of arguments, flattened with one reference table.
 
     Attributes:
-      static: hashable description of the arguments' structure (a cache / trace key).
+      static: hashable description of the arguments' structure and the mode (``ArgsDef``).
       leaves: Variables and raw arrays, in order (``leaf_args[i]`` is the argument index).
       ordinary: the non-node pytree leaves of the arguments, in order.
       flattener: the Flattener (its ``objects`` map indices to the caller's objects).
+
+    In tree mode (``mode.graph`` False) nothing is shared: a Variable found twice raises.
     """
 
     __slots__ = (
         "static", "leaves", "leaf_args", "ordinary", "ordinary_args", "flattener", "node_ranges",
     )
 
-    def __init__(self, args: Sequence[Any]):
-        f = Flattener()
+    def __init__(self, args: Sequence[Any], mode: Mode = DEFAULT_MODE):
+        f = Flattener(tree=not mode.graph)
         static, ordinary, ordinary_args, leaf_args = [], [], [], []
         node_ranges: list[tuple[int, int]] = []  # leaf range of each node occurrence, in order
         for i, arg in enumerate(args):
+            f.label = f"args[{i}]"
             if is_node(arg):
                 n = len(f.leaves)
                 static.append((None, (f.flatten(arg),)))
@@ -113,7 +127,7 @@ class Extraction:
                     ordinary.append(x)
                     ordinary_args.append(i)
             static.append((treedef, tuple(defs)))
-        self.static = tuple(static)
+        self.static = ArgsDef(tuple(static), mode)
         self.leaves = f.leaves
         self.leaf_args = leaf_args
         self.ordinary = ordinary
@@ -137,7 +151,7 @@ class Extraction:
 
 
 def rebuild(
-    static: tuple, leaf_values: Sequence[Any], ordinary: Sequence[Any]
+    static: ArgsDef, leaf_values: Sequence[Any], ordinary: Sequence[Any]
 ) -> tuple[list[Any], Unflattener, list[Any]]:
     """Inside a trace: build fresh objects from the definitions and leaf values.
 
@@ -147,7 +161,7 @@ def rebuild(
     u = Unflattener(list(leaf_values))
     it = iter(ordinary)
     args, inner_nodes = [], []
-    for treedef, defs in static:
+    for treedef, defs in static.args:
         if treedef is None:
             node = u.unflatten(defs[0])
             args.append(node)
@@ -217,7 +231,7 @@ class Collected:
 
 
 def collect(
-    static: tuple,
+    static: ArgsDef,
     inner_nodes: list[list[Any]],
     u: Unflattener,
     out: Any,
@@ -235,14 +249,15 @@ def collect(
     untouched arrays would make XLA copy them. Otherwise ``updated`` is None and all leaves are
     returned. ``keep_all`` returns every leaf even then (for transforms whose outputs are fixed
     in advance); ``updated`` still names the replaced ones.
+
+    With ``graph_updates=False`` (and in tree mode) the arguments' structure is not carried out:
+    see ``_collect_values``.
     """
+    if not static.mode.updates:
+        return _collect_values(static, u, out, input_values, always_return, keep_all)
     g = Flattener()
     in_defs = tuple(tuple(g.flatten(n) for n in nodes) for nodes in inner_nodes)
-    before = tuple(
-        defs if treedef is None else tuple(d for d in defs if d is not None)
-        for treedef, defs in static
-    )
-    changed = in_defs != before
+    changed = in_defs != _input_defs(static)
     flat_out, out_treedef = jax.tree_util.tree_flatten(out, is_leaf=is_node)
     out_defs, out_ordinary = [], []
     n_in_objects = len(g.objects)
@@ -254,6 +269,8 @@ def collect(
             out_ordinary.append(x)
     pre_index = {id(obj): i for i, obj in u.objects.items()}
     pre_of_post = tuple(pre_index.get(id(obj)) for obj in g.objects)
+    # The same definitions with objects moved (two submodules swapped) is a change too.
+    changed = changed or pre_of_post[:n_in_objects] != tuple(range(n_in_objects))
     trace = current_trace()
     for k, obj in enumerate(g.objects):
         if pre_of_post[k] is None and creation_trace(obj) != trace:
@@ -277,6 +294,68 @@ def collect(
         CallInfo(in_defs, out_treedef, tuple(out_defs), pre_of_post, changed, has_out_nodes, updated)
     )
     return values, out_ordinary, box
+
+
+def _input_defs(static: ArgsDef) -> tuple:
+    """Per argument, the definitions of its graph nodes (what ``collect`` compares against)."""
+    return tuple(
+        defs if treedef is None else tuple(d for d in defs if d is not None)
+        for treedef, defs in static.args
+    )
+
+
+def _collect_values(
+    static: ArgsDef, u: Unflattener, out: Any, input_values: Sequence[Any] | None,
+    always_return: Sequence[bool] | None, keep_all: bool,
+) -> tuple[list[Any], list[Any], StaticBox]:
+    """``collect`` for ``graph_updates=False`` and tree mode. The argument structure is taken as
+    unchanged; each input Variable's value is read from the object built from it (a Variable
+    replaced inside is not followed), raw array leaves keep their input value, and output nodes
+    are flattened apart from the inputs: they come out as new objects. In tree mode an input
+    Variable in the outputs, or any Variable twice, raises."""
+    in_defs = _input_defs(static)
+    values = [
+        u.leaves[k] if index is None else u.objects[index]._raw_value
+        for k, index in enumerate(i for defs in in_defs for d in defs for i in leaf_sources(d))
+    ]
+    g = Flattener(tree=not static.mode.graph)
+    g.label = "output"
+    flat_out, out_treedef = jax.tree_util.tree_flatten(out, is_leaf=is_node)
+    out_defs, out_ordinary = [], []
+    for x in flat_out:
+        if is_node(x):
+            out_defs.append(g.flatten(x))
+        else:
+            out_defs.append(None)
+            out_ordinary.append(x)
+    inputs = {id(obj) for obj in u.objects.values()}
+    trace = current_trace()
+    for k, obj in enumerate(g.objects):
+        if id(obj) in inputs:
+            if not static.mode.graph and isinstance(obj, Variable):
+                raise ValueError(
+                    f"An input {type(obj).__name__} is returned at '{g.where(k)}'. Tree mode "
+                    "(graph=False) does not support Variable aliasing between inputs and "
+                    "outputs; return its value, or a copy (nnx.clone), instead."
+                )
+        elif creation_trace(obj) != trace:
+            raise TraceContextError(
+                f"A {type(obj).__name__} captured from outside the transform was returned from "
+                "it. Pass it as an argument to the transform instead, so it is carried through."
+            )
+    updated = None
+    if input_values is not None:
+        n_in = len(input_values)
+        updated = tuple(
+            i for i in range(n_in)
+            if values[i] is not input_values[i] or (always_return and always_return[i])
+        )
+        if not keep_all:
+            values = [values[i] for i in updated]
+    values += [x._raw_value if isinstance(x, Variable) else x for x in g.leaves]
+    has_out_nodes = any(d is not None for d in out_defs)
+    info = CallInfo(in_defs, out_treedef, tuple(out_defs), (), False, has_out_nodes, updated)
+    return values, out_ordinary, StaticBox(info)
 
 
 def collect_values_only(
@@ -341,6 +420,8 @@ def apply(
     """Outside, after the transform: write the results into the caller's objects; return the
     outputs with output nodes rebuilt (inputs returned as outputs keep their identity)."""
     info: CallInfo = box.value
+    if not extraction.static.mode.updates:
+        return _apply_values(extraction, info, leaf_values, out_ordinary)
     check_write_back(extraction.flattener, info.changed, leaf_values)
     outer = extraction.flattener.objects
     existing = {k: outer[j] for k, j in enumerate(info.pre_of_post) if j is not None}
@@ -350,6 +431,23 @@ def apply(
     for defs in info.in_defs:
         for d in defs:
             u.unflatten(d)
+    it = iter(out_ordinary)
+    items = [next(it) if d is None else u.unflatten(d) for d in info.out_defs]
+    return info.out_treedef.unflatten(items)
+
+
+def _apply_values(
+    extraction: Extraction, info: CallInfo, leaf_values: Sequence[Any], out_ordinary: Sequence[Any]
+) -> Any:
+    """``apply`` for ``graph_updates=False`` and tree mode: new values into the input Variables,
+    output nodes built as new objects."""
+    n_in = len(extraction.leaves)
+    inputs = leaf_values[:n_in]
+    check_write_back(extraction.flattener, False, inputs)
+    for leaf, value in zip(extraction.leaves, inputs, strict=True):
+        if isinstance(leaf, Variable) and value is not leaf._raw_value:
+            _set_raw(leaf, value)
+    u = Unflattener(list(leaf_values[n_in:]))
     it = iter(out_ordinary)
     items = [next(it) if d is None else u.unflatten(d) for d in info.out_defs]
     return info.out_treedef.unflatten(items)
@@ -371,6 +469,20 @@ def write_back_fast(extraction: Extraction, leaf_values: Sequence[Any]) -> bool:
         else:
             owner[0]._graph_set(owner[1], value)
     return True
+
+
+def reject_bound_method(fun: Any, name: str) -> Any:
+    """``fun`` itself; a method bound to a graph node or Variable raises: its object would be
+    captured instead of carried (the transform could neither see nor update it)."""
+    owner = getattr(fun, "__self__", None)
+    if owner is not None and is_node(owner):
+        raise ValueError(
+            f"nnx.{name} does not support bound methods such as "
+            f"{type(owner).__name__}.{getattr(fun, '__name__', '?')}: the object would be "
+            f"captured instead of carried. Use @nnx.{name} on the method in the class body, or "
+            f"nnx.{name}({type(owner).__name__}.{getattr(fun, '__name__', 'method')})(obj, ...)."
+        )
+    return fun
 
 
 def lifted_call(

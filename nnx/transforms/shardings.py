@@ -42,6 +42,44 @@ class StateSharding:
         return f"StateSharding({dict(zip(self.filters, self.specs, strict=True))!r})"
 
 
+def check_prefix(prefix: Any, name: str, transform: str, mode: Any) -> None:
+    """Reject what a transform cannot take as a prefix (shardings, axes, specs) in ``mode``:
+    a graph node (in graph mode), a Variable standing for a prefix (a State of specs may hold
+    Variables, as ``nnx.get_partition_spec`` returns), and filter mappings such as
+    ``StateSharding`` outside graph mode with graph updates."""
+
+    def check(x: Any) -> None:
+        if isinstance(x, State):
+            return
+        if isinstance(x, Variable):
+            raise ValueError(
+                f"nnx.{transform} {name}: found a {type(x).__name__}; Variables prefixes are "
+                "not supported. Give one prefix for the whole Variable (its value's spec)."
+            )
+        if is_node(x) and mode.graph:
+            raise ValueError(
+                f"nnx.{transform} {name}: found a {type(x).__name__}. Graph nodes are not "
+                "allowed as prefixes; give a State of specs (nnx.get_named_sharding) or an "
+                "nnx.StateSharding instead."
+            )
+        if type(x).__name__ in _PREFIX_MAPPINGS and not mode.full:
+            raise ValueError(
+                f"nnx.{transform} {name} cannot contain `{type(x).__name__}` objects when "
+                "graph=False or graph_updates=False; give plain specs per argument, or use "
+                "graph=True, graph_updates=True."
+            )
+
+    for x in jax.tree_util.tree_leaves(prefix, is_leaf=_is_prefix_leaf):
+        check(x)
+
+
+_PREFIX_MAPPINGS = ("StateSharding", "StateAxes", "DiffState")
+
+
+def _is_prefix_leaf(x: Any) -> bool:
+    return is_node(x) or isinstance(x, State) or type(x).__name__ in _PREFIX_MAPPINGS
+
+
 def _is_spec_leaf(s: Any) -> bool:
     return s is None or isinstance(s, Sharding | PartitionSpec | StateSharding | State | Variable)
 
