@@ -36,6 +36,7 @@ EXCLUDED_SOURCE = [
     ("nnx.graphlib.", "private Flax internals (nnx.graphlib node classes)"),
     ("_pytree__", "private Flax internals (_pytree__ fields)"),
     ("nnx.statelib.", "private Flax internals (statelib)"),
+    ("nnx.extract.", "private Flax internals (nnx.extract)"),
     ("nnx.variablelib.VarDefaults", "private Flax internals (variablelib.VarDefaults)"),
     ("HijaxVariable", "jax's experimental mutable arrays (hijax Variables)"),
     ("mutable_array", "jax's experimental mutable arrays"),

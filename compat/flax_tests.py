@@ -35,6 +35,11 @@ CACHE = ROOT / ".cache" / "compat"
 
 # flax.errors classes whose behaviour our nnx has under its own name.
 ERROR_NAMES = {"TraceContextError": "nnx.TraceContextError"}
+# Flax's global configuration of the nnx modes, and our equivalents.
+CONFIG_NAMES = {
+    "nnx_graph_mode": "nnx.set_graph_mode",
+    "nnx_graph_updates": "nnx.set_graph_updates",
+}
 
 
 # -- the tests -----------------------------------------------------------------------------
@@ -95,6 +100,9 @@ def rewrite(source: str) -> str:
     source = re.sub(r"\bflax\.nnx\.", "nnx.", source)
     for name, ours in ERROR_NAMES.items():
         source = re.sub(rf"\b(?:flax\.)?errors\.{name}\b", ours, source)
+    for name, ours in CONFIG_NAMES.items():
+        source = re.sub(rf"flax\.config\.update\(\s*['\"]{name}['\"]\s*,", f"{ours}(", source)
+        source = re.sub(rf"flax\.config\._read\(\s*['\"]{name}['\"]\s*\)", f"{ours}.current_value()", source)
     return source
 
 

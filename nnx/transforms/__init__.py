@@ -13,11 +13,11 @@ from nnx.transforms.iteration import (
     vmap,
     while_loop,
 )
-from nnx.transforms.jit import jit
-from nnx.transforms.shardings import StateSharding
+from nnx.transforms.jit import jit, jit_partial
+from nnx.transforms.prefixes import PrefixState, StateSharding, prefix
 
 __all__ = [
     "Carry", "DiffState", "StateAxes", "StateSharding", "checkpoint", "cond", "custom_vjp", "eval_shape", "fori_loop", "grad",
-    "jit", "pmap", "remat", "scan", "shard_map", "split_rngs", "switch", "value_and_grad", "vmap",
+    "jit", "jit_partial", "pmap", "prefix", "PrefixState", "remat", "scan", "shard_map", "split_rngs", "switch", "value_and_grad", "vmap",
     "while_loop",
 ]

@@ -10,6 +10,8 @@ from typing import Any
 import jax
 
 from nnx import filterlib
+from nnx._modes import Mode
+from nnx._modes import resolve as resolve_mode
 from nnx.statelib import State
 from nnx.transforms.lift import (
     Extraction,
@@ -19,6 +21,7 @@ from nnx.transforms.lift import (
     is_node,
     lifted_call,
     rebuild,
+    reject_bound_method,
 )
 from nnx.variablelib import Param, Variable
 
@@ -50,13 +53,20 @@ def _diff_specs(argnums: Any, wrt: Any) -> tuple[list[tuple[int, Any]], bool]:
 
 def _grad_impl(
     f: Callable[..., Any], argnums: Any, has_aux: bool, wrt: Any, return_value: bool,
-    jax_kwargs: dict[str, Any],
+    jax_kwargs: dict[str, Any], mode: Mode, name: str,
 ) -> Callable[..., Any]:
+    reject_bound_method(f, name)
     specs, single = _diff_specs(argnums, wrt)
+    if not mode.full and any(isinstance(a, DiffState) for a in _as_list(argnums)):
+        raise ValueError(
+            f"nnx.{name}: argnums cannot contain `DiffState` objects when graph=False or "
+            "graph_updates=False; pick the state with wrt=filter, or use graph=True, "
+            "graph_updates=True."
+        )
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        extraction = Extraction([*args, kwargs])
+        extraction = Extraction([*args, kwargs], mode)
         values = extraction.leaf_values()
         leaves, paths, leaf_args = extraction.leaves, extraction.paths, extraction.leaf_args
         groups: list[tuple[str, list[int]]] = []
@@ -128,6 +138,10 @@ def _grad_impl(
     return wrapper
 
 
+def _as_list(argnums: Any) -> list[Any]:
+    return [argnums] if isinstance(argnums, int | DiffState) else list(argnums)
+
+
 def _grad_leaf(leaf: Any, g: Any) -> Any:
     return leaf.copy(g) if isinstance(leaf, Variable) else g
 
@@ -140,6 +154,8 @@ def grad(
     wrt: Any = None,
     holomorphic: bool = False,
     allow_int: bool = False,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """Gradient of ``f`` with respect to the Params of Module arguments (and plain arrays).
 
@@ -154,9 +170,10 @@ def grad(
       wrt: a filter choosing the Variables to differentiate (default ``nnx.Param``).
     """
     kwargs = dict(holomorphic=holomorphic, allow_int=allow_int)
+    mode = resolve_mode(graph, graph_updates)
     if f is None:
-        return lambda fn: _grad_impl(fn, argnums, has_aux, wrt, False, kwargs)
-    return _grad_impl(f, argnums, has_aux, wrt, False, kwargs)
+        return lambda fn: _grad_impl(fn, argnums, has_aux, wrt, False, kwargs, mode, "grad")
+    return _grad_impl(f, argnums, has_aux, wrt, False, kwargs, mode, "grad")
 
 
 def value_and_grad(
@@ -167,12 +184,16 @@ def value_and_grad(
     wrt: Any = None,
     holomorphic: bool = False,
     allow_int: bool = False,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """Like ``grad`` but returns ``(value, grads)`` (``((loss, aux), grads)`` with has_aux)."""
     kwargs = dict(holomorphic=holomorphic, allow_int=allow_int)
+    mode = resolve_mode(graph, graph_updates)
+    name = "value_and_grad"
     if f is None:
-        return lambda fn: _grad_impl(fn, argnums, has_aux, wrt, True, kwargs)
-    return _grad_impl(f, argnums, has_aux, wrt, True, kwargs)
+        return lambda fn: _grad_impl(fn, argnums, has_aux, wrt, True, kwargs, mode, name)
+    return _grad_impl(f, argnums, has_aux, wrt, True, kwargs, mode, name)
 
 
 def remat(
@@ -181,12 +202,16 @@ def remat(
     prevent_cse: bool = True,
     static_argnums: int | tuple[int, ...] = (),
     policy: Callable[..., bool] | None = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """``jax.checkpoint`` for functions of graph nodes: activations are recomputed in the
     backward pass instead of stored."""
     if f is None:
         return lambda fn: remat(fn, prevent_cse=prevent_cse, static_argnums=static_argnums,
-                                policy=policy)
+                                policy=policy, graph=graph, graph_updates=graph_updates)
+    reject_bound_method(f, "remat")
+    mode = resolve_mode(graph, graph_updates)
     if static_argnums:
         raise NotImplementedError(
             "remat(static_argnums=...) is not supported; close over the static values instead."
@@ -196,7 +221,7 @@ def remat(
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return lifted_call(
             lambda pure: jax.checkpoint(pure, prevent_cse=prevent_cse, policy=policy),
-            f, args, kwargs,
+            f, args, kwargs, mode=mode,
         )
 
     return wrapper

@@ -11,7 +11,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nnx._graphdef import Unflattener
-from nnx.transforms import shardings as shardlib
+from nnx._modes import Mode
+from nnx._modes import resolve as resolve_mode
+from nnx.transforms import prefixes
 from nnx.transforms.lift import (
     Extraction,
     apply,
@@ -19,14 +21,16 @@ from nnx.transforms.lift import (
     collect_values_only,
     keep_unchanged,
     rebuild,
+    reject_bound_method,
 )
 from nnx.transforms.programs import ProgramCache
 
 
 def _branches_call(
-    index_fn: Callable[[list], Any], branches: Sequence[Callable[..., Any]], operands: tuple
+    index_fn: Callable[[list], Any], branches: Sequence[Callable[..., Any]], operands: tuple,
+    mode: Mode,
 ) -> Any:
-    extraction = Extraction(list(operands))
+    extraction = Extraction(list(operands), mode)
     values = extraction.leaf_values()
     static = extraction.static
 
@@ -42,27 +46,38 @@ def _branches_call(
     return apply(extraction, box, new_vals, out_ord)
 
 
-def cond(pred: Any, true_fun: Callable[..., Any], false_fun: Callable[..., Any], *operands: Any) -> Any:
+def cond(
+    pred: Any, true_fun: Callable[..., Any], false_fun: Callable[..., Any], *operands: Any,
+    graph: bool | None = None, graph_updates: bool | None = None,
+) -> Any:
     """``jax.lax.cond`` whose operands may hold graph nodes; both branches must leave the
     nodes' structure the same, and their updates are written back."""
     return _branches_call(
         lambda fns: lambda v, o: jax.lax.cond(pred, fns[0], fns[1], v, o),
-        (true_fun, false_fun), operands,
+        (true_fun, false_fun), operands, resolve_mode(graph, graph_updates),
     )
 
 
-def switch(index: Any, branches: Sequence[Callable[..., Any]], *operands: Any) -> Any:
+def switch(
+    index: Any, branches: Sequence[Callable[..., Any]], *operands: Any,
+    graph: bool | None = None, graph_updates: bool | None = None,
+) -> Any:
     """``jax.lax.switch`` whose operands may hold graph nodes."""
     return _branches_call(
-        lambda fns: lambda v, o: jax.lax.switch(index, fns, v, o), tuple(branches), operands
+        lambda fns: lambda v, o: jax.lax.switch(index, fns, v, o), tuple(branches), operands,
+        resolve_mode(graph, graph_updates),
     )
 
 
-def eval_shape(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def eval_shape(
+    f: Callable[..., Any], *args: Any, graph: bool | None = None,
+    graph_updates: bool | None = None, **kwargs: Any,
+) -> Any:
     """Run ``f`` abstractly: outputs (Modules included) hold ``jax.ShapeDtypeStruct`` leaves and
     nothing is allocated; the arguments are not changed. ``nnx.eval_shape(lambda: Model(...))``
     gives an abstract model, e.g. as a checkpoint restore target."""
-    extraction = Extraction([*args, kwargs])
+    reject_bound_method(f, "eval_shape")
+    extraction = Extraction([*args, kwargs], resolve_mode(graph, graph_updates))
     values = extraction.leaf_values()
     static = extraction.static
 
@@ -95,6 +110,8 @@ def shard_map(
     out_specs: Any,
     check_vma: bool = True,
     axis_names: Any = frozenset(),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """``jax.shard_map`` for functions of graph nodes.
 
@@ -106,15 +123,19 @@ def shard_map(
     """
     if f is None:
         return lambda fn: shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                                    check_vma=check_vma, axis_names=axis_names)
-
+                                    check_vma=check_vma, axis_names=axis_names, graph=graph,
+                                    graph_updates=graph_updates)
+    reject_bound_method(f, "shard_map")
+    mode = resolve_mode(graph, graph_updates)
+    for name, spec in (("in_specs", in_specs), ("out_specs", out_specs)):
+        prefixes.check_prefix(spec, name, "shard_map", mode)
     programs = ProgramCache()
 
     @functools.wraps(f)
     def wrapper(*args: Any) -> Any:
-        extraction = Extraction(list(args))
-        specs = shardlib.per_argument(in_specs, len(args), "nnx.shard_map in_specs")
-        leaf_specs, ord_specs = shardlib.argument_leaf_specs(
+        extraction = Extraction(list(args), mode)
+        specs = prefixes.per_argument(in_specs, len(args), "nnx.shard_map in_specs")
+        leaf_specs, ord_specs = prefixes.argument_leaf_specs(
             extraction, args, specs, "nnx.shard_map in_specs"
         )
         leaf_specs = tuple(P() if s is None else s for s in leaf_specs)

@@ -19,6 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from nnx import filterlib
+from nnx._modes import DEFAULT as DEFAULT_MODE
+from nnx._modes import Mode
+from nnx._modes import resolve as resolve_mode
 from nnx.statelib import State
 from nnx.transforms.autodiff import DiffState
 from nnx.transforms.lift import (
@@ -28,6 +31,7 @@ from nnx.transforms.lift import (
     collect_values_only,
     is_node,
     rebuild,
+    reject_bound_method,
 )
 from nnx.variablelib import Variable
 
@@ -47,9 +51,18 @@ def _split_nondiff(nondiff_argnums: Sequence[int | DiffState]) -> tuple[tuple[in
 class CustomVjp:
     """The callable returned by ``nnx.custom_vjp``; give it its rules with ``defvjp``."""
 
-    def __init__(self, fun: Callable[..., Any], nondiff_argnums: Sequence[int | DiffState] = ()):
+    def __init__(
+        self, fun: Callable[..., Any], nondiff_argnums: Sequence[int | DiffState] = (),
+        mode: Mode = DEFAULT_MODE,
+    ):
         functools.update_wrapper(self, fun)
         self.fun = fun
+        self.mode = mode
+        if not mode.full and any(isinstance(a, DiffState) for a in nondiff_argnums):
+            raise ValueError(
+                "nnx.custom_vjp: `nondiff_argnums` cannot contain `DiffState` objects when "
+                "graph=False or graph_updates=False; use graph=True, graph_updates=True."
+            )
         self.nondiff_ints, self.diff_filters = _split_nondiff(nondiff_argnums)
         self.fwd: Callable[..., Any] | None = None
         self.bwd: Callable[..., Any] | None = None
@@ -85,7 +98,7 @@ def _call(cv: CustomVjp, args: tuple, nondiff_pos: list[int], diff_pos: list[int
     fun, fwd, bwd = cv.fun, cv.fwd, cv.bwd
     diff_args = [args[i] for i in diff_pos]
     nondiff_args = [args[i] for i in nondiff_pos]
-    extraction = Extraction(diff_args)
+    extraction = Extraction(diff_args, cv.mode)
     static = extraction.static
     leaves, paths = extraction.leaves, extraction.paths
     # Which leaves have a tangent: every Variable of a node argument, or those its DiffState picks.
@@ -225,7 +238,8 @@ def _describe(x: Any) -> str:
 
 
 def custom_vjp(
-    fun: Callable[..., Any] | None = None, *, nondiff_argnums: Sequence[int | DiffState] = ()
+    fun: Callable[..., Any] | None = None, *, nondiff_argnums: Sequence[int | DiffState] = (),
+    graph: bool | None = None, graph_updates: bool | None = None,
 ) -> Any:
     """``jax.custom_vjp`` whose arguments may be Modules and other graph nodes.
 
@@ -235,9 +249,10 @@ def custom_vjp(
     (passed first to ``bwd``); ``nnx.DiffState(argnum, filter)`` picks which Variables of a
     node argument have tangents (all of them by default).
     """
+    mode = resolve_mode(graph, graph_updates)
     if fun is None:
-        return lambda f: CustomVjp(f, nondiff_argnums)
-    return CustomVjp(fun, nondiff_argnums)
+        return lambda f: CustomVjp(reject_bound_method(f, "custom_vjp"), nondiff_argnums, mode)
+    return CustomVjp(reject_bound_method(fun, "custom_vjp"), nondiff_argnums, mode)
 
 
 __all__ = ["CustomVjp", "custom_vjp"]

@@ -12,9 +12,12 @@ import jax.numpy as jnp
 
 from nnx import filterlib
 from nnx._graphdef import count_leaves
+from nnx._modes import Mode
+from nnx._modes import resolve as resolve_mode
 from nnx._typing import path_str
 from nnx.graph import iter_graph
 from nnx.rnglib import RngStream
+from nnx.transforms import prefixes
 from nnx.transforms.lift import (
     Extraction,
     StaticBox,
@@ -23,6 +26,7 @@ from nnx.transforms.lift import (
     is_node,
     keep_unchanged,
     rebuild,
+    reject_bound_method,
 )
 from nnx.transforms.programs import ProgramCache
 
@@ -189,14 +193,17 @@ def _mapped_pure(
 
 def _vmap_like(
     jax_transform: Callable[..., Any], f: Callable[..., Any], in_axes: Any, out_axes: Any,
-    name: str, programs: ProgramCache | None = None, **transform_kwargs: Any,
+    name: str, mode: Mode, programs: ProgramCache | None = None, **transform_kwargs: Any,
 ) -> Callable[..., Any]:
     """The shared body of ``vmap`` and ``pmap``. With ``programs``, the mapped function is kept
     per argument structure and axes, so JAX traces (and compiles) it once per signature."""
+    reject_bound_method(f, name)
+    prefixes.check_prefix(in_axes, "in_axes", name, mode)
+    prefixes.check_prefix(out_axes, "out_axes", name, mode)
 
     @functools.wraps(f)
     def wrapper(*args: Any) -> Any:
-        extraction = Extraction(list(args))
+        extraction = Extraction(list(args), mode)
         values = extraction.leaf_values()
         arg_axes = _per_arg(in_axes, len(args), "in_axes")
         in_leaf_axes = _leaf_axes(extraction, arg_axes)
@@ -243,6 +250,8 @@ def vmap(
     axis_name: Any = None,
     axis_size: int | None = None,
     spmd_axis_name: Any = None,
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """``jax.vmap`` for functions of graph nodes. A Module argument maps all its state along
     its axis (or per filter with ``StateAxes``); Modules may be created and returned (a stack
@@ -259,11 +268,11 @@ def vmap(
     if f is None:
         return lambda fn: vmap(
             fn, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size,
-            spmd_axis_name=spmd_axis_name,
+            spmd_axis_name=spmd_axis_name, graph=graph, graph_updates=graph_updates,
         )
     return _vmap_like(
-        jax.vmap, f, in_axes, out_axes, "vmap", axis_name=axis_name, axis_size=axis_size,
-        spmd_axis_name=spmd_axis_name,
+        jax.vmap, f, in_axes, out_axes, "vmap", resolve_mode(graph, graph_updates),
+        axis_name=axis_name, axis_size=axis_size, spmd_axis_name=spmd_axis_name,
     )
 
 
@@ -278,12 +287,14 @@ def pmap(
     backend: str | None = None,
     static_broadcasted_argnums: tuple[int, ...] = (),
     donate_argnums: tuple[int, ...] = (),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """``jax.pmap`` for functions of graph nodes (same conventions as ``nnx.vmap``)."""
     if f is None:
         return lambda fn: pmap(
             fn, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size,
-            devices=devices, backend=backend,
+            devices=devices, backend=backend, graph=graph, graph_updates=graph_updates,
         )
     if static_broadcasted_argnums or donate_argnums:
         raise NotImplementedError(
@@ -293,7 +304,10 @@ def pmap(
     kwargs = dict(axis_name=axis_name, devices=devices, backend=backend)
     if axis_size is not None:
         kwargs["axis_size"] = axis_size
-    return _vmap_like(jax.pmap, f, in_axes, out_axes, "pmap", ProgramCache(), **kwargs)
+    return _vmap_like(
+        jax.pmap, f, in_axes, out_axes, "pmap", resolve_mode(graph, graph_updates),
+        ProgramCache(), **kwargs,
+    )
 
 
 # -- scan ------------------------------------------------------------------------------
@@ -311,6 +325,8 @@ def scan(
     unroll: int | bool = 1,
     in_axes: Any = (Carry, 0),
     out_axes: Any = (Carry, 0),
+    graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """``jax.lax.scan`` with vmap-style axes: each argument is the carry (``nnx.Carry``),
     scanned along an axis (an int; Modules: a stack of layers), or broadcast (``None``).
@@ -322,15 +338,20 @@ def scan(
     """
     if f is None:
         return lambda fn: scan(
-            fn, length=length, reverse=reverse, unroll=unroll, in_axes=in_axes, out_axes=out_axes
+            fn, length=length, reverse=reverse, unroll=unroll, in_axes=in_axes,
+            out_axes=out_axes, graph=graph, graph_updates=graph_updates,
         )
+    reject_bound_method(f, "scan")
+    mode = resolve_mode(graph, graph_updates)
+    prefixes.check_prefix(in_axes, "in_axes", "scan", mode)
+    prefixes.check_prefix(out_axes, "out_axes", "scan", mode)
 
     @functools.wraps(f)
     def wrapper(*args: Any) -> Any:
         arg_axes = _per_arg(in_axes, len(args), "in_axes")
         if sum(1 for a in arg_axes if a is Carry) > 1:
             raise ValueError("scan: at most one argument may be nnx.Carry")
-        extraction = Extraction(list(args))
+        extraction = Extraction(list(args), mode)
         values = extraction.leaf_values()
         leaf_axes = _leaf_axes(extraction, [None if a is Carry else a for a in arg_axes])
         carried_leaf = [ax is None or ax is Carry or arg_axes[a] is Carry
@@ -435,6 +456,7 @@ def split_rngs(
     splits: int | tuple[int, ...],
     only: Any = ...,
     squeeze: bool = False,
+    graph: bool | None = None,
 ) -> Any:
     """Give every RNG stream in the arguments ``splits`` keys (a leading axis) for the call,
     so ``vmap``/``scan`` hand each layer its own keys; the streams are restored afterwards
@@ -446,7 +468,7 @@ def split_rngs(
       only: a filter on the streams to split (e.g. ``'dropout'``).
     """
     if f is None:
-        return lambda fn: split_rngs(fn, splits=splits, only=only, squeeze=squeeze)
+        return lambda fn: split_rngs(fn, splits=splits, only=only, squeeze=squeeze, graph=graph)
     predicate = filterlib.to_predicate(only)
 
     @functools.wraps(f)
@@ -474,18 +496,19 @@ def split_rngs(
 # -- loops -----------------------------------------------------------------------------
 
 
-def _loop_lift(init_val: Any) -> tuple[Extraction, list[Any]]:
-    extraction = Extraction([init_val])
+def _loop_lift(init_val: Any, mode: Mode) -> tuple[Extraction, list[Any]]:
+    extraction = Extraction([init_val], mode)
     return extraction, extraction.leaf_values()
 
 
 def fori_loop(
     lower: int, upper: int, body_fun: Callable[[Any, Any], Any], init_val: Any, *,
-    unroll: int | bool | None = None,
+    unroll: int | bool | None = None, graph: bool | None = None,
+    graph_updates: bool | None = None,
 ) -> Any:
     """``jax.lax.fori_loop`` where the loop value may hold graph nodes; ``body_fun(i, val)``
     returns the new value (the same nodes, mutated); the caller's objects are updated."""
-    extraction, values = _loop_lift(init_val)
+    extraction, values = _loop_lift(init_val, resolve_mode(graph, graph_updates))
     static = extraction.static
     box_cell: list[StaticBox] = []
 
@@ -506,10 +529,11 @@ def fori_loop(
 
 
 def while_loop(
-    cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], init_val: Any
+    cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], init_val: Any, *,
+    graph: bool | None = None, graph_updates: bool | None = None,
 ) -> Any:
     """``jax.lax.while_loop`` where the loop value may hold graph nodes."""
-    extraction, values = _loop_lift(init_val)
+    extraction, values = _loop_lift(init_val, resolve_mode(graph, graph_updates))
     static = extraction.static
     box_cell: list[StaticBox] = []
 

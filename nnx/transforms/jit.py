@@ -16,6 +16,7 @@ written only into objects of the current trace: an object captured from an outer
 from __future__ import annotations
 
 import functools
+import inspect
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from nnx._modes import Mode
 from nnx._modes import resolve as resolve_mode
 from nnx._tracing import current_trace
 from nnx.object import GraphNode
-from nnx.transforms import shardings as shardlib
+from nnx.transforms import prefixes
 from nnx.transforms.lift import (
     Extraction,
     apply,
@@ -57,6 +58,29 @@ def _as_tuple(x: int | str | Sequence[Any] | None) -> tuple:
     if isinstance(x, int | str):
         return (x,)
     return tuple(x)
+
+
+def _resolve_argnums(
+    fun: Callable[..., Any], nums: tuple, names: tuple
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Both forms of an argument selection, as ``jax.jit`` has them: the positions of the
+    named parameters that can be passed positionally, and the names of the numbered ones."""
+    try:
+        params = list(inspect.signature(fun).parameters.values())
+    except (TypeError, ValueError):
+        return nums, names
+    positional = [
+        p.name for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    nums = tuple(nums) + tuple(
+        positional.index(n) for n in names if n in positional and positional.index(n) not in nums
+    )
+    names = tuple(names) + tuple(
+        positional[i] for i in nums if 0 <= i < len(positional) and positional[i] not in names
+        and params[i].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    )
+    return nums, names
 
 
 def _split_indices(donated: list[bool]) -> tuple[list[int], list[int]]:
@@ -91,6 +115,46 @@ class _Program:
 
     def lower(self, values: list, ordinary: list) -> Any:
         return self.jitted.lower(*self._groups(values, ordinary))
+
+    def with_jitted(self, jitted: Any) -> _Program:
+        """The same program run by another callable (an ahead-of-time compiled executable)."""
+        other = object.__new__(_Program)
+        for name in _Program.__slots__:
+            object.__setattr__(other, name, getattr(self, name))
+        other.jitted = jitted
+        return other
+
+
+class Lowered:
+    """``nnx.jit(f).lower(*args)``: jax's ``Lowered`` of the pure function (``as_text``,
+    ``cost_analysis``... are jax's); ``compile()`` returns a ``Compiled``."""
+
+    def __init__(self, wrapped: JitWrapped, program: _Program, lowered: Any):
+        self._wrapped, self._program, self._lowered = wrapped, program, lowered
+
+    def compile(self, *args: Any, **kwargs: Any) -> Compiled:
+        return Compiled(self._wrapped, self._program, self._lowered.compile(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lowered, name)
+
+
+class Compiled:
+    """A compiled ``nnx.jit`` function: called with the arguments it was lowered for (same
+    structure and shapes), it runs the executable and writes updates back into the arguments'
+    objects. jax's ``Compiled`` methods (``as_text``, ``cost_analysis``...) are available."""
+
+    def __init__(self, wrapped: JitWrapped, program: _Program, compiled: Any):
+        self._wrapped, self._compiled = wrapped, compiled
+        self._program = program.with_jitted(compiled)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        wrapped = self._wrapped
+        dyn_args, dyn_kwargs, _ = wrapped._split_static(args, kwargs)
+        return wrapped._run_unbound(Extraction([*dyn_args, dyn_kwargs], wrapped.mode), self._program)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._compiled, name)
 
 
 class _Binding:
@@ -170,10 +234,12 @@ class JitWrapped:
         self.mode = mode
         self.in_shardings = in_shardings
         self.out_shardings = out_shardings
-        self.static_argnums = _as_tuple(static_argnums)
-        self.static_argnames = _as_tuple(static_argnames)
-        self.donate_argnums = _as_tuple(donate_argnums)
-        self.donate_argnames = _as_tuple(donate_argnames)
+        self.static_argnums, self.static_argnames = _resolve_argnums(
+            fun, _as_tuple(static_argnums), _as_tuple(static_argnames)
+        )
+        self.donate_argnums, self.donate_argnames = _resolve_argnums(
+            fun, _as_tuple(donate_argnums), _as_tuple(donate_argnames)
+        )
         self.jit_kwargs = jit_kwargs
         self._programs = ProgramCache()
         self._bindings: list[_Binding] = []
@@ -281,7 +347,7 @@ class JitWrapped:
         self, extraction: Extraction, args: tuple, kwargs: dict, static_args: tuple
     ) -> _Program:
         """The compiled program for these arguments' structure (compiled on first use)."""
-        donated_args = self._donated_positions(args, static_args)
+        donated_args = self._donated_positions(args, static_args, set(kwargs))
         if "kwargs" in donated_args:
             donated_args = donated_args - {"kwargs"} | {len(args)}
         leaf_donated = [a in donated_args for a in extraction.leaf_args]
@@ -345,15 +411,18 @@ class JitWrapped:
             return info.out_treedef.unflatten(out_ordinary)
         return apply(extraction, box, full, out_ordinary)
 
-    # -- introspection -------------------------------------------------------------------
-    def lower(self, *args: Any, **kwargs: Any) -> Any:
-        """Lower the pure function for these arguments (``jax.jit(...).lower``)."""
+    # -- ahead of time ---------------------------------------------------------------------
+    def lower(self, *args: Any, **kwargs: Any) -> Lowered:
+        """Lower for these arguments (as ``jax.jit(...).lower``); ``.compile()`` gives a function
+        that takes the same arguments (Modules included) and writes their updates back."""
         dyn_args, dyn_kwargs, static_args = self._split_static(args, kwargs)
         extraction = Extraction([*dyn_args, dyn_kwargs], self.mode)
         program = self._program(extraction, dyn_args, dyn_kwargs, static_args)
-        return program.lower(extraction.leaf_values(), extraction.ordinary)
+        return Lowered(self, program, program.lower(extraction.leaf_values(), extraction.ordinary))
 
-    def _donated_positions(self, args: tuple, static_args: tuple) -> set[Any]:
+    def _donated_positions(
+        self, args: tuple, static_args: tuple, kwargs_names: set[str] = frozenset()
+    ) -> set[Any]:
         if not self.donate_argnums and not self.donate_argnames:
             return set()
         # donate_argnums index the original positional arguments; map them past static ones.
@@ -365,8 +434,8 @@ class JitWrapped:
             d = d % n_total if d < 0 else d
             if d in original:
                 donated.add(original.index(d))
-        if self.donate_argnames:
-            donated.add("kwargs")  # kwargs form one group; any donated name donates it
+        if self.donate_argnames and kwargs_names & set(self.donate_argnames):
+            donated.add("kwargs")  # kwargs form one group; a donated name among them donates it
         return donated
 
     def _compile(
@@ -400,8 +469,10 @@ class JitWrapped:
                     pos.insert(i, v)
                 out = fun(*pos, **kwargs, **keyword_static)
                 if record is not None:
-                    record.append(shardlib.output_value_specs(out, self.out_shardings, "nnx.jit out_shardings"))
-                result = collect(static, inner_nodes, u, out, values, leaf_donated)
+                    record.append(prefixes.output_value_specs(out, self.out_shardings, "nnx.jit out_shardings"))
+                result = collect(
+                    static, inner_nodes, u, out, values, always_return, constrain=state_specs
+                )
                 if record is not None:
                     record.append(result)
                 return result
@@ -411,12 +482,17 @@ class JitWrapped:
         jit_kwargs = dict(self.jit_kwargs)
         donate = tuple(i for i, group in ((0, donated_idx), (2, donated_ord)) if group)
         leaf_s: list[Any] = [None] * n_leaves
+        state_specs = None
+        always_return = leaf_donated
         if self.in_shardings is not None:
             n_pos = len(call_args) - 1  # the last entry holds the keyword arguments
-            specs = shardlib.per_argument(self.in_shardings, n_pos, "nnx.jit in_shardings")
-            leaf_s, ord_s = shardlib.argument_leaf_specs(
+            specs = prefixes.per_argument(self.in_shardings, n_pos, "nnx.jit in_shardings")
+            leaf_s, ord_s = prefixes.argument_leaf_specs(
                 extraction, call_args, [*specs, None], "nnx.jit in_shardings"
             )
+            # A sharded argument's state comes back placed as its spec says, changed or not.
+            state_specs = prefixes.StateSpecs(leaf_s, extraction.leaf_args, extraction.paths)
+            always_return = [d or sp is not None for d, sp in zip(leaf_donated, leaf_s, strict=True)]
             jit_kwargs["in_shardings"] = (
                 [leaf_s[i] for i in donated_idx], [leaf_s[i] for i in kept_idx],
                 [ord_s[i] for i in donated_ord], [ord_s[i] for i in kept_ord],
@@ -483,7 +559,50 @@ def jit(
         donate_argnames=donate_argnames, **jit_kwargs,
     )
     for name in ("in_shardings", "out_shardings"):
-        shardlib.check_prefix(kwargs[name], name, "jit", mode)
+        prefixes.check_prefix(kwargs[name], name, "jit", mode)
     if fun is None:
         return lambda f: JitWrapped(reject_bound_method(f, "jit"), mode=mode, **kwargs)
     return JitWrapped(reject_bound_method(fun, "jit"), mode=mode, **kwargs)
+
+
+class PartialJit:
+    """``nnx.jit_partial(f, *partial_args)``: ``nnx.jit(f)`` with its first arguments given."""
+
+    def __init__(self, wrapped: JitWrapped, partial_args: tuple):
+        functools.update_wrapper(self, wrapped.fun)
+        self.wrapped, self.partial_args = wrapped, partial_args
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.wrapped(*self.partial_args, *args, **kwargs)
+
+    def lower(self, *args: Any, **kwargs: Any) -> Any:
+        lowered = self.wrapped.lower(*self.partial_args, *args, **kwargs)
+        return _PartialLowered(lowered, self.partial_args)
+
+
+class _PartialLowered:
+    def __init__(self, lowered: Lowered, partial_args: tuple):
+        self._lowered, self._partial_args = lowered, partial_args
+
+    def compile(self, *args: Any, **kwargs: Any) -> Any:
+        return functools.partial(self._lowered.compile(*args, **kwargs), *self._partial_args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lowered, name)
+
+
+def jit_partial(fun: Callable[..., Any], *partial_args: Any, **jit_options: Any) -> PartialJit:
+    """``nnx.jit(fun, **jit_options)`` with ``partial_args`` as its first arguments: calls take
+    the remaining ones. ``in_shardings`` and argument numbers count the partial arguments too.
+    In tree mode the partial arguments are checked for aliasing now (a Variable given twice
+    raises).
+
+    Args:
+      fun: the function.
+      *partial_args: its first arguments (Modules, Optimizers, arrays...).
+      **jit_options: as for ``nnx.jit`` (``graph``, ``graph_updates``, ``in_shardings``...).
+    """
+    wrapped = jit(fun, **jit_options)
+    if not wrapped.mode.graph:
+        Extraction(list(partial_args), wrapped.mode)  # raises on aliasing
+    return PartialJit(wrapped, partial_args)

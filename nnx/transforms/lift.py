@@ -238,6 +238,7 @@ def collect(
     input_values: Sequence[Any] | None = None,
     always_return: Sequence[bool] | None = None,
     keep_all: bool = False,
+    constrain: Any = None,
 ) -> tuple[list[Any], list[Any], StaticBox]:
     """Inside a trace, after the call: flatten the argument nodes again, then the outputs.
 
@@ -248,15 +249,22 @@ def collect(
     indices in ``updated``, followed by the leaves of new nodes in the outputs; returning
     untouched arrays would make XLA copy them. Otherwise ``updated`` is None and all leaves are
     returned. ``keep_all`` returns every leaf even then (for transforms whose outputs are fixed
-    in advance); ``updated`` still names the replaced ones.
+    in advance); ``updated`` still names the replaced ones. ``constrain`` (``input(i, value)``
+    and ``path(arg, path, value)``) may replace each returned state value, e.g. to keep the
+    argument's sharding.
 
     With ``graph_updates=False`` (and in tree mode) the arguments' structure is not carried out:
     see ``_collect_values``.
     """
     if not static.mode.updates:
-        return _collect_values(static, u, out, input_values, always_return, keep_all)
+        return _collect_values(static, u, out, input_values, always_return, keep_all, constrain)
     g = Flattener()
-    in_defs = tuple(tuple(g.flatten(n) for n in nodes) for nodes in inner_nodes)
+    in_defs, arg_ranges = [], []
+    for nodes in inner_nodes:
+        start = len(g.leaves)
+        in_defs.append(tuple(g.flatten(n) for n in nodes))
+        arg_ranges.append((start, len(g.leaves)))
+    in_defs = tuple(in_defs)
     changed = in_defs != _input_defs(static)
     flat_out, out_treedef = jax.tree_util.tree_flatten(out, is_leaf=is_node)
     out_defs, out_ordinary = [], []
@@ -288,8 +296,15 @@ def collect(
             i for i in range(n_in)
             if values[i] is not input_values[i] or (always_return and always_return[i])
         )
+        if constrain is not None:
+            for i in updated:
+                values[i] = constrain.input(i, values[i])
         if not keep_all:
             values = [values[i] for i in updated] + values[n_in:]
+    elif constrain is not None:
+        for arg, (start, stop) in enumerate(arg_ranges):
+            for k in range(start, stop):
+                values[k] = constrain.path(arg, g.paths[k], values[k])
     box = StaticBox(
         CallInfo(in_defs, out_treedef, tuple(out_defs), pre_of_post, changed, has_out_nodes, updated)
     )
@@ -306,7 +321,7 @@ def _input_defs(static: ArgsDef) -> tuple:
 
 def _collect_values(
     static: ArgsDef, u: Unflattener, out: Any, input_values: Sequence[Any] | None,
-    always_return: Sequence[bool] | None, keep_all: bool,
+    always_return: Sequence[bool] | None, keep_all: bool, constrain: Any = None,
 ) -> tuple[list[Any], list[Any], StaticBox]:
     """``collect`` for ``graph_updates=False`` and tree mode. The argument structure is taken as
     unchanged; each input Variable's value is read from the object built from it (a Variable
@@ -350,6 +365,9 @@ def _collect_values(
             i for i in range(n_in)
             if values[i] is not input_values[i] or (always_return and always_return[i])
         )
+        if constrain is not None:
+            for i in updated:
+                values[i] = constrain.input(i, values[i])
         if not keep_all:
             values = [values[i] for i in updated]
     values += [x._raw_value if isinstance(x, Variable) else x for x in g.leaves]
@@ -486,11 +504,12 @@ def reject_bound_method(fun: Any, name: str) -> Any:
 
 
 def lifted_call(
-    transform: Any, f: Any, args: Sequence[Any], kwargs: dict[str, Any], *, elide: bool = True
+    transform: Any, f: Any, args: Sequence[Any], kwargs: dict[str, Any], *, elide: bool = True,
+    mode: Mode = DEFAULT_MODE,
 ) -> Any:
     """Run ``f(*args, **kwargs)`` under ``transform(pure)`` (e.g. ``jax.checkpoint``), where
     ``pure`` maps leaf values to results, and write the results back to the caller's objects."""
-    extraction = Extraction([*args, kwargs])
+    extraction = Extraction([*args, kwargs], mode)
     values = extraction.leaf_values()
     static = extraction.static
 

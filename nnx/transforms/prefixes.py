@@ -1,10 +1,11 @@
-"""Per-argument sharding specs spread over the leaves the transforms pass to JAX.
+"""Prefixes: per-argument specs (shardings, axes) spread over the leaves the transforms pass
+to JAX, and ``nnx.prefix`` to build them from filters.
 
 A spec for an argument is a prefix of it, as in ``jax.jit``: a ``Sharding``, a
 ``PartitionSpec`` or None applies to everything below it, a container of specs matches the
 argument's containers. Where the argument holds a graph node, the spec may also be a ``State``
-(or nested dict) of specs shaped like the node's state, e.g. from ``nnx.get_named_sharding``, or
-a ``StateSharding`` mapping filters to specs.
+(or nested dict) of specs shaped like the node's state, e.g. from ``nnx.get_named_sharding``, a
+``StateSharding`` mapping filters to specs, or what ``nnx.prefix`` returns.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import jax
 from jax.sharding import PartitionSpec, Sharding
 
 from nnx import filterlib
+from nnx import graph as graphlib
+from nnx._modes import resolve as resolve_mode
+from nnx._typing import path_str
+from nnx.object import GraphNode
 from nnx.statelib import State
 from nnx.transforms.lift import Extraction, argument_items, is_node
 from nnx.variablelib import Variable
@@ -81,7 +86,9 @@ def _is_prefix_leaf(x: Any) -> bool:
 
 
 def _is_spec_leaf(s: Any) -> bool:
-    return s is None or isinstance(s, Sharding | PartitionSpec | StateSharding | State | Variable)
+    return s is None or isinstance(
+        s, Sharding | PartitionSpec | StateSharding | State | Variable | PrefixState
+    )
 
 
 def _count_items(tree: Any) -> int:
@@ -109,8 +116,90 @@ def _unwrap(spec: Any) -> Any:
     return spec.get_value() if isinstance(spec, Variable) else spec
 
 
+class PrefixState:
+    """What ``nnx.prefix`` returns in graph mode: ``state``, a State of prefix values shaped
+    like the node's state (paths as ``nnx.state`` gives them)."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: State):
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"PrefixState({self.state!r})"
+
+
+def prefix(node: Any, filter_map: Any, /, *, graph: bool | None = None) -> Any:
+    """A prefix for ``node`` (axes, shardings) with one value per Variable, chosen by filter.
+
+    ``filter_map`` maps filters to values (each Variable takes the value of the first filter it
+    matches; one that matches none raises) or is a callable ``(path, variable) -> value``. In
+    tree mode (``graph=False``) the result is a copy of ``node`` holding the values where its
+    Variables were; in graph mode a ``PrefixState`` (``.state``: a State of the values). Either
+    can be given to the transforms as the prefix of that argument.
+    """
+    mode = resolve_mode(graph, None)
+    if callable(filter_map) and not isinstance(filter_map, Mapping):
+        choose = filter_map
+    else:
+        filters = tuple(filter_map)
+        predicates = filterlib.filters_to_predicates(filters)
+        values = tuple(filter_map.values())
+
+        def choose(path: tuple, leaf: Any) -> Any:
+            for pred, value in zip(predicates, values, strict=True):
+                if pred(path, leaf):
+                    return value
+            raise ValueError(
+                f"nnx.prefix: No filter matched the {type(leaf).__name__} at "
+                f"'{path_str(path)}' (filters: {filters!r}); add `...: value` last for the rest."
+            )
+
+    graphdef, flat = graphlib.flatten(node)
+    chosen = [choose(tuple(p), leaf) for p, leaf in zip(graphdef.paths, flat, strict=True)]
+    if mode.graph:
+        return PrefixState(State.from_flat_path(list(zip(graphdef.paths, chosen, strict=True))))
+    # A copy of the node with the values in its Variables' places.
+    copy = graphlib.unflatten(graphdef, chosen)
+    for path, value in zip(graphdef.paths, chosen, strict=True):
+        parent = copy
+        for key in path[:-1]:
+            parent = _child(parent, key)
+        _put(parent, path[-1], value)
+    return copy
+
+
+def _child(parent: Any, key: Any) -> Any:
+    if isinstance(parent, GraphNode):
+        return parent._graph_get(key)
+    if isinstance(parent, Mapping | list | tuple):
+        return parent[key]
+    return None
+
+
+def _put(parent: Any, key: Any, value: Any) -> None:
+    if isinstance(parent, GraphNode):
+        parent._graph_set(key, value)
+    elif isinstance(parent, dict | list):
+        parent[key] = value
+    else:
+        raise TypeError(f"nnx.prefix: cannot place a value in a {type(parent).__name__}")
+
+
+def _node_prefix_value(prefix_node: Any, path: tuple) -> Any:
+    """The value at ``path`` in a node-shaped prefix (from ``nnx.prefix(graph=False)``)."""
+    value = prefix_node
+    for key in path:
+        value = _child(value, key)
+    return value
+
+
 def node_leaf_specs(spec: Any, paths: Sequence[tuple], leaves: Sequence[Any]) -> list[Any]:
     """The spec of each leaf of one graph node, given the node's spec."""
+    if isinstance(spec, PrefixState):
+        spec = spec.state
+    if isinstance(spec, GraphNode):
+        return [_unwrap(_node_prefix_value(spec, tuple(p))) for p in paths]
     if isinstance(spec, StateSharding):
         return [spec.spec_for(tuple(p), leaf) for p, leaf in zip(paths, leaves, strict=True)]
     if isinstance(spec, State | Mapping):
@@ -137,17 +226,56 @@ def argument_leaf_specs(
     """Spread one spec per argument over the extraction's node leaves and ordinary leaves."""
     leaf_specs: list[Any] = [None] * len(extraction.leaves)
     ord_specs: list[Any] = []
+    first: dict[int, tuple[int, int]] = {}  # id of a node -> the leaf range it was found with
     per_arg = argument_items(extraction, args)
     for (_, items), arg, spec in zip(per_arg, args, specs, strict=True):
-        for (_, leaf_range), s in zip(items, broadcast_prefix(spec, arg, where), strict=True):
+        for (item, leaf_range), s in zip(items, broadcast_prefix(spec, arg, where), strict=True):
             if leaf_range is None:
                 ord_specs.append(_unwrap(s))
                 continue
             start, stop = leaf_range
+            if start == stop and id(item) in first:
+                # The same object given again: its leaves already have specs, which must agree.
+                start, stop = first[id(item)]
+                again = node_leaf_specs(s, extraction.paths[start:stop], extraction.leaves[start:stop])
+                if again != leaf_specs[start:stop]:
+                    raise ValueError(
+                        f"{where}: Inconsistent aliasing: the same {type(item).__name__} is "
+                        f"passed more than once with different specs ({leaf_specs[start:stop]} "
+                        f"and {again}). Give every occurrence the same spec."
+                    )
+                continue
+            first.setdefault(id(item), (start, stop))
             leaf_specs[start:stop] = node_leaf_specs(
                 s, extraction.paths[start:stop], extraction.leaves[start:stop]
             )
     return leaf_specs, ord_specs
+
+
+class StateSpecs:
+    """The input spec of each state leaf of a transform's arguments, applied inside the
+    transform to the state it returns (``collect``'s ``constrain``), so that updated state
+    leaves with the sharding it came in with: by input leaf index, or by argument and path
+    when the structure changed."""
+
+    def __init__(self, leaf_specs: Sequence[Any], leaf_args: Sequence[int], paths: Sequence[tuple]):
+        self.by_index = list(leaf_specs)
+        self.by_path = {
+            (a, tuple(p)): s for a, p, s in zip(leaf_args, paths, leaf_specs, strict=True)
+            if s is not None
+        }
+
+    def input(self, i: int, value: Any) -> Any:
+        return _constrain(value, self.by_index[i]) if i < len(self.by_index) else value
+
+    def path(self, arg: int, path: tuple, value: Any) -> Any:
+        return _constrain(value, self.by_path.get((arg, tuple(path))))
+
+
+def _constrain(value: Any, spec: Any) -> Any:
+    if spec is None or not hasattr(value, "shape"):
+        return value
+    return jax.lax.with_sharding_constraint(value, spec)
 
 
 def output_value_specs(out: Any, spec: Any, where: str) -> dict[int, Any]:
@@ -167,4 +295,4 @@ def output_value_specs(out: Any, spec: Any, where: str) -> dict[int, Any]:
     return found
 
 
-__all__ = ["StateSharding"]
+__all__ = ["PrefixState", "StateSharding", "prefix"]
