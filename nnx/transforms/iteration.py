@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from nnx import filterlib
-from nnx._graphdef import count_leaves
+from nnx._graphdef import Flattener, count_leaves
 from nnx._modes import Mode
 from nnx._modes import resolve as resolve_mode
 from nnx._typing import path_str
@@ -19,8 +19,10 @@ from nnx.graph import iter_graph
 from nnx.rnglib import RngStream
 from nnx.transforms import prefixes
 from nnx.transforms.lift import (
+    CallInfo,
     Extraction,
     StaticBox,
+    _input_defs,
     apply,
     collect,
     is_node,
@@ -29,6 +31,7 @@ from nnx.transforms.lift import (
     reject_bound_method,
 )
 from nnx.transforms.programs import ProgramCache
+from nnx.variablelib import Variable
 
 
 class StateAxes:
@@ -496,9 +499,73 @@ def split_rngs(
 # -- loops -----------------------------------------------------------------------------
 
 
-def _loop_lift(init_val: Any, mode: Mode) -> tuple[Extraction, list[Any]]:
-    extraction = Extraction([init_val], mode)
-    return extraction, extraction.leaf_values()
+class _Loop:
+    """A loop value (``fori_loop``/``while_loop``): flattened once; inside the body, rebuilt
+    from the carry and read back from what the body returns, which must be the loop value
+    again: the same structure and, in every mode, the same Variables (values may change)."""
+
+    def __init__(self, init_val: Any, mode: Mode, name: str):
+        self.extraction = Extraction([init_val], mode)
+        self.static = self.extraction.static
+        self.mode, self.name = mode, name
+        self.init = (self.extraction.leaf_values(), self.extraction.ordinary)
+
+    def build(self, carry: tuple) -> tuple[Any, Any]:
+        vals, ords = carry
+        (val,), u, _ = rebuild(self.static, vals, ords)
+        return val, u
+
+    def carry_of(self, out: Any, u: Any) -> tuple[list, list]:
+        g = Flattener(tree=not self.mode.graph)
+        g.label = "output"
+        flat, treedef = jax.tree_util.tree_flatten(out, is_leaf=is_node)
+        defs, ords = [], []
+        for x in flat:
+            if is_node(x):
+                defs.append(g.flatten(x))
+            else:
+                defs.append(None)
+                ords.append(x)
+        arg_treedef, arg_defs = self.static.args[0]
+        if arg_treedef is None:  # the loop value is a graph node itself
+            same = len(defs) == 1 and defs[0] == arg_defs[0]
+        else:
+            same = treedef == arg_treedef and tuple(defs) == arg_defs
+        if not same:
+            raise ValueError(
+                f"nnx.{self.name}: the body must return the loop value with the same structure "
+                "(same nodes and Variables, ordinary leaves of the same kinds); it returned a "
+                "different one. Update Variables in place (v[...] = ...) instead of replacing "
+                "them, and do not add or remove attributes."
+            )
+        for k, obj in enumerate(g.objects):
+            if u.objects.get(k) is not obj:
+                raise ValueError(
+                    f"nnx.{self.name}: the body returned a new {type(obj).__name__} at "
+                    f"'{g.where(k)}'; it must return the loop value's own Variables and nodes "
+                    "(update them in place) so that they can be carried."
+                )
+        return [x._raw_value if isinstance(x, Variable) else x for x in g.leaves], ords
+
+    def finish(self, carry: tuple) -> Any:
+        """Write the final carry into the caller's objects; the loop value with new leaves."""
+        vals, ords = carry
+        f = self.extraction.flattener
+        info = CallInfo(
+            _input_defs(self.static), jax.tree_util.tree_structure(()), (),
+            tuple(range(len(f.objects))), False, False, None,
+        )
+        apply(self.extraction, StaticBox(info), list(vals), [])
+        (arg_treedef, arg_defs), it = self.static.args[0], iter(ords)
+        if arg_treedef is None:
+            return f.objects[0]
+        nodes = iter(f.objects[i] for i in _top_level_objects(arg_defs))
+        return arg_treedef.unflatten([next(it) if d is None else next(nodes) for d in arg_defs])
+
+
+def _top_level_objects(defs: tuple) -> list[int]:
+    """The object index of each top-level node or Variable definition (a RefDef's target)."""
+    return [d.index for d in defs if d is not None]
 
 
 def fori_loop(
@@ -507,57 +574,33 @@ def fori_loop(
     graph_updates: bool | None = None,
 ) -> Any:
     """``jax.lax.fori_loop`` where the loop value may hold graph nodes; ``body_fun(i, val)``
-    returns the new value (the same nodes, mutated); the caller's objects are updated."""
-    extraction, values = _loop_lift(init_val, resolve_mode(graph, graph_updates))
-    static = extraction.static
-    box_cell: list[StaticBox] = []
+    returns the loop value again (the same nodes and Variables, updated in place or with new
+    values); the caller's objects are updated and returned in it."""
+    loop = _Loop(init_val, resolve_mode(graph, graph_updates), "fori_loop")
 
     def body(i: Any, carry: tuple) -> tuple:
-        vals, ords = carry
-        (val,), u, inner = rebuild(static, vals, ords)
-        out = body_fun(i, val)
-        new_vals, out_ord, box = collect(static, inner, u, out)
-        _check_loop_box(box, "fori_loop")
-        box_cell[:] = [box]
-        return new_vals[:len(vals)], out_ord
+        val, u = loop.build(carry)
+        return loop.carry_of(body_fun(i, val), u)
 
     kwargs = {} if unroll is None else {"unroll": unroll}
-    vals, ords = jax.lax.fori_loop(lower, upper, body, (values, extraction.ordinary), **kwargs)
-    if not box_cell:  # zero-trip loops known statically never trace the body
-        return init_val
-    return apply(extraction, box_cell[0], vals, ords)
+    return loop.finish(jax.lax.fori_loop(lower, upper, body, loop.init, **kwargs))
 
 
 def while_loop(
     cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], init_val: Any, *,
     graph: bool | None = None, graph_updates: bool | None = None,
 ) -> Any:
-    """``jax.lax.while_loop`` where the loop value may hold graph nodes."""
-    extraction, values = _loop_lift(init_val, resolve_mode(graph, graph_updates))
-    static = extraction.static
-    box_cell: list[StaticBox] = []
+    """``jax.lax.while_loop`` where the loop value may hold graph nodes (see ``fori_loop``)."""
+    loop = _Loop(init_val, resolve_mode(graph, graph_updates), "while_loop")
 
     def cond(carry: tuple) -> Any:
-        vals, ords = carry
-        (val,), _, _ = rebuild(static, vals, ords)
-        return cond_fun(val)
+        return cond_fun(loop.build(carry)[0])
 
     def body(carry: tuple) -> tuple:
-        vals, ords = carry
-        (val,), u, inner = rebuild(static, vals, ords)
-        out = body_fun(val)
-        new_vals, out_ord, box = collect(static, inner, u, out)
-        _check_loop_box(box, "while_loop")
-        box_cell[:] = [box]
-        return new_vals[:len(vals)], out_ord
+        val, u = loop.build(carry)
+        return loop.carry_of(body_fun(val), u)
 
-    vals, ords = jax.lax.while_loop(cond, body, (values, extraction.ordinary))
-    return apply(extraction, box_cell[0], vals, ords)
-
-
-def _check_loop_box(box: StaticBox, name: str) -> None:
-    if box.value.changed:
-        raise ValueError(f"{name}: the body changed the structure of the loop value's nodes")
+    return loop.finish(jax.lax.while_loop(cond, body, loop.init))
 
 
 __all__ = [
