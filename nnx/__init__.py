@@ -21,9 +21,11 @@ from nnx import (
     summary,
     training,
     transforms,
+    traversals,
     variablelib,
 )
 from nnx._display import display
+from nnx._modes import set_graph_mode, set_graph_updates
 from nnx._tracing import TraceContextError
 from nnx.filterlib import All, Any, Everything, Not, Nothing, OfType, PathContains, WithTag
 from nnx.graph import (
@@ -47,7 +49,7 @@ from nnx.module import Module
 from nnx.nn import *  # noqa: F403 - layers, activations, pooling (nnx.nn.__all__)
 from nnx.nn import __all__ as _nn_all
 from nnx.nn import initializers
-from nnx.object import Dict, List, Object, Pytree, data, register_pytree_node, static
+from nnx.object import Dict, List, Object, Pytree, data, is_data, register_pytree_node, static
 from nnx.rnglib import Rngs, RngStream, reseed
 from nnx.spmd import get_named_sharding, get_partition_spec, with_partitioning
 from nnx.statelib import (
@@ -64,6 +66,7 @@ from nnx.training import __all__ as _training_all
 from nnx.transforms import *  # noqa: F403 - jit, grad, vmap, scan... (nnx.transforms.__all__)
 from nnx.transforms import __all__ as _transforms_all
 from nnx.variablelib import (
+    A,
     BatchStat,
     Cache,
     Intermediate,
@@ -79,6 +82,10 @@ from nnx.variablelib import (
     Variable,
     VariableMetadata,
     register_variable_name,
+    set_metadata,
+    use_eager_sharding,
+    using_eager_sharding,
+    var_defaults,
     variable_name_from_type,
     variable_type_from_name,
     with_metadata,
@@ -100,7 +107,8 @@ __all__ = [
     "Variable", "Param", "BatchStat", "Cache", "Intermediate", "Perturbation", "OptState",
     "OptArray", "OptVariable", "RngState", "RngKey", "RngCount", "LoRAParam", "VariableState",
     "VariableMetadata", "with_metadata", "register_variable_name", "variable_name_from_type",
-    "variable_type_from_name",
+    "variable_type_from_name", "set_metadata", "var_defaults", "use_eager_sharding",
+    "using_eager_sharding", "is_data", "A",
     # State
     "State", "filter_state", "merge_state", "split_state", "to_pure_dict", "replace_by_pure_dict",
     # filters
@@ -108,12 +116,14 @@ __all__ = [
     # the graph
     "GraphDef", "split", "merge", "update", "state", "variables", "graphdef", "clone", "pop",
     "flatten", "unflatten", "iter_graph", "iter_children", "find_duplicates", "map_state",
+    # graph mode / tree mode
+    "set_graph_mode", "set_graph_updates",
     # randomness, sharding, display, errors
     "Rngs", "RngStream", "reseed", "with_partitioning", "get_partition_spec",
     "get_named_sharding", "display", "tabulate", "TraceContextError",
     # public submodules
     "filterlib", "graph", "module", "nn", "object", "rnglib", "spmd",
-    "statelib", "summary", "training", "transforms", "variablelib",
+    "statelib", "summary", "training", "transforms", "traversals", "variablelib",
     *_nn_all,
     *_training_all,
     *_transforms_all,

@@ -2,6 +2,7 @@
 
 Every metric's ``update`` takes keyword arguments, ignores the ones it does not use, and accepts
 an optional ``mask``: per-example weights over the leading axes of the values (0 drops a row).
+``MultiMetric.update(mask=...)`` takes one mask for all metrics or a dict of masks by metric name.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from nnx.graph import split
 from nnx.object import Object
 from nnx.variablelib import Variable
 
@@ -45,6 +47,10 @@ class Metric(Object):
     def compute(self) -> Any:
         """The metric's value over everything accumulated since the last reset."""
         raise NotImplementedError(f"{type(self).__name__} must implement compute()")
+
+    def split(self, *filters: Any) -> tuple[Any, ...]:
+        """``nnx.split(self, *filters)``: the metric's GraphDef and State(s)."""
+        return split(self, *filters)
 
 
 def _argument(metric: Metric, kwargs: dict[str, Any], name: str) -> jax.Array:
@@ -99,6 +105,11 @@ class Average(Metric):
 
     def update(self, *, mask: Any = None, **kwargs: Any) -> None:
         """Add the values in ``kwargs[argname]``, weighted by ``mask`` when given."""
+        if mask is not None and isinstance(kwargs.get(self.argname), int | float):
+            raise ValueError(
+                f"{type(self).__name__}.update: with a mask, {self.argname!r} should be a jax array "
+                f"with one entry per mask entry, got the Python number {kwargs[self.argname]!r}."
+            )
         values = _argument(self, kwargs, self.argname).astype(jnp.float32)
         self._accumulate(values, mask)
 
@@ -116,7 +127,8 @@ class Accuracy(Average):
     """The fraction of correct predictions.
 
     Multi-class logits (one more axis than ``labels``) are compared by ``argmax``; with
-    ``threshold`` set, binary predictions are ``logits > threshold`` compared with ``labels``.
+    ``threshold`` set, a prediction is positive when ``logits >= threshold`` and is compared with
+    ``labels > 0``.
 
     Args:
       threshold: the decision threshold for binary classification (None: multi-class argmax).
@@ -133,18 +145,19 @@ class Accuracy(Average):
         if self.threshold is None:
             if logits.ndim != labels.ndim + 1:
                 raise ValueError(
-                    f"Accuracy: multi-class logits need one more axis than labels; got logits "
-                    f"of shape {logits.shape} and labels of shape {labels.shape}. For binary "
-                    "predictions pass Accuracy(threshold=...)."
+                    "For multi-class classification, Accuracy needs logits with one more axis "
+                    f"than labels; got logits of shape {logits.shape} and labels of shape "
+                    f"{labels.shape}. For binary predictions pass Accuracy(threshold=...)."
                 )
             predictions = jnp.argmax(logits, axis=-1)
         else:
             if logits.shape != labels.shape:
                 raise ValueError(
-                    f"Accuracy(threshold={self.threshold}): logits and labels must have the "
-                    f"same shape; got {logits.shape} and {labels.shape}."
+                    f"For binary classification (threshold={self.threshold}), Accuracy needs "
+                    f"logits and labels of the same shape; got {logits.shape} and {labels.shape}."
                 )
-            predictions = logits > self.threshold
+            predictions = logits >= self.threshold
+            labels = labels > 0
         correct = (predictions.astype(labels.dtype) == labels).astype(jnp.float32)
         self._accumulate(correct, mask)
 
@@ -205,7 +218,9 @@ class MultiMetric(Metric):
     Args:
       **metrics: the metrics, e.g. ``MultiMetric(loss=Average('loss'), accuracy=Accuracy())``.
 
-    ``update(**kwargs)`` passes all keyword arguments to every metric, each using what it needs.
+    ``update(**kwargs)`` passes all keyword arguments to every metric, each using what it needs;
+    ``mask`` is either one mask for every metric or a dict ``{metric name: mask}``, and a metric
+    receives ``mask=`` only when it has one (so custom metrics need not accept it).
     """
 
     def __init__(self, **metrics: Metric):
@@ -230,10 +245,21 @@ class MultiMetric(Metric):
         for _, metric in self._metrics():
             metric.reset()
 
-    def update(self, **kwargs: Any) -> None:
-        """Update every metric with the same keyword arguments."""
-        for _, metric in self._metrics():
-            metric.update(**kwargs)
+    def update(self, *, mask: Any = None, **kwargs: Any) -> None:
+        """Update every metric with the same keyword arguments and its own ``mask``, if any."""
+        if isinstance(mask, dict):
+            unknown = sorted(set(mask) - set(self._metric_names))
+            if unknown:
+                raise KeyError(
+                    f"MultiMetric.update: mask names unknown metrics {unknown}; the metrics are "
+                    f"{list(self._metric_names)}."
+                )
+        for name, metric in self._metrics():
+            own = mask.get(name) if isinstance(mask, dict) else mask
+            if own is None:
+                metric.update(**kwargs)
+            else:
+                metric.update(mask=own, **kwargs)
 
     def compute(self) -> dict[str, Any]:
         """A dict from metric name to that metric's ``compute()``."""

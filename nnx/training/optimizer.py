@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nnx._typing import Path, key_from_path_entry, path_str
+from nnx._typing import Path, key_from_path_entry, path_order, path_str
 from nnx.graph import state as graph_state
+from nnx.graph import update as graph_update
 from nnx.object import ARRAY_TYPES, Object
 from nnx.statelib import State
 from nnx.variablelib import OptState, Param, Variable
@@ -20,13 +21,11 @@ def _is_variable(x: Any) -> bool:
     return isinstance(x, Variable)
 
 
-def _unwrap(tree: Any) -> Any:
-    return jax.tree.map(lambda x: x.value if isinstance(x, Variable) else x, tree, is_leaf=_is_variable)
-
-
 def _raw_state(flat: list[tuple[Path, Any]]) -> State:
     """A State of raw arrays from ``(path, leaf)`` pairs (Variables unwrapped)."""
-    return State.from_flat_path([(p, v.value if isinstance(v, Variable) else v) for p, v in flat])
+    return State.from_flat_path(
+        [(p, v.get_raw_value() if isinstance(v, Variable) else v) for p, v in flat]
+    )
 
 
 def _dicts_to_states(tree: Any) -> Any:
@@ -47,7 +46,7 @@ def _dicts_to_states(tree: Any) -> Any:
     return tree
 
 
-def _wrap_opt_state(tree: Any, param_metadata: dict[Path, dict[str, Any]]) -> Any:
+def _wrap_opt_state(tree: Any, param_metadata: dict[Path, tuple[tuple, dict[str, Any]]]) -> Any:
     """Wrap every array leaf of an optax state in an ``OptState`` (plain dicts become States).
 
     A leaf whose key path ends with a parameter's path (``mu/linear/kernel``) and has its shape
@@ -68,24 +67,55 @@ def _wrap_opt_state(tree: Any, param_metadata: dict[Path, dict[str, Any]]) -> An
     return jax.tree_util.tree_map_with_path(wrap, tree)
 
 
+def _pure(tree: Any) -> Any:
+    """``tree`` with every Variable replaced by its raw value (States stay States)."""
+    return jax.tree.map(
+        lambda x: x.get_raw_value() if isinstance(x, Variable) else x, tree, is_leaf=_is_variable
+    )
+
+
+_SHARDING_NAMES = ("out_sharding", "sharding_names", "sharding")
+
+
+def _param_metadata(params: list[tuple[Path, Any]]) -> dict[Path, tuple[tuple, dict[str, Any]]]:
+    """``{path: (shape, metadata for its optimizer state)}`` of the optimized leaves.
+
+    A parameter's ``optimizer_sharding`` becomes its optimizer state's ``out_sharding``, so the
+    state can be sharded differently from the parameter.
+    """
+    out = {}
+    for path, leaf in params:
+        meta = leaf.get_metadata() if isinstance(leaf, Variable) else {}
+        if "optimizer_sharding" in meta:
+            meta = {k: v for k, v in meta.items() if k not in _SHARDING_NAMES}
+            meta["out_sharding"] = meta.pop("optimizer_sharding")
+        out[path] = (jnp.shape(leaf), meta)
+    return out
+
+
 class Optimizer(Object):
     """Holds an optax transformation, its state, and a reference to the model it trains.
 
-    ``update(grads)`` (or ``update(model, grads)``) computes optax updates for the model's
-    Variables matching ``wrt``, applies them in place (the Variables keep their identity) and
-    increments ``step``. The optimizer state lives in ``OptState`` Variables, so the optimizer
-    can be passed through ``nnx.jit`` and checkpointed with ``nnx.state(optimizer)``.
+    ``update(model, grads)`` (or ``update(grads)`` for ``optimizer.model``) computes optax
+    updates for the model's state matching ``wrt`` (Variables, or raw array attributes),
+    applies them in place (Variables keep their identity), increments ``step`` and returns the
+    updates. The optimizer state lives in ``OptState`` Variables inside tuples, namedtuples and
+    ``State``s (where optax has dicts), so the optimizer can be passed through ``nnx.jit`` and
+    checkpointed with ``nnx.state(optimizer)``; it is indexed like optax's state
+    (``optimizer.opt_state[0].mu['linear']['kernel']``).
 
     Args:
       model: the model whose parameters are optimized; kept as ``optimizer.model``.
-      tx: an optax ``GradientTransformation`` (schedules and ``inject_hyperparams`` work).
-      wrt: a filter selecting the Variables to optimize (default ``nnx.Param``).
+      tx: an optax ``GradientTransformation`` (schedules, ``inject_hyperparams``,
+        ``partition`` with labels from ``nnx.map_state``, line searches all work).
+      wrt: a filter selecting what to optimize (default ``nnx.Param``), e.g. a type or a
+        predicate ``(path, value) -> bool``.
 
     Example::
 
       >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
-      >>> optimizer = nnx.Optimizer(model, optax.sgd(0.1))
-      >>> optimizer.update(grads)  # grads: a State or nested dict matching the Params
+      >>> optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+      >>> updates = optimizer.update(model, grads)  # grads: e.g. nnx.grad(loss_fn)(model)
     """
 
     def __init__(self, model: Any, tx: optax.GradientTransformation, wrt: Any = Param):
@@ -97,27 +127,35 @@ class Optimizer(Object):
         self.tx = tx
         self.wrt = wrt
         self.step = OptState(jnp.array(0, jnp.uint32))
-        params = self._params()
+        params = self._params(model)
         if not params:
             raise ValueError(
                 f"Optimizer: the model {type(model).__name__} has no Variables matching "
                 f"wrt={wrt!r}; nothing to optimize."
             )
-        metadata = {path: (var.shape, var.get_metadata()) for path, var in params}
-        self.opt_state = _wrap_opt_state(tx.init(_raw_state(params)), metadata)
+        self.opt_state = _wrap_opt_state(tx.init(_raw_state(params)), _param_metadata(params))
 
-    def _params(self) -> list[tuple[Path, Variable]]:
-        return graph_state(self.model, self.wrt).flat_state()
+    def _params(self, model: Any) -> list[tuple[Path, Any]]:
+        return graph_state(model, self.wrt).flat_state()
 
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        """Apply one optimization step with ``grads``.
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        """Apply one optimization step with ``grads``; return optax's updates.
 
-        Call as ``update(grads, **kwargs)`` or ``update(model, grads, **kwargs)``; extra keyword
-        arguments go to ``tx.update`` (e.g. ``value=loss`` for ``reduce_on_plateau``).
+        Call as ``update(model, grads, **kwargs)`` or ``update(grads, **kwargs)`` (for
+        ``optimizer.model``); ``grads`` is a State or nested dict of the optimized paths, or a
+        Module of gradients (what ``jax.grad`` returns for a Module). Extra keyword arguments go to ``tx.update`` with Variables
+        unwrapped: ``value=loss`` for ``reduce_on_plateau``; ``value=``, ``grad=`` and
+        ``value_fn=`` for line searches such as ``optax.lbfgs`` (``value_fn`` receives a State
+        of arrays shaped like the optimized state). A model other than ``optimizer.model``
+        (e.g. a copy made by ``jax.jit`` or ``jax.sharding.reshard``) must have the same
+        optimized paths and shapes; it is updated and becomes ``optimizer.model``.
 
         Args:
-          *args: ``grads``, or ``model, grads`` where ``model`` must be ``optimizer.model``.
+          *args: ``grads``, or ``model, grads``.
           **kwargs: extra arguments for the optax transformation.
+
+        Returns:
+          The updates applied, a State of arrays shaped like the optimized state.
         """
         model = kwargs.pop("model", None)
         grads = kwargs.pop("grads", None)
@@ -127,27 +165,42 @@ class Optimizer(Object):
             grads = args[0]
         elif args or grads is None:
             raise TypeError(
-                "Optimizer.update expects update(grads, **kwargs) or update(model, grads, "
+                "Optimizer.update expects update(model, grads, **kwargs) or update(grads, "
                 f"**kwargs); got {len(args)} positional argument(s)."
             )
-        if model is not None and model is not self.model:
-            raise ValueError(
-                f"Optimizer.update: the model passed ({type(model).__name__} at "
-                f"{id(model):#x}) is not the model this optimizer was created with "
-                f"({type(self.model).__name__} at {id(self.model):#x}). Create an Optimizer "
-                "for that model instead."
-            )
-        params = self._params()
+        if model is None:
+            model = self.model
+        params = self._params(model)
+        if model is not self.model:
+            self._check_same_layout(model, params)
+            self.model = model
+        if not isinstance(grads, Mapping):  # e.g. the Module that jax.grad returns
+            grads = graph_state(grads)
         param_tree = _raw_state(params)
         grad_tree = _raw_state([(path, self._grad_at(grads, path)) for path, _ in params])
-        opt_state = _unwrap(self.opt_state)
-        updates, new_opt_state = self.tx.update(grad_tree, opt_state, param_tree, **kwargs)
-        new_params = optax.apply_updates(param_tree, updates)
-        flat_new = State.flatten_mapping(new_params)
-        for path, var in params:
-            var.value = flat_new[path]
-        self._write_opt_state(new_opt_state)
+        updates, new_opt_state = self.tx.update(
+            grad_tree, _pure(self.opt_state), param_tree, **_pure(kwargs)
+        )
+        graph_update(model, optax.apply_updates(param_tree, updates))
+        self._write_opt_state(new_opt_state, params)
         self.step.value = self.step.value + 1
+        return updates
+
+    def _check_same_layout(self, model: Any, params: list[tuple[Path, Any]]) -> None:
+        ours = [(p, jnp.shape(v)) for p, v in self._params(self.model)]
+        theirs = [(p, jnp.shape(v)) for p, v in params]
+        if ours != theirs:
+            mine, other = dict(ours), dict(theirs)
+            diff = next(
+                (p for p in sorted({*mine, *other}, key=path_order) if mine.get(p) != other.get(p)),
+                (),
+            )
+            raise ValueError(
+                f"Optimizer.update: the model passed ({type(model).__name__}) does not match the "
+                f"optimizer's model ({type(self.model).__name__}) for wrt={self.wrt!r}: at "
+                f"'{path_str(diff)}' the optimizer has shape {mine.get(diff, 'nothing')} and the "
+                f"model has {other.get(diff, 'nothing')}. Create an Optimizer for that model."
+            )
 
     def _grad_at(self, grads: Any, path: Path) -> Any:
         node = grads
@@ -163,26 +216,41 @@ class Optimizer(Object):
                     "optimized Variable, e.g. from nnx.grad(loss_fn)(model)."
                 )
         if isinstance(node, Variable):
-            node = node.value
+            node = node.get_raw_value()
         if isinstance(node, Mapping):
             raise TypeError(
                 f"Optimizer.update: grads at '{path_str(path)}' is a mapping, expected an array."
             )
         return node
 
-    def _write_opt_state(self, new_state: Any) -> None:
+    def _write_opt_state(self, new_state: Any, params: list[tuple[Path, Any]]) -> None:
         new_state = _dicts_to_states(new_state)
         old_leaves, old_def = jax.tree.flatten(self.opt_state, is_leaf=_is_variable)
         new_leaves, new_def = jax.tree.flatten(new_state)
         # a raw optax state (assigned back from a checkpoint) holds arrays, not OptStates
         plain = any(isinstance(old, ARRAY_TYPES) for old in old_leaves)
         if old_def != new_def or plain:
-            metadata = {path: (var.shape, var.get_metadata()) for path, var in self._params()}
-            self.opt_state = _wrap_opt_state(new_state, metadata)
+            self.opt_state = _wrap_opt_state(new_state, _param_metadata(params))
             return
         for old, new in zip(old_leaves, new_leaves, strict=True):
             if isinstance(old, OptState):
                 old.value = new
 
 
-__all__ = ["Optimizer"]
+class ModelAndOptimizer(Optimizer):
+    """An ``Optimizer`` whose ``update(grads)`` always updates ``optimizer.model``.
+
+    Flax's name for the optimizer that keeps its model (``nnx.Optimizer`` keeps it too).
+
+    Args:
+      model: the model to train.
+      tx: an optax ``GradientTransformation``.
+      wrt: a filter selecting what to optimize (default ``nnx.Param``).
+    """
+
+    def update(self, grads: Any, /, **kwargs: Any) -> Any:  # type: ignore[override]
+        """One optimization step of ``optimizer.model`` with ``grads``; returns the updates."""
+        return super().update(self.model, grads, **kwargs)
+
+
+__all__ = ["ModelAndOptimizer", "Optimizer"]

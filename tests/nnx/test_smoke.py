@@ -16,7 +16,7 @@ def test_public_api_is_all_and_internal_modules_are_private():
     modules = {n for n in public if isinstance(getattr(nnx, n), types.ModuleType)}
     assert modules == {
         "filterlib", "graph", "initializers", "metrics", "module", "nn", "object", "rnglib",
-        "spmd", "statelib", "summary", "training", "transforms", "variablelib",
+        "spmd", "statelib", "summary", "training", "transforms", "traversals", "variablelib",
     }
 
 

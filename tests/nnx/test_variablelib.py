@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 import nnx
 
@@ -38,14 +39,14 @@ def test_variable_wrapping_a_variable_takes_its_value_and_metadata():
     inner = nnx.Param(jnp.ones(2), role="w")
     outer = nnx.BatchStat(inner, extra=1)
     assert outer.value is inner.value
-    assert outer.get_metadata() == {"role": "w", "extra": 1}
+    assert outer.get_metadata(exclude_required=True) == {"role": "w", "extra": 1}
 
 
 def test_metadata_readable_as_attribute_and_get_metadata():
     v = nnx.Param(jnp.ones((2, 2)), sharding=("data", None), note="k")
     assert v.sharding == ("data", None)
     assert v.get_metadata("note") == "k"
-    assert v.get_metadata() == {"sharding": ("data", None), "note": "k"}
+    assert v.get_metadata(exclude_required=True) == {"sharding": ("data", None), "note": "k"}
     assert v.get_metadata("absent", None) is None
     assert v.has_metadata("note") and not v.has_metadata("absent")
     with pytest.raises(KeyError, match="no metadata 'absent'"):
@@ -243,7 +244,7 @@ def test_copy_gives_new_variable_with_same_metadata():
     v = nnx.Param(jnp.ones(2), note="n")
     c = v.copy(jnp.zeros(2), extra=1)
     assert type(c) is nnx.Param and c is not v
-    assert c.get_metadata() == {"note": "n", "extra": 1}
+    assert c.get_metadata(exclude_required=True) == {"note": "n", "extra": 1}
     np.testing.assert_array_equal(v.value, np.ones(2))
 
 
@@ -259,3 +260,121 @@ def test_with_metadata_initializer_adds_metadata():
     p = nnx.Param(init((2,)))
     assert p.sharding == ("model",)
     np.testing.assert_array_equal(p.value, [1.0, 1.0])
+
+
+# -- Flax 0.12 parity: generics, get/set_value overrides, required metadata, defaults ----------
+
+
+def test_variable_types_are_generic_annotations():
+    annotated = nnx.Param[jax.Array]
+    assert annotated.__origin__ is nnx.Param
+    p = nnx.Param[int](3)  # the alias still constructs the Variable
+    assert type(p) is nnx.Param and p[...] == 3
+    assert not p.has_metadata("__orig_class__")
+
+    class Broadcast(nnx.Variable[nnx.A]):
+        pass
+
+    assert issubclass(Broadcast, nnx.Variable) and nnx.BatchStat[int].__origin__ is nnx.BatchStat
+
+
+class _PlusThree(nnx.Param):
+    def get_value(self, **kwargs):
+        return super().get_value(**kwargs) + 3
+
+
+class _PlusSeven(nnx.Param):
+    def set_value(self, value, **kwargs):
+        super().set_value(value + 7, **kwargs)
+
+
+def test_get_value_override_is_used_by_every_read():
+    x = _PlusThree(jnp.array([1, 2]))
+    np.testing.assert_array_equal(x[...], [4, 5])
+    np.testing.assert_array_equal(x[1], 5)
+    np.testing.assert_array_equal(x.value, [4, 5])
+    np.testing.assert_array_equal(x + 1, [5, 6])
+    np.testing.assert_array_equal(jnp.asarray(x), [4, 5])
+    np.testing.assert_array_equal(x.get_raw_value(), [1, 2])
+    np.testing.assert_array_equal(nnx.state(_Holds(x))["w"].get_raw_value(), [1, 2])
+
+
+def test_set_value_override_is_used_by_every_write():
+    x = _PlusSeven(jnp.array(1))
+    x[...] = 5
+    assert x.get_raw_value() == 12
+    x.value = 1
+    assert x.get_raw_value() == 8
+    x += 1
+    assert x.get_raw_value() == 16
+    x.set_raw_value(jnp.array(0))
+    assert x.get_raw_value() == 0
+
+
+def test_every_variable_records_required_metadata():
+    v = nnx.Variable(jnp.array(1.0))
+    assert v.get_metadata() == {"hijax": False, "ref": False, "eager_sharding": True}
+    assert v.get_metadata(exclude_required=True) == {}
+    assert "hijax" not in repr(v)  # defaults are not shown
+    mapped = jax.tree.map(lambda a: a + 1, nnx.Param(jnp.ones(2), note="n"))
+    assert mapped.get_metadata() == {"note": "n", "hijax": False, "ref": False, "eager_sharding": True}
+
+
+def test_set_metadata_forms():
+    v = nnx.Variable(jnp.array(1.0))
+    v.set_metadata("out_sharding", ("x",))
+    v.set_metadata(a=1)
+    assert (v.get_metadata("out_sharding"), v.a) == (("x",), 1)
+    v.set_metadata({"b": 3})  # a mapping replaces everything but the required entries
+    assert v.get_metadata() == {"b": 3, "hijax": False, "ref": False, "eager_sharding": True}
+    with pytest.raises(ValueError, match="'hijax' metadata cannot change"):
+        v.set_metadata(hijax=True)
+    with pytest.raises(ValueError, match="'ref' metadata cannot be deleted"):
+        v.del_metadata("ref")
+    with pytest.raises(TypeError, match="not both"):
+        v.set_metadata("a", 1, c=2)
+
+
+def test_set_metadata_on_a_module_with_a_filter():
+    class Two(nnx.Module):
+        def __init__(self):
+            self.v = nnx.Variable(jnp.array(0.0))
+            self.p = nnx.Param(jnp.array(1.0))
+
+    m = Two()
+    nnx.set_metadata(m, foo="bar")
+    nnx.set_metadata(m, differentiable=False, only=nnx.Param)
+    assert m.v.get_metadata("foo") == "bar" and m.p.get_metadata("foo") == "bar"
+    assert m.p.get_metadata("differentiable") is False
+    assert not m.v.has_metadata("differentiable")
+    assert m.v.get_metadata("hijax") is False
+
+
+def test_var_defaults_context_bare_call_and_decorator():
+    assert dict(nnx.var_defaults()) == {"hijax": False, "ref": False}
+    with nnx.var_defaults(ref=False):
+        nnx.var_defaults(hijax=True)  # a bare call lasts until the enclosing block ends
+        assert nnx.var_defaults().hijax is True
+        with pytest.raises(ValueError, match="no hijax or mutable-array Variables"):
+            nnx.Variable(jnp.array(1.0))
+    assert nnx.var_defaults().hijax is False
+
+    @nnx.var_defaults(hijax=True)
+    def inside():
+        return nnx.var_defaults().hijax
+
+    assert nnx.var_defaults().hijax is False
+    assert inside() is True and nnx.var_defaults().hijax is False
+
+
+def test_eager_sharding_can_be_turned_off():
+    mesh = jax.make_mesh((1,), ("a",))
+    with jax.set_mesh(mesh):
+        sharded = nnx.Param(jnp.ones(2), out_sharding=("a",))
+        with nnx.use_eager_sharding(False):
+            assert nnx.using_eager_sharding() is False
+            plain = nnx.Param(jnp.ones(2), out_sharding=("a",))
+        assert nnx.using_eager_sharding() is True
+    assert sharded.get_raw_value().sharding == jax.sharding.NamedSharding(mesh, P("a"))
+    assert plain.eager_sharding is False
+    assert plain.get_raw_value().sharding.spec == P(None)  # left as created (replicated)

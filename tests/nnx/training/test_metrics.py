@@ -112,3 +112,56 @@ def test_metrics_update_inside_jit_via_split_merge():
     nnx.update(metrics, state)
     np.testing.assert_allclose(metrics.compute()["loss"], 3.0)
     np.testing.assert_allclose(metrics.stats.compute().mean, 3.0)
+
+
+def test_multimetric_mask_per_metric_and_custom_metric_without_mask():
+    class Picky(Average):
+        def update(self, values, labels):  # takes no mask, and only these arguments
+            super().update(values=values)
+
+    metrics = nnx.MultiMetric(loss=Average(), picky=Picky(), acc=Accuracy())
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    logits = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    labels = np.array([1, 1, 1, 1])
+    mask = np.array([1.0, 1.0, 0.0, 0.0])
+    with pytest.raises(TypeError, match="unexpected keyword argument 'logits'"):
+        metrics.update(values=values, labels=labels, logits=logits, mask={"loss": mask})
+    metrics = nnx.MultiMetric(loss=Average(), acc=Accuracy())
+    metrics.update(values=values, labels=labels, logits=logits, mask={"loss": mask})
+    out = metrics.compute()
+    np.testing.assert_allclose(out["loss"], values[:2].mean())  # masked
+    np.testing.assert_allclose(out["acc"], 0.5)  # unmasked
+    metrics.update(values=values, labels=labels, logits=logits, mask=mask)  # one mask for all
+    np.testing.assert_allclose(metrics.acc.compute(), (2 + 1) / (4 + 2))
+    picky = nnx.MultiMetric(p=Picky())
+    picky.update(values=values, labels=labels, mask={"p": None})
+    np.testing.assert_allclose(picky.compute()["p"], values.mean())
+    with pytest.raises(KeyError, match=r"unknown metrics \['nope'\]"):
+        metrics.update(values=values, labels=labels, logits=logits, mask={"nope": mask})
+
+
+def test_average_of_python_numbers_and_mask_needs_an_array():
+    avg = Average()
+    avg.update(values=2)
+    avg.update(values=3.0)
+    np.testing.assert_allclose(avg.compute(), 2.5)
+    with pytest.raises(ValueError, match="should be a jax array"):
+        avg.update(values=2, mask=jnp.ones(5))
+
+
+def test_metric_split_and_merge_keep_the_accumulated_state():
+    acc = Accuracy()
+    acc.update(logits=jnp.array([[0.0, 1.0], [1.0, 0.0]]), labels=jnp.array([1, 1]))
+    graphdef, state = acc.split()
+    again = nnx.merge(graphdef, state)
+    np.testing.assert_allclose(again.compute(), 0.5)
+
+
+def test_binary_accuracy_counts_logits_at_the_threshold_as_positive():
+    acc = Accuracy(threshold=0.5)
+    acc.update(logits=jnp.array([0.5, 0.49, 0.9]), labels=jnp.array([1, 0, 2]))
+    np.testing.assert_allclose(acc.compute(), 1.0)  # labels > 0 are positives
+    with pytest.raises(ValueError, match="For binary classification"):
+        acc.update(logits=jnp.zeros(4), labels=jnp.zeros((2, 2)))
+    with pytest.raises(ValueError, match="For multi-class classification"):
+        Accuracy().update(logits=jnp.zeros((2, 2, 2)), labels=jnp.zeros(4, jnp.int32))

@@ -95,12 +95,27 @@ def test_update_with_model_argument_and_state_grads():
     assert optimizer.model is model
 
 
-def test_update_with_another_model_raises():
+def test_update_with_a_model_of_another_layout_raises():
     model = Affine(3, 2, rngs=nnx.Rngs(0))
-    other = Affine(3, 2, rngs=nnx.Rngs(1))
+    other = Affine(3, 4, rngs=nnx.Rngs(1))
     optimizer = nnx.Optimizer(model, optax.sgd(0.1))
-    with pytest.raises(ValueError, match="not the model this optimizer was created with"):
-        optimizer.update(other, _grads_of(other, *_data()))
+    with pytest.raises(ValueError, match=r"at 'b' the optimizer has shape \(2,\) and the model has \(4,\)"):
+        optimizer.update(other, jax.tree.map(jnp.zeros_like, nnx.state(other, nnx.Param)))
+
+
+def test_update_of_a_copy_of_the_model_updates_the_copy_and_rebinds_it():
+    # as after ``model = jax.sharding.reshard(model, spec)``: a new object, the same layout
+    x, y = _data()
+    model = Affine(3, 2, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1))
+    start = nnx.state(model, nnx.Param).to_pure_dict()
+    copy = jax.tree.map(lambda a: a, model)
+    assert copy is not model
+    optimizer.update(copy, _grads_of(copy, x, y))
+    g = jax.grad(_loss)(start, x, y)
+    np.testing.assert_allclose(copy.w[...], start["w"] - 0.1 * g["w"], rtol=1e-6)
+    np.testing.assert_array_equal(model.w[...], start["w"])
+    assert optimizer.model is copy
 
 
 def test_missing_grad_names_the_path():
@@ -213,3 +228,144 @@ def test_raw_opt_state_assigned_back_is_rewrapped():
     optimizer.update(_grads_of(model, x, y))
     assert int(optimizer.opt_state[0].count.value) == 2
     assert isinstance(optimizer.opt_state[0].mu["w"], nnx.OptState)
+
+
+def test_update_returns_optax_updates():
+    x, y = _data()
+    model = Affine(3, 2, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(0.05), wrt=nnx.Param)
+    start = nnx.state(model, nnx.Param).to_pure_dict()
+    tx = optax.adam(0.05)
+    g = jax.grad(_loss)(start, x, y)
+    expected, _ = tx.update(g, tx.init(start), start)
+    updates = optimizer.update(model, _grads_of(model, x, y))
+    assert isinstance(updates, nnx.State)
+    np.testing.assert_allclose(updates["w"], expected["w"], rtol=1e-6)
+    np.testing.assert_allclose(updates["b"], expected["b"], rtol=1e-6)
+
+
+def test_model_and_optimizer_updates_its_model_and_can_be_subclassed():
+    x, y = _data()
+
+    class WithMetrics(nnx.ModelAndOptimizer):
+        def __init__(self, model, tx, metrics):
+            self.metrics = metrics
+            super().__init__(model, tx)
+
+        def update(self, *, grads, **updates):
+            self.metrics.update(**updates)
+            return super().update(grads)
+
+    model = Affine(3, 2, rngs=nnx.Rngs(0))
+    start = nnx.state(model, nnx.Param).to_pure_dict()
+    state = WithMetrics(model, optax.sgd(0.1), nnx.metrics.Average())
+    state.update(grads=_grads_of(model, x, y), values=jnp.array([1.0, 3.0]))
+    g = jax.grad(_loss)(start, x, y)
+    np.testing.assert_allclose(model.w[...], start["w"] - 0.1 * g["w"], rtol=1e-6)
+    assert float(state.metrics.compute()) == 2.0
+    assert isinstance(state, nnx.Optimizer) and state.model is model
+
+
+def test_lbfgs_with_value_fn_matches_optax():
+    x, y = _data()
+    model = Affine(3, 2, rngs=nnx.Rngs(0))
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    start = nnx.state(model, nnx.Param).to_pure_dict()
+    optimizer = nnx.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)
+
+    def value_fn(params):  # a State of arrays shaped like the optimized Params
+        m = nnx.merge(graphdef, params, rest)
+        return jnp.mean((m(x) - y) ** 2)
+
+    for _ in range(2):
+        value, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        optimizer.update(model, grads, grad=grads, value=value, value_fn=value_fn)
+
+    tx, params = optax.lbfgs(), start
+    opt_state = tx.init(params)
+    for _ in range(2):
+        value, g = jax.value_and_grad(_loss)(params, x, y)
+        updates, opt_state = tx.update(
+            g, opt_state, params, value=value, grad=g, value_fn=lambda p: _loss(p, x, y)
+        )
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(model.w[...], params["w"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.b[...], params["b"], rtol=1e-5, atol=1e-6)
+
+
+def test_partition_with_labels_from_map_state_matches_optax():
+    x, y = _data()
+    model = Affine(3, 2, rngs=nnx.Rngs(0))
+    start = nnx.state(model, nnx.Param).to_pure_dict()
+    labels = nnx.map_state(lambda path, v: path[-1], nnx.state(model, nnx.Param))
+    rates = {"w": optax.sgd(0.1), "b": optax.sgd(1.0)}
+    optimizer = nnx.Optimizer(model, optax.partition(rates, labels), wrt=nnx.Param)
+    optimizer.update(model, _grads_of(model, x, y))
+    g = jax.grad(_loss)(start, x, y)
+    np.testing.assert_allclose(model.w[...], start["w"] - 0.1 * g["w"], rtol=1e-6)
+    np.testing.assert_allclose(model.b[...], start["b"] - 1.0 * g["b"], rtol=1e-6)
+
+
+class RawArrays(nnx.Module):
+    def __init__(self):
+        self.w = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2)), jnp.float32)
+        self.count = jnp.array(0)
+
+    def __call__(self, x):
+        return x @ self.w
+
+
+def test_raw_array_attributes_selected_by_a_predicate_under_jax_jit():
+    x, y = _data()
+    wrt = lambda path, value: path[-1] == "w"
+    model = RawArrays()
+    w0 = model.w
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=wrt)
+
+    @jax.jit
+    def train_step(model, optimizer):
+        graphdef, params, rest = nnx.split(model, wrt, ...)
+        grads = jax.grad(lambda p: jnp.mean((nnx.merge(graphdef, p, rest)(x) - y) ** 2))(params)
+        optimizer.update(model, grads)
+        return model, optimizer
+
+    model, optimizer = train_step(model, optimizer)
+    g = jax.grad(lambda w: jnp.mean((x @ w - y) ** 2))(w0)
+    np.testing.assert_allclose(model.w, w0 - 0.1 * g, rtol=1e-6)
+    assert int(optimizer.step[...]) == 1 and int(model.count) == 0
+
+
+def test_optimizer_sharding_metadata_goes_to_the_optimizer_state_only():
+    model = Affine(3, 2, rngs=nnx.Rngs(0))
+    model.w.set_metadata(optimizer_sharding=("in", "out"))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3))
+    mu = optimizer.opt_state[0].mu["w"]
+    assert mu.get_metadata("out_sharding") == ("in", "out")
+    assert not mu.has_metadata("optimizer_sharding")
+    assert not model.w.has_metadata("out_sharding")
+
+
+def test_opt_state_indexes_like_optax_state_with_states_for_dicts():
+    x, y = _data()
+    model = nnx.Sequential(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+    start = nnx.state(model, nnx.Param).to_pure_dict()
+    optimizer = nnx.Optimizer(model, optax.adam(0.1), wrt=nnx.Param)
+    loss = lambda m: jnp.mean((m(x) - y) ** 2)
+    nnx.jit(lambda m, o: o.update(m, nnx.grad(loss)(m)))(model, optimizer)
+    g = jax.grad(lambda p: loss(nnx.merge(nnx.graphdef(model), nnx.State(p))))(start)
+    mu = optimizer.opt_state[0][1].layers[0]["kernel"]
+    assert isinstance(mu, nnx.OptState) and isinstance(optimizer.opt_state[0][1], nnx.State)
+    np.testing.assert_allclose(mu[...], 0.1 * g["layers"][0]["kernel"], rtol=1e-6)
+
+
+def test_grads_as_the_module_jax_grad_returns():
+    x, y = _data()
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    w0, b0 = model.kernel[...], model.bias[...]
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1))
+    grads = jax.grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+    assert isinstance(grads, nnx.Linear)
+    optimizer.update(model, grads)
+    g = jax.grad(lambda p: _loss(p, x, y))({"w": w0, "b": b0})
+    np.testing.assert_allclose(model.kernel[...], w0 - 0.1 * g["w"], rtol=1e-6)
+    np.testing.assert_allclose(model.bias[...], b0 - 0.1 * g["b"], rtol=1e-6)
