@@ -29,6 +29,7 @@ from nnx.nn.recurrent import (
 )
 from nnx.nn.sequential import Sequential
 from nnx.nn.stochastic import Dropout
+from nnx.nn.weight_norm import SpectralNorm, WeightNorm
 
 __all__ = [
     "initializers", "Initializer",
@@ -44,4 +45,5 @@ __all__ = [
     "make_attention_mask", "make_causal_mask", "combine_masks",
     "RNNCellBase", "LSTMCell", "OptimizedLSTMCell", "GRUCell", "SimpleCell", "RNN",
     "Bidirectional",
+    "SpectralNorm", "WeightNorm",
 ]

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from nnx.module import Module
-from nnx.nn import initializers
-from nnx.nn.dtypes import check_last_axis, promote_dtype
+from nnx.nn import dtypes, initializers
+from nnx.nn._params import NO_METADATA, create_param
+from nnx.nn.dtypes import check_last_axis, op_kwargs
 from nnx.rnglib import Rngs
-from nnx.variablelib import Param
 
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
 
@@ -33,13 +33,14 @@ def _spatial_tuple(value: int | Sequence[int] | None, n: int, name: str, layer: 
 
 
 def _canonical_padding(padding: PaddingLike, n: int, layer: str) -> str | tuple:
-    """'SAME'/'VALID'/'CIRCULAR'/'CAUSAL' stay strings; ints become ``n`` ``(lo, hi)`` pairs."""
+    """'SAME'/'VALID'/'CIRCULAR'/'REFLECT'/'CAUSAL' stay strings; ints become ``n`` ``(lo, hi)``
+    pairs."""
     if isinstance(padding, str):
         padding = padding.upper()
-        if padding not in ("SAME", "VALID", "CIRCULAR", "CAUSAL", "SAME_LOWER"):
+        if padding not in ("SAME", "VALID", "CIRCULAR", "REFLECT", "CAUSAL", "SAME_LOWER"):
             raise ValueError(
-                f"{layer}: padding must be 'SAME', 'VALID', 'CIRCULAR', 'CAUSAL', an int or a "
-                f"sequence of (low, high) pairs, got {padding!r}"
+                f"{layer}: padding must be 'SAME', 'SAME_LOWER', 'VALID', 'CIRCULAR', 'REFLECT', "
+                f"'CAUSAL', an int or a sequence of (low, high) pairs, got {padding!r}"
             )
         return padding
     if isinstance(padding, int):
@@ -77,7 +78,11 @@ class _ConvBase(Module):
         precision: Any,
         kernel_init: initializers.Initializer,
         bias_init: initializers.Initializer,
+        promote_dtype: dtypes.PromoteDtypeFn,
+        preferred_element_type: Any,
         rngs: Rngs,
+        kernel_metadata: Mapping[str, Any],
+        bias_metadata: Mapping[str, Any],
     ) -> None:
         """Create the ``kernel_size + kernel_io`` kernel and the bias, and set the attributes
         both layers have (``strides``, ``padding`` and ``kernel_dilation`` canonicalized)."""
@@ -90,9 +95,16 @@ class _ConvBase(Module):
                 f"{layer}: mask must have the kernel's shape {kernel_shape}, got "
                 f"{tuple(mask.shape)}"
             )
-        self.kernel = Param(kernel_init(rngs.params(), kernel_shape, param_dtype))
+        self.kernel = create_param(
+            layer, "kernel", kernel_init, rngs.params(), kernel_shape, param_dtype, kernel_metadata
+        )
         self.bias = (
-            Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+            create_param(
+                layer, "bias", bias_init, rngs.params(), (out_features,), param_dtype,
+                bias_metadata,
+            )
+            if use_bias
+            else None
         )
         self.in_features = in_features
         self.out_features = out_features
@@ -106,6 +118,8 @@ class _ConvBase(Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
+        self.promote_dtype = promote_dtype
+        self.preferred_element_type = preferred_element_type
 
     def _check_input(self, inputs: jax.Array) -> int:
         """Validate the input's rank and feature size; return its number of batch axes."""
@@ -153,8 +167,8 @@ class Conv(_ConvBase):
       out_features: number of output channels.
       kernel_size: window size per spatial axis (an int means a 1D convolution).
       strides: int or one stride per spatial axis.
-      padding: 'SAME', 'VALID', 'CIRCULAR' (periodic), 'CAUSAL' (1D), an int, or one int or
-        ``(low, high)`` pair per spatial axis.
+      padding: 'SAME', 'SAME_LOWER', 'VALID', 'CIRCULAR' (periodic), 'REFLECT' (mirrored),
+        'CAUSAL' (1D), an int, or one int or ``(low, high)`` pair per spatial axis.
       input_dilation: int or one factor per spatial axis (dilates the input, ``lhs_dilation``).
       kernel_dilation: int or one factor per spatial axis (atrous convolution).
       feature_group_count: split the channels into this many groups (``in_features`` must be
@@ -167,7 +181,13 @@ class Conv(_ConvBase):
       kernel_init: initializer of the
         ``kernel_size + (in_features // feature_group_count, out_features)`` kernel.
       bias_init: bias initializer.
+      conv_general_dilated: the convolution function (``jax.lax.conv_general_dilated``
+        signature).
+      promote_dtype: casts ``(inputs, kernel, bias)`` to the computation dtype.
+      preferred_element_type: accumulation and output dtype of the convolution.
       rngs: random streams; keys come from ``rngs.params()``.
+      kernel_metadata: metadata of the ``kernel`` Param.
+      bias_metadata: metadata of the ``bias`` Param.
     """
 
     _layer = "Conv"
@@ -190,7 +210,12 @@ class Conv(_ConvBase):
         precision: Any = None,
         kernel_init: initializers.Initializer = default_kernel_init,
         bias_init: initializers.Initializer = default_bias_init,
+        conv_general_dilated: Callable[..., jax.Array] = jax.lax.conv_general_dilated,
+        promote_dtype: dtypes.PromoteDtypeFn = dtypes.promote_dtype,
+        preferred_element_type: Any = None,
         rngs: Rngs,
+        kernel_metadata: Mapping[str, Any] = NO_METADATA,
+        bias_metadata: Mapping[str, Any] = NO_METADATA,
     ):
         if in_features % feature_group_count or out_features % feature_group_count:
             raise ValueError(
@@ -202,7 +227,9 @@ class Conv(_ConvBase):
             in_features, out_features, kernel_size, kernel_io,
             strides=strides, padding=padding, kernel_dilation=kernel_dilation, use_bias=use_bias,
             mask=mask, dtype=dtype, param_dtype=param_dtype, precision=precision,
-            kernel_init=kernel_init, bias_init=bias_init, rngs=rngs,
+            kernel_init=kernel_init, bias_init=bias_init, promote_dtype=promote_dtype,
+            preferred_element_type=preferred_element_type, rngs=rngs,
+            kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
         )
         if self.padding == "CAUSAL" and len(self.kernel_size) != 1:
             raise ValueError(
@@ -212,16 +239,24 @@ class Conv(_ConvBase):
             input_dilation, len(self.kernel_size), "input_dilation", "Conv"
         )
         self.feature_group_count = feature_group_count
+        self.conv_general_dilated = conv_general_dilated
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        """Convolve ``inputs`` of shape ``(*batch, *spatial, in_features)``."""
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+        """Convolve ``inputs`` of shape ``(*batch, *spatial, in_features)``.
+
+        Args:
+          inputs: the input array.
+          out_sharding: sharding of the output (passed to ``conv_general_dilated``).
+        """
         n_batch = self._check_input(inputs)
         kernel, bias = self._arrays()
         return _conv(
             inputs, kernel, bias, n_batch=n_batch, strides=self.strides, padding=self.padding,
             input_dilation=self.input_dilation, kernel_dilation=self.kernel_dilation,
             feature_group_count=self.feature_group_count, precision=self.precision,
-            dtype=self.dtype,
+            dtype=self.dtype, conv_general_dilated=self.conv_general_dilated,
+            promote_dtype=self.promote_dtype, preferred_element_type=self.preferred_element_type,
+            out_sharding=out_sharding,
         )
 
 
@@ -229,7 +264,8 @@ class Conv(_ConvBase):
     jax.jit,
     static_argnames=(
         "n_batch", "strides", "padding", "input_dilation", "kernel_dilation",
-        "feature_group_count", "precision", "dtype",
+        "feature_group_count", "precision", "dtype", "conv_general_dilated", "promote_dtype",
+        "preferred_element_type", "out_sharding",
     ),
 )
 def _conv(
@@ -245,29 +281,34 @@ def _conv(
     feature_group_count: int,
     precision: Any,
     dtype: Any,
+    conv_general_dilated: Callable[..., jax.Array],
+    promote_dtype: dtypes.PromoteDtypeFn,
+    preferred_element_type: Any,
+    out_sharding: Any,
 ) -> jax.Array:
     """Conv's computation, compiled as one function (one compilation per eager call shape)."""
     batch_shape = inputs.shape[:n_batch]
     x = _with_one_batch_axis(inputs, n_batch)
-    x, kernel, bias = promote_dtype((x, kernel, bias), dtype=dtype)
     dilated = [(k - 1) * d + 1 for k, d in zip(kernel.shape[:-2], kernel_dilation, strict=True)]
-    if padding == "CIRCULAR":
+    if padding in ("CIRCULAR", "REFLECT"):
         pads = [(0, 0)] + [((k - 1) // 2, k // 2) for k in dilated] + [(0, 0)]
-        x = jnp.pad(x, pads, mode="wrap")
+        x = jnp.pad(x, pads, mode="wrap" if padding == "CIRCULAR" else "reflect")
         padding = "VALID"
     elif padding == "CAUSAL":
         x = jnp.pad(x, [(0, 0), (dilated[0] - 1, 0), (0, 0)])
         padding = "VALID"
-    y = jax.lax.conv_general_dilated(
+    x, kernel, bias = promote_dtype((x, kernel, bias), dtype=dtype)
+    y = conv_general_dilated(
         x,
         kernel,
-        window_strides=strides,
-        padding=padding,
+        strides,
+        padding,
         lhs_dilation=input_dilation,
         rhs_dilation=kernel_dilation,
         dimension_numbers=_channel_last_spec(x.ndim - 2),
         feature_group_count=feature_group_count,
         precision=precision,
+        **op_kwargs(preferred_element_type=preferred_element_type, out_sharding=out_sharding),
     )
     return _restore_batch(y, batch_shape, bias)
 
@@ -292,7 +333,11 @@ class ConvTranspose(_ConvBase):
       bias_init: bias initializer.
       transpose_kernel: flip the spatial axes and swap in/out of the kernel (the gradient of a
         ``Conv``).
+      promote_dtype: casts ``(inputs, kernel, bias)`` to the computation dtype.
+      preferred_element_type: accumulation and output dtype of the convolution.
       rngs: random streams; keys come from ``rngs.params()``.
+      kernel_metadata: metadata of the ``kernel`` Param.
+      bias_metadata: metadata of the ``bias`` Param.
     """
 
     _layer = "ConvTranspose"
@@ -314,17 +359,25 @@ class ConvTranspose(_ConvBase):
         kernel_init: initializers.Initializer = default_kernel_init,
         bias_init: initializers.Initializer = default_bias_init,
         transpose_kernel: bool = False,
+        promote_dtype: dtypes.PromoteDtypeFn = dtypes.promote_dtype,
+        preferred_element_type: Any = None,
         rngs: Rngs,
+        kernel_metadata: Mapping[str, Any] = NO_METADATA,
+        bias_metadata: Mapping[str, Any] = NO_METADATA,
     ):
         kernel_io = (out_features, in_features) if transpose_kernel else (in_features, out_features)
         self._init_conv(
             in_features, out_features, kernel_size, kernel_io,
             strides=strides, padding=padding, kernel_dilation=kernel_dilation, use_bias=use_bias,
             mask=mask, dtype=dtype, param_dtype=param_dtype, precision=precision,
-            kernel_init=kernel_init, bias_init=bias_init, rngs=rngs,
+            kernel_init=kernel_init, bias_init=bias_init, promote_dtype=promote_dtype,
+            preferred_element_type=preferred_element_type, rngs=rngs,
+            kernel_metadata=kernel_metadata, bias_metadata=bias_metadata,
         )
-        if self.padding == "CAUSAL":
-            raise ValueError("ConvTranspose: 'CAUSAL' padding is only supported by Conv")
+        if self.padding in ("CAUSAL", "REFLECT"):
+            raise ValueError(
+                f"ConvTranspose: {self.padding!r} padding is only supported by Conv"
+            )
         self.transpose_kernel = transpose_kernel
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -334,7 +387,8 @@ class ConvTranspose(_ConvBase):
         return _conv_transpose(
             inputs, kernel, bias, n_batch=n_batch, strides=self.strides, padding=self.padding,
             kernel_dilation=self.kernel_dilation, transpose_kernel=self.transpose_kernel,
-            precision=self.precision, dtype=self.dtype,
+            precision=self.precision, dtype=self.dtype, promote_dtype=self.promote_dtype,
+            preferred_element_type=self.preferred_element_type,
         )
 
 
@@ -342,7 +396,7 @@ class ConvTranspose(_ConvBase):
     jax.jit,
     static_argnames=(
         "n_batch", "strides", "padding", "kernel_dilation", "transpose_kernel", "precision",
-        "dtype",
+        "dtype", "promote_dtype", "preferred_element_type",
     ),
 )
 def _conv_transpose(
@@ -357,6 +411,8 @@ def _conv_transpose(
     transpose_kernel: bool,
     precision: Any,
     dtype: Any,
+    promote_dtype: dtypes.PromoteDtypeFn,
+    preferred_element_type: Any,
 ) -> jax.Array:
     """ConvTranspose's computation, compiled as one function."""
     batch_shape = inputs.shape[:n_batch]
@@ -372,6 +428,7 @@ def _conv_transpose(
         dimension_numbers=_channel_last_spec(x.ndim - 2),
         transpose_kernel=transpose_kernel,
         precision=precision,
+        preferred_element_type=preferred_element_type,
     )
     if circular:
         y = _wrap_periodic(y, x.shape[1:-1], strides, transpose_kernel)

@@ -1,8 +1,9 @@
-"""Dtype promotion shared by the layers (``dtype=None`` means "promote the inputs") and the
-feature-size errors they raise."""
+"""Dtype promotion shared by the layers (``dtype=None`` means "promote the inputs"), the optional
+keywords they pass to their contraction ops, and the feature-size errors they raise."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
@@ -23,6 +24,9 @@ def canonicalize_dtype(*args: Any, dtype: Any = None, inexact: bool = True) -> A
     return jnp.dtype(dtype)
 
 
+PromoteDtypeFn = Callable[..., tuple]
+
+
 def promote_dtype(args: tuple[Any, ...], *, dtype: Any = None, inexact: bool = True) -> tuple:
     """Cast every non-None array in ``args`` to the common dtype (see ``canonicalize_dtype``).
 
@@ -35,13 +39,30 @@ def promote_dtype(args: tuple[Any, ...], *, dtype: Any = None, inexact: bool = T
     return tuple(None if a is None else jnp.asarray(a, dtype) for a in args)
 
 
+def op_kwargs(*, preferred_element_type: Any = None, out_sharding: Any = None) -> dict[str, Any]:
+    """The optional keywords a layer passes to its op (``dot_general``, ``einsum``, a conv).
+
+    Only the ones that are set are returned, so that a user-supplied op without these keywords
+    keeps working when they are not used.
+
+    Args:
+      preferred_element_type: the op's accumulation and output dtype.
+      out_sharding: the sharding of the op's output.
+    """
+    kwargs = {}
+    if preferred_element_type is not None:
+        kwargs["preferred_element_type"] = preferred_element_type
+    if out_sharding is not None:
+        kwargs["out_sharding"] = out_sharding
+    return kwargs
+
+
 def feature_error(layer: str, expected: Any, got: Any, shape: tuple, where: str) -> ValueError:
     """The error a layer raises when the input's feature size does not match its parameters."""
     return ValueError(
         f"{layer} expected inputs with {expected} features in {where}, got {got} "
         f"(input shape {tuple(shape)})"
     )
-
 
 
 def check_last_axis(layer: str, inputs: Any, expected: int, where: str = "the last axis") -> None:

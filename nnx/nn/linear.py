@@ -11,14 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from nnx.module import Module
-from nnx.nn import initializers
-from nnx.nn.dtypes import check_last_axis, feature_error, promote_dtype
+from nnx.nn import dtypes, initializers
+from nnx.nn._params import NO_METADATA, create_param
+from nnx.nn.conv import Conv, ConvTranspose  # noqa: F401 - also importable from here, as in Flax
+from nnx.nn.dtypes import check_last_axis, feature_error, op_kwargs
 from nnx.rnglib import Rngs
-from nnx.variablelib import Param
 
 default_kernel_init = initializers.lecun_normal()
 default_bias_init = initializers.zeros
 default_embed_init = initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+
+Metadata = Mapping[str, Any]
 
 
 def _as_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
@@ -34,6 +37,48 @@ def _normalize_axes(axes: tuple[int, ...], ndim: int, layer: str) -> tuple[int, 
     return tuple(out)
 
 
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "dimension_numbers", "bias_shape", "dtype", "precision", "dot_general",
+        "dot_general_cls", "promote_dtype", "preferred_element_type", "out_sharding",
+    ),
+)
+def _contract(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    *,
+    dimension_numbers: tuple,
+    bias_shape: tuple[int, ...],
+    dtype: Any,
+    precision: Any,
+    dot_general: Callable[..., jax.Array] | None,
+    dot_general_cls: Any,
+    promote_dtype: dtypes.PromoteDtypeFn,
+    preferred_element_type: Any,
+    out_sharding: Any,
+) -> jax.Array:
+    """``dot_general(inputs, kernel) + bias`` (Linear and LinearGeneral), compiled as one
+    function: one compilation per call signature instead of one per eager op.
+
+    ``dot_general_cls``, when given, is instantiated once per trace and takes precedence over
+    ``dot_general``; with neither, ``jax.lax.dot_general`` is used.
+    """
+    x, kernel, bias = promote_dtype((inputs, kernel, bias), dtype=dtype)
+    if dot_general_cls is not None:
+        dot_general = dot_general_cls()
+    elif dot_general is None:
+        dot_general = jax.lax.dot_general
+    y = dot_general(
+        x, kernel, dimension_numbers, precision=precision,
+        **op_kwargs(preferred_element_type=preferred_element_type, out_sharding=out_sharding),
+    )
+    if bias is not None:
+        y = y + jnp.reshape(bias, bias_shape)
+    return y
+
+
 class Linear(Module):
     """A dense layer: ``y = x @ kernel + bias`` over the last axis of ``x``.
 
@@ -47,7 +92,12 @@ class Linear(Module):
       kernel_init: initializer of the ``(in_features, out_features)`` kernel.
       bias_init: initializer of the ``(out_features,)`` bias.
       dot_general: the contraction function (``jax.lax.dot_general`` signature).
+      promote_dtype: ``promote_dtype((inputs, kernel, bias), dtype=dtype)`` returns the three
+        arrays in the computation dtype (see ``nnx.nn.dtypes.promote_dtype``).
+      preferred_element_type: accumulation and output dtype of ``dot_general``.
       rngs: random streams; the kernel key comes from ``rngs.params()``.
+      kernel_metadata: metadata of the ``kernel`` Param (e.g. ``out_sharding``).
+      bias_metadata: metadata of the ``bias`` Param.
     """
 
     def __init__(
@@ -62,11 +112,24 @@ class Linear(Module):
         kernel_init: initializers.Initializer = default_kernel_init,
         bias_init: initializers.Initializer = default_bias_init,
         dot_general: Callable[..., jax.Array] = jax.lax.dot_general,
+        promote_dtype: dtypes.PromoteDtypeFn = dtypes.promote_dtype,
+        preferred_element_type: Any = None,
         rngs: Rngs,
+        kernel_metadata: Metadata = NO_METADATA,
+        bias_metadata: Metadata = NO_METADATA,
     ):
-        self.kernel = Param(kernel_init(rngs.params(), (in_features, out_features), param_dtype))
+        layer = type(self).__name__
+        self.kernel = create_param(
+            layer, "kernel", kernel_init, rngs.params(), (in_features, out_features),
+            param_dtype, kernel_metadata,
+        )
         self.bias = (
-            Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+            create_param(
+                layer, "bias", bias_init, rngs.params(), (out_features,), param_dtype,
+                bias_metadata,
+            )
+            if use_bias
+            else None
         )
         self.in_features = in_features
         self.out_features = out_features
@@ -75,33 +138,25 @@ class Linear(Module):
         self.param_dtype = param_dtype
         self.precision = precision
         self.dot_general = dot_general
+        self.promote_dtype = promote_dtype
+        self.preferred_element_type = preferred_element_type
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+        """Apply the layer to ``inputs`` of shape ``(..., in_features)``.
+
+        Args:
+          inputs: the input array.
+          out_sharding: sharding of the output (passed to ``dot_general``).
+        """
         check_last_axis("Linear", inputs, self.in_features)
-        bias = None if self.bias is None else self.bias.value
-        return _dense(
-            inputs, self.kernel.value, bias, dtype=self.dtype, precision=self.precision,
-            dot_general=self.dot_general,
+        ndim = jnp.ndim(inputs)
+        return _contract(
+            inputs, self.kernel.value, None if self.bias is None else self.bias.value,
+            dimension_numbers=(((ndim - 1,), (0,)), ((), ())), bias_shape=(self.out_features,),
+            dtype=self.dtype, precision=self.precision, dot_general=self.dot_general,
+            dot_general_cls=None, promote_dtype=self.promote_dtype,
+            preferred_element_type=self.preferred_element_type, out_sharding=out_sharding,
         )
-
-
-@functools.partial(jax.jit, static_argnames=("dtype", "precision", "dot_general"))
-def _dense(
-    inputs: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array | None,
-    *,
-    dtype: Any,
-    precision: Any,
-    dot_general: Callable[..., jax.Array],
-) -> jax.Array:
-    """Linear's computation, compiled as one function (one compilation per eager call shape)."""
-    x, kernel, bias = promote_dtype((inputs, kernel, bias), dtype=dtype)
-    y = dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
-    if bias is not None:
-        y = y + bias
-    return y
 
 
 class LinearGeneral(Module):
@@ -119,12 +174,18 @@ class LinearGeneral(Module):
       use_bias: add a bias of shape ``batch_shape + out_features``.
       dtype: computation dtype; None promotes inputs and parameters together.
       param_dtype: dtype of the parameters.
-      precision: passed to ``dot_general``.
       kernel_init: initializer called with the flattened shape
         ``batch_shape + (prod(in_features), prod(out_features))`` (so fan-in is correct).
       bias_init: initializer called with ``batch_shape + (prod(out_features),)``.
-      dot_general: the contraction function.
+      precision: passed to ``dot_general``.
+      promote_dtype: casts ``(inputs, kernel, bias)`` to the computation dtype.
+      dot_general: the contraction function (default ``jax.lax.dot_general``).
+      dot_general_cls: a class whose instances are the contraction function, instantiated for
+        each trace of the call (takes precedence over ``dot_general``).
+      preferred_element_type: accumulation and output dtype of the contraction.
       rngs: random streams; keys come from ``rngs.params()``.
+      kernel_metadata: metadata of the ``kernel`` Param.
+      bias_metadata: metadata of the ``bias`` Param.
     """
 
     def __init__(
@@ -137,11 +198,16 @@ class LinearGeneral(Module):
         use_bias: bool = True,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
-        precision: Any = None,
         kernel_init: initializers.Initializer = default_kernel_init,
         bias_init: initializers.Initializer = default_bias_init,
-        dot_general: Callable[..., jax.Array] = jax.lax.dot_general,
+        precision: Any = None,
+        promote_dtype: dtypes.PromoteDtypeFn = dtypes.promote_dtype,
+        dot_general: Callable[..., jax.Array] | None = None,
+        dot_general_cls: Any = None,
+        preferred_element_type: Any = None,
         rngs: Rngs,
+        kernel_metadata: Metadata = NO_METADATA,
+        bias_metadata: Metadata = NO_METADATA,
     ):
         self.in_features = _as_tuple(in_features)
         self.out_features = _as_tuple(out_features)
@@ -155,23 +221,35 @@ class LinearGeneral(Module):
         batch_shape = tuple(size for _, size in self.batch_axis)
         n_in = int(np.prod(self.in_features))
         n_out = int(np.prod(self.out_features))
-        kernel = kernel_init(rngs.params(), (*batch_shape, n_in, n_out), param_dtype)
-        self.kernel = Param(
-            jnp.reshape(kernel, batch_shape + self.in_features + self.out_features)
+        self.kernel = create_param(
+            "LinearGeneral", "kernel", kernel_init, rngs.params(),
+            batch_shape + self.in_features + self.out_features, param_dtype, kernel_metadata,
+            init_shape=(*batch_shape, n_in, n_out),
         )
-        if use_bias:
-            bias = bias_init(rngs.params(), (*batch_shape, n_out), param_dtype)
-            self.bias = Param(jnp.reshape(bias, batch_shape + self.out_features))
-        else:
-            self.bias = None
+        self.bias = (
+            create_param(
+                "LinearGeneral", "bias", bias_init, rngs.params(), batch_shape + self.out_features,
+                param_dtype, bias_metadata, init_shape=(*batch_shape, n_out),
+            )
+            if use_bias
+            else None
+        )
         self.use_bias = use_bias
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
+        self.promote_dtype = promote_dtype
         self.dot_general = dot_general
+        self.dot_general_cls = dot_general_cls
+        self.preferred_element_type = preferred_element_type
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        """Contract ``inputs`` over ``axis`` with the kernel."""
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+        """Contract ``inputs`` over ``axis`` with the kernel.
+
+        Args:
+          inputs: the input array.
+          out_sharding: sharding of the output (passed to the contraction).
+        """
         shape = jnp.shape(inputs)
         ndim = len(shape)
         axes = _normalize_axes(self.axis, ndim, "LinearGeneral")
@@ -187,21 +265,17 @@ class LinearGeneral(Module):
                 f"LinearGeneral expected batch axes {dict(self.batch_axis)} of sizes "
                 f"{batch_sizes}, got {tuple(shape[a] for a in batch_dims)} (input shape {shape})"
             )
-        bias = None if self.bias is None else self.bias.value
-        x, kernel, bias = promote_dtype((inputs, self.kernel.value, bias), dtype=self.dtype)
         n_batch = len(batch_dims)
         kernel_contract = tuple(range(n_batch, n_batch + len(axes)))
-        y = self.dot_general(
-            x,
-            kernel,
-            ((axes, kernel_contract), (batch_dims, tuple(range(n_batch)))),
-            precision=self.precision,
+        n_free = ndim - len(axes) - n_batch
+        return _contract(
+            inputs, self.kernel.value, None if self.bias is None else self.bias.value,
+            dimension_numbers=((axes, kernel_contract), (batch_dims, tuple(range(n_batch)))),
+            bias_shape=batch_sizes + (1,) * n_free + self.out_features, dtype=self.dtype,
+            precision=self.precision, dot_general=self.dot_general,
+            dot_general_cls=self.dot_general_cls, promote_dtype=self.promote_dtype,
+            preferred_element_type=self.preferred_element_type, out_sharding=out_sharding,
         )
-        if bias is not None:
-            n_free = ndim - len(axes) - n_batch
-            bias_shape = batch_sizes + (1,) * n_free + self.out_features
-            y = y + jnp.reshape(bias, bias_shape)
-        return y
 
 
 def _split_einsum(einsum_str: str) -> tuple[str, str, str]:
@@ -216,93 +290,164 @@ def _split_einsum(einsum_str: str) -> tuple[str, str, str]:
     return lhs, rhs, out
 
 
-def _label_sizes(labels: str, shape: tuple[int, ...]) -> dict[str, int]:
-    if "..." in labels:
-        head, tail = labels.split("...")
-        sizes = dict(zip(head, shape[: len(head)], strict=False))
-        if tail:
-            sizes.update(zip(tail, shape[-len(tail):], strict=False))
-        return sizes
-    return dict(zip(labels, shape, strict=False))
+def _operand_axes(labels: str, ndim: int) -> list[str | int]:
+    """One entry per axis of an operand with ``ndim`` dims: its label, or for the axes that
+    ``...`` stands for, their position counted from the right end of the ellipsis (-1 last),
+    since ellipsis axes broadcast right-aligned across the operands."""
+    if "..." not in labels:
+        return list(labels)
+    head, tail = labels.split("...")
+    n = max(ndim - len(head) - len(tail), 0)
+    return [*head, *range(-n, 0), *tail]
 
 
 class Einsum(Module):
-    """A layer computing ``jnp.einsum(einsum_str, inputs, kernel) + bias``.
+    """A layer computing ``einsum(einsum_str, inputs, kernel) + bias``.
 
     Args:
       einsum_str: two operands and an output, e.g. ``'bti,ihd->bthd'``.
       kernel_shape: shape of the kernel (the second operand).
-      bias_shape: shape of the bias, or None for no bias; its axes are the kernel-only labels of
-        the output, in output order, and it broadcasts over the others.
+      bias_shape: shape of the bias, or None for no bias. The bias is laid along the output
+        axes that the kernel has (in output order) and broadcasts over the others.
       dtype: computation dtype; None promotes inputs and parameters together.
       param_dtype: dtype of the parameters.
-      precision: passed to ``jnp.einsum``.
+      precision: passed to ``einsum_op``.
       kernel_init: kernel initializer.
       bias_init: bias initializer.
+      promote_dtype: casts ``(inputs, kernel, bias)`` to the computation dtype.
+      einsum_op: the einsum function (``jnp.einsum`` signature).
+      preferred_element_type: accumulation and output dtype of the einsum.
       rngs: random streams; keys come from ``rngs.params()``.
+      kernel_metadata: metadata of the ``kernel`` Param.
+      bias_metadata: metadata of the ``bias`` Param.
     """
 
     def __init__(
         self,
         einsum_str: str,
-        kernel_shape: Sequence[int],
-        bias_shape: Sequence[int] | None = None,
+        kernel_shape: int | Sequence[int],
+        bias_shape: int | Sequence[int] | None = None,
         *,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         precision: Any = None,
         kernel_init: initializers.Initializer = default_kernel_init,
         bias_init: initializers.Initializer = default_bias_init,
+        promote_dtype: dtypes.PromoteDtypeFn = dtypes.promote_dtype,
+        einsum_op: Callable[..., jax.Array] = jnp.einsum,
+        preferred_element_type: Any = None,
         rngs: Rngs,
+        kernel_metadata: Metadata = NO_METADATA,
+        bias_metadata: Metadata = NO_METADATA,
     ):
         _, rhs, _ = _split_einsum(einsum_str)
+        kernel_shape = _as_tuple(kernel_shape)
         if "..." not in rhs and len(rhs) != len(kernel_shape):
             raise ValueError(
                 f"Einsum: kernel labels {rhs!r} need {len(rhs)} dims, got kernel_shape "
-                f"{tuple(kernel_shape)}"
+                f"{kernel_shape}"
             )
         self.einsum_str = einsum_str.replace(" ", "")
-        self.kernel_shape = tuple(kernel_shape)
-        self.bias_shape = None if bias_shape is None else tuple(bias_shape)
-        self.kernel = Param(kernel_init(rngs.params(), self.kernel_shape, param_dtype))
+        self.kernel_shape = kernel_shape
+        self.bias_shape = None if bias_shape is None else _as_tuple(bias_shape)
+        self.kernel = create_param(
+            "Einsum", "kernel", kernel_init, rngs.params(), kernel_shape, param_dtype,
+            kernel_metadata,
+        )
         self.bias = (
             None
-            if bias_shape is None
-            else Param(bias_init(rngs.params(), self.bias_shape, param_dtype))
+            if self.bias_shape is None
+            else create_param(
+                "Einsum", "bias", bias_init, rngs.params(), self.bias_shape, param_dtype,
+                bias_metadata,
+            )
         )
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
+        self.promote_dtype = promote_dtype
+        self.einsum_op = einsum_op
+        self.preferred_element_type = preferred_element_type
 
-    def __call__(self, inputs: jax.Array, einsum_str: str | None = None) -> jax.Array:
-        """Apply the einsum; ``einsum_str`` overrides the constructor's for this call."""
+    def __call__(
+        self, inputs: jax.Array, einsum_str: str | None = None, out_sharding: Any = None
+    ) -> jax.Array:
+        """Apply the einsum; ``einsum_str`` overrides the constructor's for this call.
+
+        Args:
+          inputs: the first operand.
+          einsum_str: the equation for this call (default: the constructor's).
+          out_sharding: sharding of the output (passed to ``einsum_op``).
+        """
         einsum_str = self.einsum_str if einsum_str is None else einsum_str.replace(" ", "")
         lhs, rhs, out = _split_einsum(einsum_str)
         shape = jnp.shape(inputs)
-        x_sizes = _label_sizes(lhs, shape)
-        k_sizes = _label_sizes(rhs, self.kernel_shape)
-        for label in sorted(set(x_sizes) & set(k_sizes)):
-            if x_sizes[label] != k_sizes[label]:
-                raise feature_error(
-                    "Einsum", k_sizes[label], x_sizes[label], shape,
-                    f"the axis labelled {label!r} of {einsum_str!r}",
+        x_axes = dict(zip(_operand_axes(lhs, len(shape)), shape, strict=False))
+        k_axes = dict(zip(_operand_axes(rhs, len(self.kernel_shape)), self.kernel_shape, strict=False))
+        for label in x_axes.keys() & k_axes.keys():
+            sizes = (x_axes[label], k_axes[label])
+            if sizes[0] != sizes[1] and not (isinstance(label, int) and 1 in sizes):
+                where = (
+                    f"the axis labelled {label!r} of {einsum_str!r}" if isinstance(label, str)
+                    else f"the axes matched by '...' in {einsum_str!r}"
                 )
-        bias = None if self.bias is None else self.bias.value
-        x, kernel, bias = promote_dtype((inputs, self.kernel.value, bias), dtype=self.dtype)
-        y = jnp.einsum(einsum_str, x, kernel, precision=self.precision)
-        if bias is not None:
-            out_labels = out.replace("...", "")
-            kernel_only = [c for c in out_labels if c in k_sizes and c not in x_sizes]
-            if bias.ndim == len(kernel_only):
-                tail = out.split("...")[-1] if "..." in out else out
-                bias_shape = tuple(k_sizes[c] if c in kernel_only else 1 for c in tail)
-                bias = jnp.reshape(bias, bias_shape)
-            y = y + bias
-        return y
+                raise feature_error("Einsum", sizes[1], sizes[0], shape, where)
+        bias_shape = None
+        if self.bias is not None:
+            n_ellipsis = max(sum(isinstance(a, int) for a in axes) for axes in (x_axes, k_axes))
+            out_axes = _operand_axes(out, len(out.replace("...", "")) + n_ellipsis)
+            bias_shape = tuple(k_axes.get(a, 1) for a in out_axes)
+            if int(np.prod(bias_shape)) != int(np.prod(self.bias_shape)):
+                raise ValueError(
+                    f"Einsum: bias of shape {self.bias_shape} does not fit {einsum_str!r}: the "
+                    f"output axes the kernel has give the bias shape {bias_shape}"
+                )
+        return _einsum(
+            inputs, self.kernel.value, None if self.bias is None else self.bias.value,
+            einsum_str=einsum_str, bias_shape=bias_shape, dtype=self.dtype,
+            precision=self.precision, einsum_op=self.einsum_op, promote_dtype=self.promote_dtype,
+            preferred_element_type=self.preferred_element_type, out_sharding=out_sharding,
+        )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "einsum_str", "bias_shape", "dtype", "precision", "einsum_op", "promote_dtype",
+        "preferred_element_type", "out_sharding",
+    ),
+)
+def _einsum(
+    inputs: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    *,
+    einsum_str: str,
+    bias_shape: tuple[int, ...] | None,
+    dtype: Any,
+    precision: Any,
+    einsum_op: Callable[..., jax.Array],
+    promote_dtype: dtypes.PromoteDtypeFn,
+    preferred_element_type: Any,
+    out_sharding: Any,
+) -> jax.Array:
+    """Einsum's computation, compiled as one function."""
+    x, kernel, bias = promote_dtype((inputs, kernel, bias), dtype=dtype)
+    y = einsum_op(
+        einsum_str, x, kernel, precision=precision,
+        **op_kwargs(preferred_element_type=preferred_element_type, out_sharding=out_sharding),
+    )
+    if bias is not None:
+        y = y + jnp.reshape(bias, bias_shape)
+    return y
 
 
 class Embed(Module):
     """A lookup table mapping integer ids to ``features``-sized vectors.
+
+    Ids index the table from 0; negative ids count from the end (``-1`` is the last row) and
+    ids outside ``[-num_embeddings, num_embeddings)`` give NaN vectors (``jnp.take``'s fill
+    mode), as in Flax. A table of one row is broadcast to every id.
 
     Args:
       num_embeddings: number of rows of the table.
@@ -310,7 +455,10 @@ class Embed(Module):
       dtype: dtype of the returned embeddings; None keeps the table's dtype.
       param_dtype: dtype of the ``embedding`` table.
       embedding_init: initializer of the ``(num_embeddings, features)`` table.
+      promote_dtype: casts ``(embedding,)`` (in ``__call__``, with ``inexact=False``) or
+        ``(query, embedding)`` (in ``attend``) to ``dtype``.
       rngs: random streams; the key comes from ``rngs.params()``.
+      embedding_metadata: metadata of the ``embedding`` Param.
     """
 
     def __init__(
@@ -321,30 +469,49 @@ class Embed(Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         embedding_init: initializers.Initializer = default_embed_init,
+        promote_dtype: dtypes.PromoteDtypeFn = dtypes.promote_dtype,
         rngs: Rngs,
+        embedding_metadata: Metadata = NO_METADATA,
     ):
-        self.embedding = Param(
-            embedding_init(rngs.params(), (num_embeddings, features), param_dtype)
+        self.embedding = create_param(
+            "Embed", "embedding", embedding_init, rngs.params(), (num_embeddings, features),
+            param_dtype, embedding_metadata,
         )
         self.num_embeddings = num_embeddings
         self.features = features
-        self.dtype = dtype
+        self.dtype = self.embedding.dtype if dtype is None else dtype
         self.param_dtype = param_dtype
+        self.promote_dtype = promote_dtype
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        """Look up integer ids: the result has shape ``inputs.shape + (features,)``."""
-        if not jnp.issubdtype(jnp.asarray(inputs).dtype, jnp.integer):
-            raise ValueError(
-                f"Embed expects integer ids, got inputs of dtype {jnp.asarray(inputs).dtype}"
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+        """Look up integer ids: the result has shape ``inputs.shape + (features,)``.
+
+        Args:
+          inputs: integer ids of any shape.
+          out_sharding: sharding of the result.
+        """
+        inputs = jnp.asarray(inputs)
+        if not jnp.issubdtype(inputs.dtype, jnp.integer):
+            raise ValueError(f"Embed expects integer ids, got inputs of dtype {inputs.dtype}")
+        (embedding,) = self.promote_dtype((self.embedding.value,), dtype=self.dtype, inexact=False)
+        if self.num_embeddings == 1:
+            return jnp.broadcast_to(embedding, inputs.shape + (self.features,))
+        if out_sharding is not None:
+            take = jax.sharding.auto_axes(
+                lambda table, ids: jnp.take(table, ids, axis=0), out_sharding=out_sharding
             )
-        (embedding,) = promote_dtype((self.embedding.value,), dtype=self.dtype, inexact=False)
+            return take(embedding, inputs)
         return jnp.take(embedding, inputs, axis=0)
 
-    def attend(self, query: jax.Array) -> jax.Array:
+    def attend(self, query: jax.Array, out_sharding: Any = None) -> jax.Array:
         """Dot ``query`` (``(..., features)``) with every embedding: ``(..., num_embeddings)``.
 
         Used to share the table with an output projection (weight tying).
+
+        Args:
+          query: the query vectors.
+          out_sharding: sharding of the result.
         """
         check_last_axis("Embed.attend", query, self.features)
-        query, embedding = promote_dtype((query, self.embedding.value), dtype=self.dtype)
-        return jnp.dot(query, embedding.T)
+        query, embedding = self.promote_dtype((query, self.embedding.value), dtype=self.dtype)
+        return jnp.dot(query, embedding.T, **op_kwargs(out_sharding=out_sharding))

@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from nnx.module import Module
-from nnx.nn import initializers
-from nnx.nn.dtypes import check_last_axis, promote_dtype
+from nnx.nn import dtypes, initializers
+from nnx.nn._params import NO_METADATA, create_param
+from nnx.nn.dtypes import check_last_axis
 from nnx.nn.linear import Linear
 from nnx.rnglib import Rngs
 from nnx.variablelib import LoRAParam, Variable
@@ -35,7 +36,10 @@ class LoRA(Module):
       a_initializer: initializer of ``lora_a`` ``(in_features, lora_rank)``.
       b_initializer: initializer of ``lora_b`` ``(lora_rank, out_features)``.
       lora_param_type: the Variable type of the two parameters (``nnx.LoRAParam``).
+      promote_dtype: casts ``(x, lora_a, lora_b)`` to the computation dtype.
       rngs: random streams; keys come from ``rngs.params()``.
+      a_metadata: metadata of ``lora_a``.
+      b_metadata: metadata of ``lora_b``.
     """
 
     def __init__(
@@ -50,7 +54,10 @@ class LoRA(Module):
         a_initializer: initializers.Initializer = default_a_initializer,
         b_initializer: initializers.Initializer = default_b_initializer,
         lora_param_type: type[Variable] = LoRAParam,
+        promote_dtype: dtypes.PromoteDtypeFn = dtypes.promote_dtype,
         rngs: Rngs,
+        a_metadata: Mapping[str, Any] = NO_METADATA,
+        b_metadata: Mapping[str, Any] = NO_METADATA,
     ):
         if base_module is not None and not callable(base_module):
             raise ValueError(
@@ -62,20 +69,27 @@ class LoRA(Module):
         self.base_module = base_module
         self.dtype = dtype
         self.param_dtype = param_dtype
-        self.lora_a = lora_param_type(
-            a_initializer(rngs.params(), (in_features, lora_rank), param_dtype)
+        self.lora_param_type = lora_param_type
+        self.promote_dtype = promote_dtype
+        self.lora_a = create_param(
+            "LoRA", "a", a_initializer, rngs.params(), (in_features, lora_rank), param_dtype,
+            a_metadata, variable_type=lora_param_type,
         )
-        self.lora_b = lora_param_type(
-            b_initializer(rngs.params(), (lora_rank, out_features), param_dtype)
+        self.lora_b = create_param(
+            "LoRA", "b", b_initializer, rngs.params(), (lora_rank, out_features), param_dtype,
+            b_metadata, variable_type=lora_param_type,
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``base_module(x) + x @ lora_a @ lora_b`` (without the base term when there is none)."""
+    def __call__(self, x: jax.Array, **kwargs: Any) -> jax.Array:
+        """``base_module(x, **kwargs) + x @ lora_a @ lora_b``.
+
+        Without a base module the result is the update alone and ``kwargs`` are unused.
+        """
         check_last_axis("LoRA", x, self.in_features)
-        x_, a, b = promote_dtype((x, self.lora_a.value, self.lora_b.value), dtype=self.dtype)
+        x_, a, b = self.promote_dtype((x, self.lora_a.value, self.lora_b.value), dtype=self.dtype)
         out = x_ @ a @ b
         if self.base_module is not None:
-            out = self.base_module(x) + out
+            out = self.base_module(x, **kwargs) + out
         return out
 
 
@@ -91,7 +105,10 @@ class LoRALinear(Linear):
       a_initializer: initializer of ``lora.lora_a``.
       b_initializer: initializer of ``lora.lora_b`` (zeros: the layer starts as a ``Linear``).
       lora_param_type: Variable type of the adapter parameters.
+      lora_promote_dtype: the adapter's ``promote_dtype``.
       rngs: random streams; keys come from ``rngs.params()``.
+      a_metadata: metadata of ``lora.lora_a``.
+      b_metadata: metadata of ``lora.lora_b``.
       **kwargs: the other ``Linear`` arguments (``use_bias``, ``kernel_init``, ``dtype``...).
     """
 
@@ -106,16 +123,21 @@ class LoRALinear(Linear):
         a_initializer: initializers.Initializer = default_a_initializer,
         b_initializer: initializers.Initializer = default_b_initializer,
         lora_param_type: type[Variable] = LoRAParam,
+        lora_promote_dtype: dtypes.PromoteDtypeFn = dtypes.promote_dtype,
         rngs: Rngs,
+        a_metadata: Mapping[str, Any] = NO_METADATA,
+        b_metadata: Mapping[str, Any] = NO_METADATA,
         **kwargs: Any,
     ):
         super().__init__(in_features, out_features, rngs=rngs, **kwargs)
         self.lora = LoRA(
             in_features, lora_rank, out_features, dtype=lora_dtype,
             param_dtype=lora_param_dtype, a_initializer=a_initializer,
-            b_initializer=b_initializer, lora_param_type=lora_param_type, rngs=rngs,
+            b_initializer=b_initializer, lora_param_type=lora_param_type,
+            promote_dtype=lora_promote_dtype, rngs=rngs, a_metadata=a_metadata,
+            b_metadata=b_metadata,
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, out_sharding: Any = None) -> jax.Array:
         """The ``Linear`` output plus the adapter's ``x @ lora_a @ lora_b``."""
-        return super().__call__(x) + self.lora(x)
+        return super().__call__(x, out_sharding=out_sharding) + self.lora(x)

@@ -1,21 +1,30 @@
-"""Normalization layers: ``BatchNorm``, ``LayerNorm``, ``RMSNorm``, ``GroupNorm``, ``InstanceNorm``."""
+"""Normalization layers: ``BatchNorm``, ``LayerNorm``, ``RMSNorm``, ``GroupNorm``, ``InstanceNorm``.
+
+Each layer first casts its input and parameters with its ``promote_dtype`` function (the default
+casts them to ``dtype``, or to their common dtype when ``dtype`` is None, as Flax NNX does); the
+statistics are then computed in at least float32. ``promote_dtype=lambda args, **kw: args``
+skips the cast (Linen's behaviour).
+"""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from nnx.module import Module
-from nnx.nn import initializers
-from nnx.nn.dtypes import canonicalize_dtype, feature_error
+from nnx.nn import dtypes, initializers
+from nnx.nn._params import NO_METADATA, create_param
+from nnx.nn._statistics import moving_average, norm_forward
+from nnx.nn.dtypes import feature_error
+from nnx.nn.weight_norm import SpectralNorm, WeightNorm  # noqa: F401 - Flax's module for them
 from nnx.rnglib import Rngs
-from nnx.variablelib import BatchStat, Param
+from nnx.variablelib import BatchStat
 
 Axes = int | Sequence[int]
+Metadata = Mapping[str, Any]
 
 
 def _canonical_axes(axes: Axes, ndim: int, layer: str) -> tuple[int, ...]:
@@ -35,120 +44,6 @@ def _check_features(layer: str, x: jax.Array, feature_axes: tuple[int, ...], exp
         raise feature_error(layer, expected, got, x.shape, where)
 
 
-def _compute_stats(
-    x: jax.Array,
-    axes: tuple[int, ...],
-    *,
-    dtype: Any,
-    axis_name: str | None,
-    axis_index_groups: Any,
-    use_mean: bool = True,
-    use_fast_variance: bool = True,
-    mask: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """Mean and variance of ``x`` over ``axes`` (reduced away), in at least float32.
-
-    With ``axis_name`` the moments are averaged over that mapped axis (``vmap``/``pmap``/
-    ``shard_map``) with ``jax.lax.pmean``. With ``use_mean=False`` the mean is zero and the
-    "variance" is the mean square (RMSNorm).
-    """
-    dtype = jnp.promote_types(canonicalize_dtype(x, dtype=dtype), jnp.float32)
-    x = jnp.asarray(x, dtype)
-
-    def mean(v: jax.Array) -> jax.Array:
-        m = jnp.mean(v, axis=axes, where=mask)
-        if axis_name is not None:
-            m = jax.lax.pmean(m, axis_name, axis_index_groups=axis_index_groups)
-        return m
-
-    if not use_mean:
-        return jnp.zeros((), dtype), mean(jnp.square(x))
-    if use_fast_variance:
-        mu = mean(x)
-        var = jnp.maximum(0.0, mean(jnp.square(x)) - jnp.square(mu))
-    else:
-        mu = mean(x)
-        shape = list(x.shape)
-        for a in axes:
-            shape[a] = 1
-        var = mean(jnp.square(x - jnp.reshape(mu, shape)))
-    return mu, var
-
-
-def _normalize(
-    x: jax.Array,
-    mean: jax.Array,
-    var: jax.Array,
-    scale: jax.Array | None,
-    bias: jax.Array | None,
-    reduction_axes: tuple[int, ...],
-    feature_axes: tuple[int, ...],
-    dtype: Any,
-    epsilon: float,
-) -> jax.Array:
-    """``(x - mean) / sqrt(var + eps) * scale + bias``, cast to ``dtype`` (or the promoted one)."""
-    stats_shape = [1 if a in reduction_axes else n for a, n in enumerate(x.shape)]
-    feature_shape = [n if a in feature_axes else 1 for a, n in enumerate(x.shape)]
-    mean = jnp.reshape(mean, stats_shape) if mean.ndim else mean
-    y = x - mean
-    mul = jax.lax.rsqrt(jnp.reshape(var, stats_shape) + epsilon)
-    if scale is not None:
-        mul = mul * jnp.reshape(scale, feature_shape)
-    y = y * mul
-    if bias is not None:
-        y = y + jnp.reshape(bias, feature_shape)
-    return jnp.asarray(y, canonicalize_dtype(x, scale, bias, dtype=dtype))
-
-
-_STATIC = (
-    "reduction_axes", "feature_axes", "dtype", "epsilon", "axis_name", "axis_index_groups",
-    "use_mean", "use_fast_variance",
-)
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _forward(
-    x: jax.Array,
-    scale: jax.Array | None,
-    bias: jax.Array | None,
-    mask: jax.Array | None,
-    stats: tuple[jax.Array, jax.Array] | None,
-    *,
-    reduction_axes: tuple[int, ...],
-    feature_axes: tuple[int, ...],
-    dtype: Any,
-    epsilon: float,
-    axis_name: str | None,
-    axis_index_groups: tuple | None,
-    use_mean: bool,
-    use_fast_variance: bool,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Normalize ``x`` with ``stats`` (or with its own statistics when None) in one compiled
-    function, so an eager call compiles once instead of once per primitive.
-
-    Returns the output and the mean and variance used.
-    """
-    if stats is None:
-        mean, var = _compute_stats(
-            x, reduction_axes, dtype=dtype, axis_name=axis_name,
-            axis_index_groups=axis_index_groups, use_mean=use_mean,
-            use_fast_variance=use_fast_variance, mask=mask,
-        )
-    else:
-        mean, var = stats
-    y = _normalize(x, mean, var, scale, bias, reduction_axes, feature_axes, dtype, epsilon)
-    return y, mean, var
-
-
-@jax.jit
-def _moving_average(running: tuple, batch: tuple, momentum: float) -> tuple:
-    """``momentum * running + (1 - momentum) * batch`` for each pair (batch stats flattened)."""
-    return tuple(
-        momentum * r + (1 - momentum) * jnp.reshape(b, r.shape)
-        for r, b in zip(running, batch, strict=True)
-    )
-
-
 def _groups(axis_index_groups: Any) -> tuple | None:
     """``axis_index_groups`` as nested tuples (a hashable, static argument)."""
     if axis_index_groups is None:
@@ -158,7 +53,7 @@ def _groups(axis_index_groups: Any) -> tuple | None:
 
 class _Norm(Module):
     """What the normalization layers share: the optional ``scale`` and ``bias`` Params, the
-    options of the statistics, and the compiled forward pass."""
+    options of the statistics, and the call of the compiled forward pass."""
 
     def _init_norm(
         self,
@@ -174,14 +69,28 @@ class _Norm(Module):
         axis_name: str | None,
         axis_index_groups: Any,
         use_fast_variance: bool,
+        promote_dtype: dtypes.PromoteDtypeFn,
         rngs: Rngs | None,
+        bias_metadata: Metadata,
+        scale_metadata: Metadata,
     ) -> None:
         """Create ``scale`` then ``bias`` (each None when off) and set the common attributes."""
+        layer = type(self).__name__
         if (use_bias or use_scale) and rngs is None:
-            raise ValueError(f"{type(self).__name__} needs rngs= to create its scale and bias")
+            raise ValueError(f"{layer} needs rngs= to create its scale and bias")
         shape = (num_features,)
-        self.scale = Param(scale_init(rngs.params(), shape, param_dtype)) if use_scale else None
-        self.bias = Param(bias_init(rngs.params(), shape, param_dtype)) if use_bias else None
+        self.scale = (
+            create_param(
+                layer, "scale", scale_init, rngs.params(), shape, param_dtype, scale_metadata
+            )
+            if use_scale
+            else None
+        )
+        self.bias = (
+            create_param(layer, "bias", bias_init, rngs.params(), shape, param_dtype, bias_metadata)
+            if use_bias
+            else None
+        )
         self.num_features = num_features
         self.use_bias = use_bias
         self.use_scale = use_scale
@@ -191,6 +100,7 @@ class _Norm(Module):
         self.axis_name = axis_name
         self.axis_index_groups = axis_index_groups
         self.use_fast_variance = use_fast_variance
+        self.promote_dtype = promote_dtype
 
     def _feature_axes(self, x: jax.Array, axes: Axes) -> tuple[int, ...]:
         """``axes`` as sorted non-negative axes of ``x``, checked to hold ``num_features``."""
@@ -198,11 +108,6 @@ class _Norm(Module):
         feature_axes = _canonical_axes(axes, x.ndim, layer)
         _check_features(layer, x, feature_axes, self.num_features)
         return feature_axes
-
-    def _affine(self) -> tuple[jax.Array | None, jax.Array | None]:
-        scale = None if self.scale is None else self.scale.value
-        bias = None if self.bias is None else self.bias.value
-        return scale, bias
 
     def _apply(
         self,
@@ -212,14 +117,20 @@ class _Norm(Module):
         *,
         mask: jax.Array | None,
         stats: tuple[jax.Array, jax.Array] | None = None,
+        use_stats: bool = False,
         use_mean: bool = True,
+        groups: int | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        scale, bias = self._affine()
-        return _forward(
-            x, scale, bias, mask, stats, reduction_axes=reduction_axes,
-            feature_axes=feature_axes, dtype=self.dtype, epsilon=self.epsilon,
-            axis_name=self.axis_name, axis_index_groups=_groups(self.axis_index_groups),
-            use_mean=use_mean, use_fast_variance=self.use_fast_variance,
+        """``norm_forward`` with this layer's parameters and options: ``(y, mean, var)``."""
+        return norm_forward(
+            x,
+            None if self.scale is None else self.scale.value,
+            None if self.bias is None else self.bias.value,
+            mask, stats, reduction_axes=reduction_axes, feature_axes=feature_axes,
+            dtype=self.dtype, epsilon=self.epsilon, axis_name=self.axis_name,
+            axis_index_groups=_groups(self.axis_index_groups), use_mean=use_mean,
+            use_fast_variance=self.use_fast_variance, use_stats=use_stats, groups=groups,
+            promote_dtype=self.promote_dtype,
         )
 
     def _apply_over_axes(
@@ -256,14 +167,17 @@ class BatchNorm(_Norm):
       axis_name: a mapped axis (``vmap``/``pmap``) over which to average the batch statistics.
       axis_index_groups: device groups for the cross-replica mean.
       use_fast_variance: ``E[x^2] - E[x]^2`` (one pass) instead of ``E[(x - E[x])^2]``.
+      promote_dtype: casts ``(x, mean, var, scale, bias)`` to the computation dtype.
       rngs: random streams for the parameter initializers.
+      bias_metadata: metadata of the ``bias`` Param.
+      scale_metadata: metadata of the ``scale`` Param.
     """
 
     def __init__(
         self,
         num_features: int,
         *,
-        use_running_average: bool = False,
+        use_running_average: bool | None = False,
         axis: Axes = -1,
         momentum: float = 0.99,
         epsilon: float = 1e-5,
@@ -276,7 +190,10 @@ class BatchNorm(_Norm):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: dtypes.PromoteDtypeFn = dtypes.promote_dtype,
         rngs: Rngs | None = None,
+        bias_metadata: Metadata = NO_METADATA,
+        scale_metadata: Metadata = NO_METADATA,
     ):
         self.mean = BatchStat(jnp.zeros((num_features,), jnp.float32))
         self.var = BatchStat(jnp.ones((num_features,), jnp.float32))
@@ -284,7 +201,8 @@ class BatchNorm(_Norm):
             num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
             use_bias=use_bias, use_scale=use_scale, bias_init=bias_init, scale_init=scale_init,
             axis_name=axis_name, axis_index_groups=axis_index_groups,
-            use_fast_variance=use_fast_variance, rngs=rngs,
+            use_fast_variance=use_fast_variance, promote_dtype=promote_dtype, rngs=rngs,
+            bias_metadata=bias_metadata, scale_metadata=scale_metadata,
         )
         self.use_running_average = use_running_average
         self.axis = axis
@@ -306,19 +224,28 @@ class BatchNorm(_Norm):
         """
         if use_running_average is None:
             use_running_average = self.use_running_average
+        if use_running_average is None:
+            raise ValueError(
+                "BatchNorm: no use_running_average was given; pass it to the constructor or to "
+                "the call, or set it with model.train() / model.eval()"
+            )
         feature_axes = self._feature_axes(x, self.axis)
         reduction_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
-        if use_running_average:
-            y, _, _ = self._apply(
-                x, reduction_axes, feature_axes, mask=mask,
-                stats=(self.mean.value, self.var.value),
-            )
-            return y
-        y, mean, var = self._apply(x, reduction_axes, feature_axes, mask=mask)
-        self.mean.value, self.var.value = _moving_average(
-            (self.mean.value, self.var.value), (mean, var), self.momentum
+        running = (self.mean.value, self.var.value)
+        y, mean, var = self._apply(
+            x, reduction_axes, feature_axes, mask=mask, stats=running,
+            use_stats=bool(use_running_average),
         )
+        if not use_running_average:
+            self.mean.value, self.var.value = moving_average(
+                running, (mean, var), (self.momentum, 1 - self.momentum)
+            )
         return y
+
+    def set_view(self, use_running_average: bool | None = None) -> None:
+        """The hook ``nnx.view`` calls: set ``use_running_average`` when given."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
 
 
 class LayerNorm(_Norm):
@@ -338,7 +265,10 @@ class LayerNorm(_Norm):
       axis_name: a mapped axis over which to average the statistics.
       axis_index_groups: device groups for the cross-replica mean.
       use_fast_variance: one-pass variance.
+      promote_dtype: casts ``(x, scale, bias)`` to the computation dtype.
       rngs: random streams for the parameter initializers.
+      bias_metadata: metadata of the ``bias`` Param.
+      scale_metadata: metadata of the ``scale`` Param.
     """
 
     def __init__(
@@ -357,13 +287,17 @@ class LayerNorm(_Norm):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: dtypes.PromoteDtypeFn = dtypes.promote_dtype,
         rngs: Rngs | None = None,
+        bias_metadata: Metadata = NO_METADATA,
+        scale_metadata: Metadata = NO_METADATA,
     ):
         self._init_norm(
             num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
             use_bias=use_bias, use_scale=use_scale, bias_init=bias_init, scale_init=scale_init,
             axis_name=axis_name, axis_index_groups=axis_index_groups,
-            use_fast_variance=use_fast_variance, rngs=rngs,
+            use_fast_variance=use_fast_variance, promote_dtype=promote_dtype, rngs=rngs,
+            bias_metadata=bias_metadata, scale_metadata=scale_metadata,
         )
         self.reduction_axes = reduction_axes
         self.feature_axes = feature_axes
@@ -388,7 +322,9 @@ class RMSNorm(_Norm):
       axis_name: a mapped axis over which to average the statistics.
       axis_index_groups: device groups for the cross-replica mean.
       use_fast_variance: accepted for signature compatibility (no variance is computed).
+      promote_dtype: casts ``(x, scale)`` to the computation dtype.
       rngs: random streams for the parameter initializer.
+      scale_metadata: metadata of the ``scale`` Param.
     """
 
     def __init__(
@@ -405,18 +341,21 @@ class RMSNorm(_Norm):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: dtypes.PromoteDtypeFn = dtypes.promote_dtype,
         rngs: Rngs | None = None,
+        scale_metadata: Metadata = NO_METADATA,
     ):
         self._init_norm(
             num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
             use_bias=False, use_scale=use_scale, bias_init=initializers.zeros,
             scale_init=scale_init, axis_name=axis_name, axis_index_groups=axis_index_groups,
-            use_fast_variance=use_fast_variance, rngs=rngs,
+            use_fast_variance=use_fast_variance, promote_dtype=promote_dtype, rngs=rngs,
+            bias_metadata=NO_METADATA, scale_metadata=scale_metadata,
         )
         self.reduction_axes = reduction_axes
         self.feature_axes = feature_axes
 
-    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Normalize ``x`` by its root mean square over ``reduction_axes``."""
         return self._apply_over_axes(x, mask=mask, use_mean=False)
 
@@ -442,7 +381,10 @@ class GroupNorm(_Norm):
       axis_name: a mapped axis over which to average the statistics.
       axis_index_groups: device groups for the cross-replica mean.
       use_fast_variance: one-pass variance.
+      promote_dtype: casts ``(x, scale, bias)`` to the computation dtype.
       rngs: random streams for the parameter initializers.
+      bias_metadata: metadata of the ``bias`` Param.
+      scale_metadata: metadata of the ``scale`` Param.
     """
 
     def __init__(
@@ -462,7 +404,10 @@ class GroupNorm(_Norm):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: dtypes.PromoteDtypeFn = dtypes.promote_dtype,
         rngs: Rngs | None = None,
+        bias_metadata: Metadata = NO_METADATA,
+        scale_metadata: Metadata = NO_METADATA,
     ):
         if (num_groups is None) == (group_size is None):
             raise ValueError(
@@ -485,7 +430,8 @@ class GroupNorm(_Norm):
             num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
             use_bias=use_bias, use_scale=use_scale, bias_init=bias_init, scale_init=scale_init,
             axis_name=axis_name, axis_index_groups=axis_index_groups,
-            use_fast_variance=use_fast_variance, rngs=rngs,
+            use_fast_variance=use_fast_variance, promote_dtype=promote_dtype, rngs=rngs,
+            bias_metadata=bias_metadata, scale_metadata=scale_metadata,
         )
         self.num_groups = num_groups
         self.group_size = num_features // num_groups
@@ -502,58 +448,9 @@ class GroupNorm(_Norm):
             reduction_axes = _canonical_axes(self.reduction_axes, ndim, layer)
             if ndim - 1 not in reduction_axes:
                 raise ValueError(f"{layer}: reduction_axes must include the last (channel) axis")
-        scale, bias = self._affine()
-        return _group_forward(
-            x, scale, bias, mask, num_groups=self.num_groups, reduction_axes=reduction_axes,
-            dtype=self.dtype, epsilon=self.epsilon, axis_name=self.axis_name,
-            axis_index_groups=_groups(self.axis_index_groups),
-            use_fast_variance=self.use_fast_variance,
-        )
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "num_groups", "reduction_axes", "dtype", "epsilon", "axis_name", "axis_index_groups",
-        "use_fast_variance",
-    ),
-)
-def _group_forward(
-    x: jax.Array,
-    scale: jax.Array | None,
-    bias: jax.Array | None,
-    mask: jax.Array | None,
-    *,
-    num_groups: int,
-    reduction_axes: tuple[int, ...],
-    dtype: Any,
-    epsilon: float,
-    axis_name: str | None,
-    axis_index_groups: tuple | None,
-    use_fast_variance: bool,
-) -> jax.Array:
-    """GroupNorm's computation: split the last axis into groups, normalize, scale and shift."""
-    ndim = x.ndim
-    grouped_shape = (*x.shape[:-1], num_groups, x.shape[-1] // num_groups)
-    xg = jnp.reshape(x, grouped_shape)
-    # reduce over the chosen axes and within each group (the new last axis)
-    group_axes = tuple(a for a in reduction_axes if a != ndim - 1) + (ndim,)
-    if mask is not None:
-        mask = jnp.reshape(jnp.broadcast_to(mask, x.shape), grouped_shape)
-    mean, var = _compute_stats(
-        xg, group_axes, dtype=dtype, axis_name=axis_name, axis_index_groups=axis_index_groups,
-        use_fast_variance=use_fast_variance, mask=mask,
-    )
-    stats_shape = [1 if a in group_axes else n for a, n in enumerate(grouped_shape)]
-    y = (xg - jnp.reshape(mean, stats_shape)) * jax.lax.rsqrt(
-        jnp.reshape(var, stats_shape) + epsilon
-    )
-    y = jnp.reshape(y, x.shape)
-    if scale is not None:
-        y = y * scale
-    if bias is not None:
-        y = y + bias
-    return jnp.asarray(y, canonicalize_dtype(x, scale, bias, dtype=dtype))
+        return self._apply(
+            x, reduction_axes, (ndim - 1,), mask=mask, groups=self.num_groups
+        )[0]
 
 
 class InstanceNorm(LayerNorm):
@@ -570,11 +467,14 @@ class InstanceNorm(LayerNorm):
       use_scale: learn a ``scale``.
       bias_init: bias initializer.
       scale_init: scale initializer.
-      feature_axes: the channel axis (or axes).
+      feature_axes: the channel axis (or axes); it may not include the batch axis 0.
       axis_name: a mapped axis over which to average the statistics.
       axis_index_groups: device groups for the cross-replica mean.
       use_fast_variance: one-pass variance.
+      promote_dtype: casts ``(x, scale, bias)`` to the computation dtype.
       rngs: random streams for the parameter initializers.
+      bias_metadata: metadata of the ``bias`` Param.
+      scale_metadata: metadata of the ``scale`` Param.
     """
 
     def __init__(
@@ -592,17 +492,27 @@ class InstanceNorm(LayerNorm):
         axis_name: str | None = None,
         axis_index_groups: Any = None,
         use_fast_variance: bool = True,
+        promote_dtype: dtypes.PromoteDtypeFn = dtypes.promote_dtype,
         rngs: Rngs | None = None,
+        bias_metadata: Metadata = NO_METADATA,
+        scale_metadata: Metadata = NO_METADATA,
     ):
         super().__init__(
             num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
             use_bias=use_bias, use_scale=use_scale, bias_init=bias_init, scale_init=scale_init,
             reduction_axes=(), feature_axes=feature_axes, axis_name=axis_name,
-            axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance, rngs=rngs,
+            axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
+            promote_dtype=promote_dtype, rngs=rngs, bias_metadata=bias_metadata,
+            scale_metadata=scale_metadata,
         )
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalize ``x`` over all axes but the batch axis and ``feature_axes``."""
         feature_axes = self._feature_axes(x, self.feature_axes)
+        if 0 in feature_axes:
+            raise ValueError(
+                f"InstanceNorm: feature_axes {self.feature_axes} include axis 0, which is the "
+                f"batch axis (input shape {tuple(x.shape)})"
+            )
         reduction_axes = tuple(a for a in range(1, x.ndim) if a not in feature_axes)
         return self._apply(x, reduction_axes, feature_axes, mask=mask)[0]

@@ -31,9 +31,12 @@ class Sequential(Module):
         self.layers = list(fns)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the chain; with no layers, return the single argument (or the tuple of them)."""
+        """Run the chain. With no layers it is the identity: the single argument, the tuple of
+        several, else the dict of keyword arguments, or None when called with nothing."""
         if not self.layers:
-            return args[0] if len(args) == 1 and not kwargs else args
+            if len(args) == 1:
+                return args[0]
+            return args or kwargs or None
         output = self.layers[0](*args, **kwargs)
         for f in self.layers[1:]:
             output = f(output)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nnx.module import Module
 from nnx.rnglib import Rngs, RngStream
@@ -93,20 +95,42 @@ class Dropout(Module):
             key = self.rngs()
         else:
             raise ValueError(
-                "Dropout needs random keys in training mode (deterministic=False) but has no "
-                "rngs: pass rngs=nnx.Rngs(dropout=0) to the constructor or to the call, or set "
-                "deterministic=True (model.eval())."
+                "`deterministic` is False, but no `rngs` argument was provided to Dropout, and "
+                "it keeps no stream of its own: pass rngs=nnx.Rngs(dropout=0) to the "
+                "constructor or to the call, or set deterministic=True (model.eval())."
             )
         shape = list(jnp.shape(inputs))
         for d in self.broadcast_dims:
             shape[d] = 1
         return _apply_mask(key, inputs, 1.0 - self.rate, tuple(shape))
 
+    def set_view(self, deterministic: bool | None = None) -> None:
+        """The hook ``nnx.view`` calls: set ``deterministic`` when given."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+
 
 @functools.partial(jax.jit, static_argnames=("mask_shape",))
 def _apply_mask(key: jax.Array, inputs: jax.Array, keep: float, mask_shape: tuple) -> jax.Array:
     """Keep each entry with probability ``keep`` (shared along axes of size 1 in
-    ``mask_shape``) and scale the kept ones by ``1 / keep``."""
-    mask = jax.random.bernoulli(key, p=keep, shape=mask_shape)
-    mask = jnp.broadcast_to(mask, jnp.shape(inputs))
+    ``mask_shape``) and scale the kept ones by ``1 / keep``.
+
+    The mask is drawn with the inputs' sharding (none along the shared axes), so that sharded
+    inputs under an explicit mesh stay sharded.
+    """
+    sharding = jax.typeof(inputs).sharding
+    spec = [
+        None if n == 1 and n != size else axes
+        for n, size, axes in zip(mask_shape, inputs.shape, _padded_spec(sharding.spec, inputs.ndim),
+                                 strict=True)
+    ]
+    mask = jax.random.bernoulli(
+        key, p=keep, shape=mask_shape, out_sharding=NamedSharding(sharding.mesh, P(*spec))
+    )
+    mask = jnp.broadcast_to(mask, jnp.shape(inputs), out_sharding=sharding)
     return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
+
+
+def _padded_spec(spec: P, ndim: int) -> tuple:
+    """``spec``'s entries, one per dimension (a short spec leaves the last ones unsharded)."""
+    return (*spec, *(None,) * (ndim - len(spec)))

@@ -206,3 +206,85 @@ def test_normalize_qk_and_cross_attention_shapes():
     assert y.shape == (2, 3, 3)
     assert mha.query_ln.scale.shape == (2,)
     assert isinstance(mha.key_ln.scale, nnx.Param)
+
+
+def test_grouped_query_attention_matches_repeated_kv_heads():
+    r = np.random.default_rng(8)
+    q = r.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    k, v = (r.normal(size=(2, 6, 2, 5)).astype(np.float32) for _ in range(2))
+    out = dot_product_attention(q, k, v)
+    assert out.shape == (2, 3, 4, 5)
+    # query heads 0, 1 use key head 0; query heads 2, 3 use key head 1
+    expected = _reference_attention(q, np.repeat(k, 2, axis=2), np.repeat(v, 2, axis=2))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    weights = dot_product_attention_weights(q, k)
+    assert weights.shape == (2, 4, 3, 6)
+    with pytest.raises(ValueError, match=r"query heads \(4\) must be a multiple of key heads "
+                       r"\(3\)"):
+        dot_product_attention(q, k[:, :, :1].repeat(3, 2), v[:, :, :1].repeat(3, 2))
+    with pytest.raises(ValueError, match="query and key depths must match"):
+        dot_product_attention(q, k[..., :4], v)
+
+
+def test_is_causal_equals_lower_triangular_mask():
+    q, k, v = _qkv(9, lq=3, lk=5)
+    tril = np.tril(np.ones((3, 5)))
+    np.testing.assert_allclose(
+        dot_product_attention(q, k, v, is_causal=True),
+        _reference_attention(q, k, v, tril), rtol=1e-5, atol=1e-5,
+    )
+    padding = np.ones((2, 1, 3, 5))
+    padding[..., 1] = 0
+    np.testing.assert_allclose(
+        dot_product_attention(q, k, v, mask=padding, is_causal=True),
+        _reference_attention(q, k, v, tril * padding), rtol=1e-5, atol=1e-5,
+    )
+
+
+def test_multihead_attention_with_kv_heads_decodes_like_causal_full_call():
+    x = np.random.default_rng(10).normal(size=(1, 4, 8)).astype(np.float32)
+    mha = build(lambda: MultiHeadAttention(4, 8, num_kv_heads=2, rngs=nnx.Rngs(0)))
+    assert mha.query.kernel.shape == (8, 4, 2)
+    assert mha.key.kernel.shape == mha.value.kernel.shape == (8, 2, 2)
+    full = jit_call(mha, x, is_causal=True)
+    q, k, v = _projections(mha, x)
+    attended = _reference_attention(
+        q, np.repeat(k, 2, axis=2), np.repeat(v, 2, axis=2), np.tril(np.ones((4, 4)))
+    )
+    expected = np.einsum("blhk,hko->blo", attended, mha.out.kernel.value) + mha.out.bias.value
+    np.testing.assert_allclose(full, expected, rtol=1e-4, atol=1e-5)
+    mha.init_cache(x.shape)
+    assert mha.cached_key.shape == (1, 4, 2, 2)
+    steps = [jit_call(mha, x[:, t : t + 1], decode=True) for t in range(4)]
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"num_heads \(4\) must be a multiple of num_kv_heads "
+                       r"\(3\)"):
+        MultiHeadAttention(4, 8, num_kv_heads=3, rngs=nnx.Rngs(0))
+
+
+def test_decode_with_x64_enabled():
+    with jax.enable_x64(True):
+        mha = MultiHeadAttention(2, 4, decode=True, rngs=nnx.Rngs(0))
+        mha.init_cache((1, 3, 4), dtype=jnp.float64)
+        y = mha(jnp.ones((1, 1, 4), jnp.float64))
+        assert y.shape == (1, 1, 4) and int(mha.cache_index.value) == 1
+
+
+def test_keep_rngs_metadata_and_set_view():
+    mha = MultiHeadAttention(
+        2, 4, dropout_rate=0.5, keep_rngs=False, deterministic=False,
+        kernel_metadata={"tag": "qkv"}, out_bias_metadata={"tag": "ob"},
+        query_ln_scale_metadata={"tag": "qln"}, normalize_qk=True, rngs=nnx.Rngs(0),
+    )
+    assert mha.rngs is None
+    assert mha.query.kernel.get_metadata("tag") == "qkv"
+    assert mha.out.kernel.get_metadata("tag") == "qkv"  # out_kernel_metadata defaults to it
+    assert mha.out.bias.get_metadata("tag") == "ob" and not mha.key.bias.has_metadata("tag")
+    assert mha.query_ln.scale.get_metadata("tag") == "qln"
+    x = jnp.ones((1, 3, 4))
+    with pytest.raises(ValueError, match="there is no RNG"):
+        mha(x)
+    assert mha(x, rngs=nnx.Rngs(dropout=1)).shape == (1, 3, 4)
+    mha.set_view(deterministic=True, decode=True, batch_size=1, max_length=3)
+    assert mha.deterministic is True and mha.decode is True
+    assert mha.cached_key.shape == (1, 3, 2, 2)

@@ -149,3 +149,60 @@ def test_conv_transpose_wrong_feature_size():
     with pytest.raises(ValueError, match=r"ConvTranspose expected inputs with 2 features in the "
                        r"last axis, got 5 \(input shape \(1, 4, 5\)\)"):
         layer(jnp.ones((1, 4, 5)))
+
+
+def test_conv_preferred_element_type_and_custom_conv():
+    conv = nnx.Conv(
+        2, 3, (3,), param_dtype=jnp.bfloat16, use_bias=False,
+        preferred_element_type=jnp.float32, rngs=nnx.Rngs(0),
+    )
+    x = jnp.asarray(np.random.RandomState(0).randn(1, 5, 2), jnp.bfloat16)
+    y = conv(x)
+    assert y.dtype == jnp.float32
+    expected = jax.lax.conv_general_dilated(
+        x, conv.kernel.value, (1,), "SAME", dimension_numbers=("NHC", "HIO", "NHC"),
+        preferred_element_type=jnp.float32,
+    )
+    np.testing.assert_array_equal(y, expected)
+
+    def negated(*args, **kwargs):
+        return -jax.lax.conv_general_dilated(*args, **kwargs)
+
+    custom = nnx.Conv(2, 3, (3,), use_bias=False, conv_general_dilated=negated, rngs=nnx.Rngs(0))
+    x32 = x.astype(jnp.float32)
+    np.testing.assert_allclose(
+        custom(x32), -_ref_conv(x32, custom.kernel.value, (1,), "SAME"), rtol=1e-6
+    )
+
+
+def test_conv_transpose_preferred_element_type():
+    conv = nnx.ConvTranspose(
+        2, 3, (3,), strides=2, param_dtype=jnp.bfloat16, use_bias=False,
+        preferred_element_type=jnp.float32, rngs=nnx.Rngs(0),
+    )
+    x = jnp.asarray(np.random.RandomState(1).randn(1, 4, 2), jnp.bfloat16)
+    y = conv(x)
+    expected = jax.lax.conv_transpose(
+        x, conv.kernel.value, (2,), "SAME", dimension_numbers=("NHC", "HIO", "NHC"),
+        preferred_element_type=jnp.float32,
+    )
+    assert y.dtype == jnp.float32
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_conv_reflect_padding_matches_numpy_pad():
+    conv = nnx.Conv(1, 2, (3, 3), padding="REFLECT", rngs=nnx.Rngs(0))
+    x = np.random.RandomState(2).randn(1, 4, 5, 1).astype(np.float32)
+    padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
+    expected = _ref_conv(padded, conv.kernel.value, (1, 1), "VALID") + conv.bias.value
+    np.testing.assert_allclose(conv(x), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="ConvTranspose: 'REFLECT' padding is only supported"):
+        nnx.ConvTranspose(1, 1, 3, padding="REFLECT", rngs=nnx.Rngs(0))
+
+
+def test_conv_metadata_keywords():
+    conv = nnx.Conv(2, 3, 3, kernel_metadata={"tag": "k"}, bias_metadata={"tag": "b"},
+                    rngs=nnx.Rngs(0))
+    assert conv.kernel.get_metadata("tag") == "k" and conv.bias.get_metadata("tag") == "b"
+    transpose = nnx.ConvTranspose(2, 3, 3, kernel_metadata={"tag": "t"}, rngs=nnx.Rngs(0))
+    assert transpose.kernel.get_metadata("tag") == "t"

@@ -148,3 +148,131 @@ def test_linear_under_nnx_jit_and_jax_grad():
     grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x)))(params)
     np.testing.assert_allclose(grads["kernel"].value, x.T, rtol=1e-6)
     np.testing.assert_allclose(grads["bias"].value, [1.0], rtol=1e-6)
+
+
+def _bf16(shape, seed=0):
+    return jnp.asarray(np.random.RandomState(seed).randn(*shape), jnp.bfloat16)
+
+
+def test_linear_preferred_element_type_matches_lax():
+    layer = nnx.Linear(
+        3, 2, param_dtype=jnp.bfloat16, preferred_element_type=jnp.float32, rngs=nnx.Rngs(0)
+    )
+    x = _bf16((4, 3))
+    y = layer(x)
+    assert y.dtype == jnp.float32
+    expected = jax.lax.dot_general(
+        x, layer.kernel.value, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32
+    )
+    np.testing.assert_array_equal(y, expected + layer.bias.value)
+    assert nnx.Linear(3, 2, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))(x).dtype == jnp.bfloat16
+
+
+def test_linear_general_and_einsum_preferred_element_type():
+    general = nnx.LinearGeneral(
+        3, (2, 2), param_dtype=jnp.bfloat16, use_bias=False, preferred_element_type=jnp.float32,
+        rngs=nnx.Rngs(0),
+    )
+    x = _bf16((4, 3))
+    expected = jnp.einsum("bi,ijk->bjk", x, general.kernel.value, preferred_element_type=jnp.float32)
+    np.testing.assert_array_equal(general(x), expected)
+    einsum = nnx.Einsum(
+        "bi,io->bo", (3, 2), param_dtype=jnp.bfloat16, preferred_element_type=jnp.float32,
+        rngs=nnx.Rngs(0),
+    )
+    y = einsum(x)
+    assert y.dtype == jnp.float32
+    expected = jnp.einsum("bi,io->bo", x, einsum.kernel.value, preferred_element_type=jnp.float32)
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_promote_dtype_receives_inputs_kernel_and_bias():
+    seen = []
+
+    def keep_dtypes(args, *, dtype=None):
+        seen.append((len(args), dtype))
+        return args
+
+    layer = nnx.Linear(2, 3, dtype=jnp.float16, promote_dtype=keep_dtypes, rngs=nnx.Rngs(0))
+    y = layer(jnp.ones((1, 2), jnp.float32))
+    assert seen == [(3, jnp.float16)]
+    assert y.dtype == jnp.float32  # nothing was cast
+
+
+def test_custom_dot_general_and_dot_general_cls():
+    def doubled(lhs, rhs, dims, precision=None, **kwargs):
+        return 2 * jax.lax.dot_general(lhs, rhs, dims, precision=precision, **kwargs)
+
+    layer = nnx.Linear(2, 3, use_bias=False, dot_general=doubled, rngs=nnx.Rngs(0))
+    x = jnp.ones((1, 2))
+    np.testing.assert_allclose(layer(x), 2 * x @ layer.kernel.value, rtol=1e-6)
+
+    class Tripled:
+        def __call__(self, lhs, rhs, dims, precision=None, **kwargs):
+            return 3 * jax.lax.dot_general(lhs, rhs, dims, precision=precision, **kwargs)
+
+    general = nnx.LinearGeneral(2, 3, use_bias=False, dot_general_cls=Tripled, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(general(x), 3 * x @ general.kernel.value, rtol=1e-6)
+
+
+def test_param_metadata_keywords():
+    layer = nnx.Linear(
+        2, 3, kernel_metadata={"tag_a": 1}, bias_metadata={"tag_b": 2}, rngs=nnx.Rngs(0)
+    )
+    assert layer.kernel.get_metadata("tag_a") == 1 and layer.bias.get_metadata("tag_b") == 2
+    assert not layer.kernel.has_metadata("tag_b")
+    embed = nnx.Embed(3, 2, embedding_metadata={"tag": "emb"}, rngs=nnx.Rngs(0))
+    assert embed.embedding.get_metadata("tag") == "emb"
+    with pytest.raises(TypeError, match="Linear: kernel_metadata must be a mapping"):
+        nnx.Linear(2, 3, kernel_metadata=[("a", 1)], rngs=nnx.Rngs(0))
+
+
+def test_linear_general_reshapes_initializer_metadata():
+    init = nnx.with_metadata(nnx.initializers.lecun_normal(), tag_a="k")
+    layer = nnx.LinearGeneral(
+        (2, 3), 4, axis=(-2, -1), kernel_init=init, kernel_metadata={"tag_b": 1},
+        rngs=nnx.Rngs(0),
+    )
+    assert layer.kernel.shape == (2, 3, 4)
+    assert layer.kernel.get_metadata("tag_a") == "k" and layer.kernel.get_metadata("tag_b") == 1
+
+
+def test_einsum_bias_follows_kernel_axes_of_the_output():
+    # 'e' and 'f' are shared by input and kernel; the bias spans every output axis the kernel has
+    layer = nnx.Einsum("defab,bcef->adefc", (4, 5, 2, 3), (2, 3, 5), rngs=nnx.Rngs(0))
+    layer.bias.value = jnp.arange(30.0).reshape(2, 3, 5)
+    x = np.random.RandomState(3).randn(6, 2, 3, 2, 4).astype(np.float32)
+    expected = np.einsum("defab,bcef->adefc", x, np.asarray(layer.kernel.value))
+    expected = expected + np.arange(30.0).reshape(1, 1, 2, 3, 5)
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
+    ellipsis = nnx.Einsum("d...ab,bc...->ad...c", (4, 5, 2, 3), (2, 3, 5), rngs=nnx.Rngs(0))
+    ellipsis.kernel.value, ellipsis.bias.value = layer.kernel.value, layer.bias.value
+    np.testing.assert_allclose(ellipsis(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"Einsum: bias of shape \(4,\) does not fit"):
+        nnx.Einsum("ij,jk->ik", (3, 2), 4, rngs=nnx.Rngs(0))(jnp.ones((1, 3)))
+
+
+def test_einsum_op_and_int_shapes():
+    calls = []
+
+    def traced_einsum(eq, *operands, **kwargs):
+        calls.append(eq)
+        return jnp.einsum(eq, *operands, **kwargs)
+
+    layer = nnx.Einsum("ab,bc->ac", (3, 4), 4, einsum_op=traced_einsum, rngs=nnx.Rngs(0))
+    assert layer.bias_shape == (4,)
+    assert layer(jnp.ones((2, 3))).shape == (2, 4) and calls == ["ab,bc->ac"]
+
+
+def test_embed_out_of_range_negative_and_single_row():
+    embed = nnx.Embed(3, 2, rngs=nnx.Rngs(0))
+    table = np.asarray(embed.embedding.value)
+    y = np.asarray(embed(jnp.array([0, -1, 3, -4])))
+    np.testing.assert_array_equal(y[:2], table[[0, -1]])
+    assert np.isnan(y[2:]).all()
+    single = nnx.Embed(1, 2, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(
+        single(jnp.array([[0, 5]])), np.broadcast_to(single.embedding.value, (1, 2, 2))
+    )
+    half = nnx.Embed(3, 2, param_dtype=jnp.float16, rngs=nnx.Rngs(0))
+    assert half.dtype == jnp.float16 and half.attend(jnp.ones((1, 2))).dtype == jnp.float16

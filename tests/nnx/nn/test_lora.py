@@ -55,3 +55,26 @@ def test_lora_linear_is_linear_plus_adapter():
     assert set(nnx.state(layer, nnx.LoRAParam)["lora"]) == {"lora_a", "lora_b"}
     with pytest.raises(ValueError, match="Linear expected inputs with 3 features"):
         layer(jnp.ones((2, 2)))
+
+
+def test_lora_metadata_promote_and_base_kwargs():
+    class Scaled(nnx.Module):
+        def __call__(self, x, factor=1.0):
+            return x[..., :2] * factor
+
+    lora = nnx.LoRA(3, 2, 2, base_module=Scaled(), a_metadata={"tag": "a"},
+                    b_metadata={"tag": "b"}, rngs=nnx.Rngs(0))
+    assert lora.lora_a.get_metadata("tag") == "a" and lora.lora_b.get_metadata("tag") == "b"
+    assert isinstance(lora.lora_b, nnx.LoRAParam)
+    x = np.arange(3.0, dtype=np.float32).reshape(1, 3)
+    np.testing.assert_allclose(lora(x, factor=3.0), x[:, :2] * 3.0)  # lora_b starts at zero
+    seen = []
+
+    def promote(args, *, dtype=None):
+        seen.append(len(args))
+        return args
+
+    assert nnx.LoRA(3, 2, 2, promote_dtype=promote, rngs=nnx.Rngs(0))(x).shape == (1, 2)
+    assert seen == [3]
+    linear = nnx.LoRALinear(3, 2, lora_rank=2, a_metadata={"tag": "a"}, rngs=nnx.Rngs(0))
+    assert linear.lora.lora_a.get_metadata("tag") == "a"

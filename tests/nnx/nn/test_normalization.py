@@ -187,3 +187,73 @@ def test_instancenorm_matches_numpy():
     np.testing.assert_allclose(inorm(x), (x - mean) / np.sqrt(var + 1e-6), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="InstanceNorm expected inputs with 3 features"):
         inorm(jnp.ones((2, 4, 2)))
+
+
+def _recording_promote(seen):
+    def promote(args, *, dtype=None):
+        seen.append(tuple(None if a is None else jnp.asarray(a).shape for a in args))
+        return args
+
+    return promote
+
+
+def test_promote_dtype_gets_the_flax_tuples():
+    seen = []
+    x = _x((4, 3))
+    nnx.BatchNorm(3, promote_dtype=_recording_promote(seen), rngs=nnx.Rngs(0))(x)
+    nnx.LayerNorm(3, promote_dtype=_recording_promote(seen), rngs=nnx.Rngs(0))(x)
+    nnx.RMSNorm(3, promote_dtype=_recording_promote(seen), rngs=nnx.Rngs(0))(x)
+    nnx.GroupNorm(3, num_groups=1, promote_dtype=_recording_promote(seen), rngs=nnx.Rngs(0))(x)
+    # BatchNorm: (x, mean, var, scale, bias); LayerNorm / GroupNorm: (x, scale, bias);
+    # RMSNorm: (x, scale)
+    assert seen == [((4, 3), (3,), (3,), (3,), (3,)), ((4, 3), (3,), (3,)), ((4, 3), (3,)),
+                    ((4, 3), (3,), (3,))]
+
+
+def test_default_promote_casts_input_to_dtype_before_statistics():
+    x = _x((2, 6))
+    rounded = np.asarray(jnp.asarray(x, jnp.float16), np.float64)
+    mean, var = rounded.mean(-1, keepdims=True), rounded.var(-1, keepdims=True)
+    expected = (rounded - mean) / np.sqrt(var + 1e-6)
+    ln = nnx.LayerNorm(6, dtype=jnp.float16, use_bias=False, use_scale=False, rngs=nnx.Rngs(0))
+    y = ln(x)
+    assert y.dtype == jnp.float16
+    np.testing.assert_allclose(np.asarray(y, np.float64), expected, rtol=2e-3, atol=2e-3)
+    skip = nnx.LayerNorm(6, dtype=jnp.float16, use_bias=False, use_scale=False,
+                         promote_dtype=lambda args, **kw: args, rngs=nnx.Rngs(0))
+    assert skip(x).dtype == jnp.float16
+
+
+def test_norm_metadata_and_batchnorm_mode_errors():
+    bn = nnx.BatchNorm(2, use_running_average=None, scale_metadata={"tag": "s"},
+                       bias_metadata={"tag": "b"}, rngs=nnx.Rngs(0))
+    assert bn.scale.get_metadata("tag") == "s" and bn.bias.get_metadata("tag") == "b"
+    with pytest.raises(ValueError, match="BatchNorm: no use_running_average was given"):
+        bn(jnp.ones((2, 2)))
+    bn.set_view(use_running_average=True)
+    np.testing.assert_allclose(bn(jnp.ones((2, 2))), np.full((2, 2), 1 / np.sqrt(1 + 1e-5)),
+                               rtol=1e-6)
+    rms = nnx.RMSNorm(2, scale_metadata={"tag": "r"}, rngs=nnx.Rngs(0))
+    assert rms.scale.get_metadata("tag") == "r"
+    inorm = nnx.InstanceNorm(2, feature_axes=0, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="InstanceNorm: feature_axes 0 include axis 0"):
+        inorm(jnp.ones((2, 3)))
+
+
+def test_groupnorm_reduction_axes_subset_matches_numpy():
+    gn = nnx.GroupNorm(4, num_groups=2, reduction_axes=(2, 3), use_scale=False, use_bias=False,
+                       rngs=nnx.Rngs(0))
+    x = _x((2, 3, 5, 4))
+    g = x.reshape(2, 3, 5, 2, 2)
+    mean, var = g.mean((2, 4), keepdims=True), g.var((2, 4), keepdims=True)
+    expected = ((g - mean) / np.sqrt(var + 1e-6)).reshape(x.shape)
+    np.testing.assert_allclose(gn(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_layernorm_complex_input_uses_squared_modulus():
+    rs = np.random.RandomState(0)
+    x = (rs.randn(2, 4) + 1j * rs.randn(2, 4)).astype(np.complex64)
+    ln = nnx.LayerNorm(4, use_scale=False, use_bias=False, rngs=nnx.Rngs(0))
+    mean = x.mean(-1, keepdims=True)
+    var = (np.abs(x - mean) ** 2).mean(-1, keepdims=True)
+    np.testing.assert_allclose(ln(x), (x - mean) / np.sqrt(var + 1e-6), rtol=1e-4, atol=1e-5)

@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -75,11 +76,12 @@ def test_gru_and_simple_cells_match_equations():
     x, h0 = _data((2, 3)), _data((2, 4), 1)
     xd, hd = x.astype(np.float64), h0.astype(np.float64)
     new_h, out = jit_call(gru, h0, x)
-    r = _sigmoid(xd @ _np(gru.ir.kernel) + _np(gru.ir.bias) + hd @ _np(gru.hr.kernel))
-    z = _sigmoid(xd @ _np(gru.iz.kernel) + _np(gru.iz.bias) + hd @ _np(gru.hz.kernel))
-    n = np.tanh(
-        xd @ _np(gru.in_.kernel) + _np(gru.in_.bias) + r * (hd @ _np(gru.hn.kernel) + _np(gru.hn.bias))
-    )
+    assert gru.dense_i.kernel.shape == (3, 12) and gru.dense_i.bias.shape == (12,)
+    assert gru.dense_h.kernel.shape == (4, 12) and gru.dense_h.bias is None
+    x_r, x_z, x_n = np.split(xd @ _np(gru.dense_i.kernel) + _np(gru.dense_i.bias), 3, axis=-1)
+    h_r, h_z, h_n = np.split(hd @ _np(gru.dense_h.kernel), 3, axis=-1)
+    r, z = _sigmoid(x_r + h_r), _sigmoid(x_z + h_z)
+    n = np.tanh(x_n + r * h_n)
     np.testing.assert_allclose(new_h, (1 - z) * n + z * hd, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(out, new_h)
 
@@ -181,3 +183,93 @@ def test_bidirectional_concatenates_forward_and_backward():
     np.testing.assert_allclose(ys[..., 3:], backward[:, ::-1], rtol=1e-6)
     np.testing.assert_allclose(carry_b, backward[:, -1], rtol=1e-6)
     np.testing.assert_allclose(carry_f, ys[:, -1, :3], rtol=1e-6)
+
+
+def test_half_precision_recurrent_kernels_are_orthogonal():
+    cell = LSTMCell(3, 4, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    kernel = cell.hi.kernel.value
+    assert kernel.dtype == jnp.bfloat16
+    k = np.asarray(kernel, np.float32)
+    np.testing.assert_allclose(k.T @ k, np.eye(4), atol=2e-2)
+    gru = GRUCell(3, 4, param_dtype=jnp.float16, rngs=nnx.Rngs(0))
+    assert gru.dense_h.kernel.dtype == jnp.float16
+    (c, h), y = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3), jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16
+
+
+def test_initialize_carry_initializer_and_rngs():
+    cell = LSTMCell(3, 4, rngs=nnx.Rngs(0))
+    c, h = cell.initialize_carry((2, 3), carry_init=nnx.initializers.ones)
+    np.testing.assert_array_equal(c, np.ones((2, 4)))
+    np.testing.assert_array_equal(h, np.ones((2, 4)))
+    normal = nnx.initializers.normal(1.0)
+    rngs = nnx.Rngs(carry=3)
+    c1, h1 = cell.initialize_carry((2, 3), rngs, carry_init=normal)
+    assert not np.array_equal(c1, h1)
+    np.testing.assert_array_equal(
+        c1, normal(jax.random.fold_in(jax.random.key(3), 0), (2, 4), jnp.float32)
+    )
+    with pytest.warns(DeprecationWarning, match="keep_rngs is deprecated"):
+        kept = GRUCell(3, 4, keep_rngs=True, rngs=nnx.Rngs(0, carry=1))
+    assert isinstance(kept.rngs, nnx.RngStream)
+    assert kept.initialize_carry((1, 3), carry_init=normal).shape == (1, 4)
+
+
+def test_cell_metadata_keywords():
+    lstm = LSTMCell(3, 4, kernel_metadata={"tag": "k"}, recurrent_kernel_metadata={"tag": "r"},
+                    bias_metadata={"tag": "b"}, rngs=nnx.Rngs(0))
+    assert lstm.ii.kernel.get_metadata("tag") == "k"
+    assert lstm.hf.kernel.get_metadata("tag") == "r" and lstm.ho.bias.get_metadata("tag") == "b"
+    gru = GRUCell(3, 4, bias_metadata={"tag": "b"}, rngs=nnx.Rngs(0))
+    assert gru.dense_i.bias.get_metadata("tag") == "b" and gru.dense_h.bias is None
+
+
+def test_simple_cell_residual():
+    cell = SimpleCell(2, 2, residual=True, rngs=nnx.Rngs(0))
+    x, h = _data((1, 2)), _data((1, 2), 1)
+    new_h, _ = cell(h, x)
+    expected = np.tanh(
+        x @ _np(cell.dense_i.kernel) + _np(cell.dense_i.bias) + h @ _np(cell.dense_h.kernel) + h
+    )
+    np.testing.assert_allclose(new_h, expected, rtol=1e-5, atol=1e-6)
+
+
+class _DropoutCell(nnx.Module):
+    """A cell whose output is its input through a Dropout of its own stream."""
+
+    def __init__(self, rngs):
+        self.dropout = nnx.Dropout(0.5, rng_collection="noise", rngs=rngs)
+
+    @property
+    def num_feature_axes(self):
+        return 1
+
+    def initialize_carry(self, input_shape, rngs=None):
+        return jnp.zeros(input_shape)
+
+    def __call__(self, carry, x):
+        y = self.dropout(x)
+        return carry, y
+
+
+def test_rnn_broadcast_rngs_gives_one_mask_per_sequence():
+    x = jnp.ones((1, 5, 16))
+    cell = _DropoutCell(nnx.Rngs(noise=0))
+    fixed = RNN(cell, broadcast_rngs="noise")(x)
+    assert int(cell.dropout.rngs.count.value) == 1
+    np.testing.assert_array_equal(fixed[0], np.broadcast_to(fixed[0, :1], (5, 16)))
+    varying = RNN(cell)(x)
+    assert int(cell.dropout.rngs.count.value) == 6
+    assert not np.array_equal(varying[0, 0], varying[0, 1])
+
+
+def test_rnn_carry_stream():
+    cell = LSTMCell(3, 4, carry_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(0))
+    rnn = RNN(cell, return_carry=True)
+    assert isinstance(rnn.rngs, nnx.RngStream)
+    (c1, _), _ = rnn(jnp.zeros((1, 2, 3)))
+    (c2, _), _ = rnn(jnp.zeros((1, 2, 3)))
+    assert not np.array_equal(c1, c2)  # each call draws new carry keys
+    assert RNN(cell, rngs=False).rngs is None
+    with pytest.raises(TypeError, match="RNN: rngs must be True, False"):
+        RNN(cell, rngs=3)

@@ -43,3 +43,11 @@ def test_sequential_split_merge_roundtrip():
     clone = nnx.merge(graphdef, state)
     x = jnp.array([[0.5, -2.0]])
     np.testing.assert_allclose(clone(x), model(x), rtol=1e-6)
+
+
+def test_empty_sequential_is_the_identity():
+    identity = nnx.Sequential()
+    assert identity(12) == 12
+    assert identity(1, 2) == (1, 2)
+    assert identity(k=2) == {"k": 2}
+    assert identity() is None

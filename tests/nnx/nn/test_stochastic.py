@@ -66,7 +66,9 @@ def test_dropout_rate_zero_and_one():
 
 def test_dropout_without_rngs_raises():
     d = nnx.Dropout(0.5)
-    with pytest.raises(ValueError, match="Dropout needs random keys in training mode"):
+    with pytest.raises(
+        ValueError, match="`deterministic` is False, but no `rngs` argument was provided to Dropout"
+    ):
         d(jnp.ones((3,)))
 
 
@@ -95,3 +97,12 @@ def test_dropout_masks_differ_across_nnx_jit_calls():
     a, b = f(d, x), f(d, x)
     assert not np.array_equal(a, b)
     assert int(d.rngs.count.value) == 2
+
+
+def test_dropout_set_view():
+    d = nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0))
+    d.set_view(deterministic=True)
+    x = jnp.ones((4,))
+    assert d(x) is x
+    d.set_view()
+    assert d.deterministic is True

@@ -1,0 +1,58 @@
+"""Creating a layer's parameters: the initializer's value, reshaped when the layer initializes a
+flattened shape, in a Variable carrying the metadata of the layer's ``*_metadata=`` keyword."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import jax.numpy as jnp
+
+from nnx.nn import initializers
+from nnx.variablelib import Param, Variable, VariableMetadata
+
+NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+
+
+def create_param(
+    layer: str,
+    name: str,
+    initializer: initializers.Initializer,
+    key: Any,
+    shape: tuple[int, ...],
+    dtype: Any,
+    metadata: Mapping[str, Any] = NO_METADATA,
+    *,
+    init_shape: tuple[int, ...] | None = None,
+    variable_type: type[Variable] = Param,
+) -> Variable:
+    """``variable_type(initializer(key, init_shape, dtype) reshaped to shape, **metadata)``.
+
+    The initializer may return a ``VariableMetadata`` (``with_partitioning``); its metadata is
+    kept and ``metadata`` is added on top.
+
+    Args:
+      layer: the layer's name, for error messages.
+      name: the parameter's name; the keyword is ``{name}_metadata``.
+      initializer: called as ``initializer(key, shape, dtype)``.
+      key: the random key.
+      shape: the parameter's shape.
+      dtype: the parameter's dtype.
+      metadata: extra Variable metadata (e.g. ``{"out_sharding": ("embed", "mlp")}``).
+      init_shape: the shape the initializer sees, when it differs from ``shape`` (a flattened
+        view with the right fan-in and fan-out); the value is reshaped to ``shape``.
+      variable_type: the Variable subclass to create.
+    """
+    if not isinstance(metadata, Mapping):
+        raise TypeError(
+            f"{layer}: {name}_metadata must be a mapping of metadata names to values, got "
+            f"{type(metadata).__name__}"
+        )
+    value = initializer(key, shape if init_shape is None else init_shape, dtype)
+    if init_shape is not None:
+        if isinstance(value, VariableMetadata):
+            value = VariableMetadata(jnp.reshape(value.raw_value, shape), value.metadata)
+        else:
+            value = jnp.reshape(value, shape)
+    return variable_type(value, **metadata)
