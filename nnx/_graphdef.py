@@ -16,14 +16,15 @@ are visitors. Entries are named tuples, so a GraphDef hashes and compares at C s
 
 from __future__ import annotations
 
+from types import GenericAlias
 from typing import Any, NamedTuple
 
 import jax
 
 from nnx._display import leaf_repr
+from nnx._node import GraphNode
 from nnx._statics import Static
 from nnx._typing import ARRAY_TYPES, Path, key_from_path_entry
-from nnx.object import GraphNode
 from nnx.variablelib import Variable, build_variable, metadata_key
 
 
@@ -230,11 +231,21 @@ class GraphDef:
     def num_leaves(self) -> int:
         return len(self.paths)
 
+    # ``nnx.GraphDef[Model]`` in annotations (``def f(graphdef: nnx.GraphDef[nnx.Dict])``)
+    __class_getitem__ = classmethod(GenericAlias)
+
     def merge(self, *states: Any) -> Any:
         """Build a new graph from this GraphDef and States; see ``nnx.merge``."""
         from nnx.graph import merge  # graph builds on this module
 
         return merge(self, *states)
+
+    def apply(self, state: Any, *states: Any, graph: bool | None = None) -> Any:
+        """``graphdef.apply(state).method(*args)`` merges, calls ``method`` and splits again,
+        returning ``(output, (graphdef, state))``; see ``nnx.call``."""
+        from nnx._graph_state import apply  # builds on this module
+
+        return apply(self, (state, *states), graph)
 
     def __repr__(self) -> str:
         return "GraphDef(" + _Renderer().visit(self.root) + ")"

@@ -57,13 +57,16 @@ class PathContains:
 
 
 class WithTag:
-    """Matches Variables whose ``tag`` metadata equals ``tag`` (RNG state is tagged by stream)."""
+    """Matches values whose ``tag`` equals ``tag``: Variables by their ``tag`` metadata (RNG
+    state is tagged by stream), other objects (an ``RngStream``) by their ``tag`` attribute."""
 
     def __init__(self, tag: str):
         self.tag = tag
 
     def __call__(self, path: tuple, x: object) -> bool:
-        return isinstance(x, Variable) and x._metadata.get("tag") == self.tag
+        if isinstance(x, Variable):
+            return x._metadata.get("tag") == self.tag
+        return getattr(x, "tag", None) == self.tag
 
     def __repr__(self) -> str:
         return f"WithTag({self.tag!r})"
@@ -203,7 +206,8 @@ def filters_to_predicates(filters: tuple[object, ...]) -> tuple[Predicate, ...]:
     for i, f in enumerate(filters[:-1]):
         if f is Ellipsis or f is True:
             raise ValueError(
-                f"`...` (or True) matches everything, so it may only be the last filter; "
-                f"got it at position {i} of {filters!r}."
+                "`...` or `True` can only be used as the last filters: they match everything, "
+                f"so the filters after them would match nothing; got it at position {i} of "
+                f"{filters!r}."
             )
     return tuple(to_predicate(f) for f in filters)

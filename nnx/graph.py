@@ -1,57 +1,133 @@
-"""The graph API: split, merge, update, state, clone, pop and walks over an object graph.
+"""The graph API: split, merge, update, state, graphdef, clone and pop.
 
 Flattening (``nnx.flatten``) turns a graph into a static ``GraphDef`` plus a flat list of leaves
-(see ``nnx.graphdef``). Every graph node and Variable is visited once: a second reference becomes
-a ``RefDef`` to the first, so shared objects appear once in the State and are shared again after
-``merge``; reference cycles terminate.
+(see ``nnx._graphdef``). In graph mode (``graph=True``, the default setting) every graph node
+and Variable is visited once: a second reference becomes a ``RefDef`` to the first, so shared
+objects appear once in the State and are shared again after ``merge``; reference cycles
+terminate. In tree mode (``graph=False``) graph nodes are plain pytrees: nothing is shared, and
+a Variable reached twice raises. A value that is neither a graph node nor a container (an
+array, ``42``) is its own State: ``split(x)`` returns it as the state and ``merge`` gives it
+back.
+
+Walks over a graph (``iter_graph``, ``recursive_map``, ``map``...) are in ``nnx._walks`` and
+re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from nnx._graphdef import (
-    _STATIC_FAST,
-    GraphDef,
-    Unflattener,
-    flatten,
-    pytree_children,
-    unflatten,
-)
+from nnx._graphdef import LEAF, Flattener, GraphDef, Unflattener, pytree_children
+from nnx._graphdef import unflatten as _unflatten_leaves
+from nnx._modes import set_graph_mode
+from nnx._node import GraphNode
 from nnx._tracing import check_same_trace
-from nnx._typing import ARRAY_TYPES, Path, path_str
-from nnx.object import GraphNode, Object
+from nnx._typing import ARRAY_TYPES, Key, Path, path_str
+from nnx._walks import (
+    find_duplicates,
+    is_graph_node,
+    is_node,
+    iter_children,
+    iter_graph,
+    iter_module_children,
+    map,
+    map_state,
+    recursive_map,
+)
+from nnx.object import Object
 from nnx.statelib import State, is_state_leaf, partition_pairs
 from nnx.variablelib import Variable
 
-# -- public graph API ------------------------------------------------------------------
+A = TypeVar("A")
+Node = TypeVar("Node")
+PureState = tuple[GraphDef[Node], State]  # ``nnx.PureState[M]``: the pair ``nnx.split`` returns
 
 
-def _flat_leaves(node: Any) -> tuple[GraphDef, list[tuple[Path, Any]]]:
-    graphdef, leaves = flatten(node)
+def graph_flag(graph: bool | None) -> bool:
+    """``graph`` itself, or the current ``nnx.set_graph_mode`` setting when None."""
+    return set_graph_mode.current_value() if graph is None else bool(graph)
+
+
+def _is_root_leaf(node: Any) -> bool:
+    return not isinstance(node, Variable | GraphNode) and pytree_children(node)[1] is None
+
+
+def flatten(node: Any, *, graph: bool | None = None) -> tuple[GraphDef, list[Any]]:
+    """Flatten ``node`` into a GraphDef and its leaves (Variables and raw arrays), in order.
+
+    Args:
+      node: a graph node, Variable, pytree holding them, or a single value.
+      graph: graph mode (True) or tree mode (False); None: the current setting.
+    """
+    if _is_root_leaf(node):
+        return GraphDef(LEAF, ((),)), [node]
+    tree = not graph_flag(graph)
+    f = Flattener(tree=tree)
+    root = f.flatten(node)
+    if tree and _REF is not None:
+        _check_no_shared_refs(node)
+    return GraphDef(root, tuple(f.paths)), f.leaves
+
+
+_REF = getattr(jax, "Ref", None)  # jax's mutable array references
+
+
+def _check_no_shared_refs(node: Any) -> None:
+    """Tree mode: a mutable array reference reached twice cannot be a pytree either."""
+    seen: dict[int, Any] = {}
+    entries = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: isinstance(x, Variable))[0]
+    for path, x in entries:
+        if isinstance(x, _REF):
+            first = seen.setdefault(id(x), path)
+            if first is not path:
+                raise ValueError(
+                    f"Duplicate {type(x).__name__} found at paths:\n"
+                    f"  - {jax.tree_util.keystr(first)}\n  - {jax.tree_util.keystr(path)}\n"
+                    "Tree mode (graph=False) does not support shared references; use graph "
+                    "mode (graph=True) or pass distinct references."
+                )
+
+
+def unflatten(graphdef: GraphDef, leaves: list[Any]) -> Any:
+    """Rebuild a graph from a GraphDef and its leaves (the inverse of ``flatten``)."""
+    return _unflatten_leaves(graphdef, leaves)
+
+
+def _pairs(node: Any, graph: bool | None) -> tuple[GraphDef, list[tuple[Path, Any]]]:
+    graphdef, leaves = flatten(node, graph=graph)
     return graphdef, list(zip(graphdef.paths, leaves, strict=True))
 
 
-def split(node: Any, *filters: Any) -> tuple[Any, ...]:
+def split(node: Any, *filters: Any, graph: bool | None = None) -> tuple[Any, ...]:
     """Split ``node`` into a GraphDef and one State per filter (all of it without filters).
 
     Filters must together match every Variable; each Variable goes to the first that matches.
+    A node that is a single Variable or value gives it back as the state.
 
     Args:
       node: a Module, another graph node, a Variable, or a pytree holding them.
       *filters: filters (types, strings, ``...``, callables, ``nnx.All``...).
+      graph: graph mode (True) or tree mode (False); None: the current setting.
     """
-    graphdef, pairs = _flat_leaves(node)
+    graphdef, pairs = _pairs(node, graph)
     states = partition_pairs(pairs, filters or (...,), exhaustive=True)
     return (graphdef, *states)
 
 
-def state(node: Any, *filters: Any) -> Any:
-    """The State of ``node``: all of it, or one State per filter (unmatched Variables dropped)."""
-    _, pairs = _flat_leaves(node)
+def state(node: Any, *filters: Any, graph: bool | None = None) -> Any:
+    """The State of ``node``: all of it, or one State per filter (unmatched Variables dropped).
+
+    Args:
+      node: a graph node or a pytree holding them.
+      *filters: filters selecting Variables.
+      graph: graph mode (True) or tree mode (False); None: the current setting.
+    """
+    _, pairs = _pairs(node, graph)
     states = partition_pairs(pairs, filters or (...,), exhaustive=False)
     return states[0] if len(states) == 1 else tuple(states)
 
@@ -59,9 +135,9 @@ def state(node: Any, *filters: Any) -> Any:
 variables = state
 
 
-def graphdef(node: Any) -> GraphDef:
-    """The GraphDef of ``node``."""
-    return flatten(node)[0]
+def graphdef(node: Any, *, graph: bool | None = None) -> GraphDef:
+    """The GraphDef of ``node`` (``graph``: graph or tree mode, None for the setting)."""
+    return flatten(node, graph=graph)[0]
 
 
 def _flat_from_states(states: tuple[Any, ...]) -> dict[Path, Any]:
@@ -74,26 +150,57 @@ def _flat_from_states(states: tuple[Any, ...]) -> dict[Path, Any]:
     return flat
 
 
-def merge(graphdef: GraphDef, *states: Any) -> Any:
-    """Build a new graph from a GraphDef and the States from ``split`` (or pure dicts).
+def merge(graphdef: Any, /, *states: Any, copy: bool = False) -> Any:
+    """Build a new graph from a GraphDef and the States from ``split`` (or pure dicts), or
+    from the GraphStates of ``nnx.unpack``.
 
-    Variables found in the States are used as they are (no copy); raw values are wrapped in new
-    Variables of the recorded type and metadata.
+    Variables found in the States are used as they are, or copied with ``copy=True``; raw
+    values are wrapped in new Variables of the recorded type and metadata.
+
+    Args:
+      graphdef: the GraphDef (or a GraphState).
+      *states: the States (or GraphStates), or one list of leaves in GraphDef order.
+      copy: copy the Variables of the States instead of using them.
     """
-    if not isinstance(graphdef, GraphDef):
+    from nnx._graph_state import GraphState, graphdef_of_states  # builds on this module
+
+    if isinstance(graphdef, GraphState):
+        graphdef, states = graphdef_of_states((graphdef, *states))
+    elif not isinstance(graphdef, GraphDef):
         raise TypeError(
-            f"merge expects a GraphDef as its first argument, got {type(graphdef).__name__}; "
-            "use nnx.update(node, state) to write a State into an existing object."
+            f"merge expects a GraphDef (or GraphState) as its first argument, got "
+            f"{type(graphdef).__name__}; use nnx.update(node, state) to write a State into an "
+            "existing object."
         )
+    leaves = leaves_for(graphdef, states)
+    if copy:
+        leaves = [v.copy() if isinstance(v, Variable) else v for v in leaves]
+    return Unflattener(leaves).unflatten(graphdef.root)
+
+
+def leaves_for(graphdef: GraphDef, states: tuple[Any, ...]) -> list[Any]:
+    """The leaves ``graphdef`` needs, in its order, from States (by path) or one list."""
+    if not states:
+        raise TypeError("merge() missing 1 required positional argument: 'state'")
+    if len(states) == 1 and isinstance(states[0], list):
+        if len(states[0]) != graphdef.num_leaves:
+            raise ValueError(
+                f"merge: the GraphDef has {graphdef.num_leaves} leaves, got a list of "
+                f"{len(states[0])}"
+            )
+        return list(states[0])
     flat = _flat_from_states(states)
     missing = [p for p in graphdef.paths if p not in flat]
     if missing:
         shown = ", ".join(path_str(p) for p in missing[:10])
         raise ValueError(
-            f"merge: the States are missing {len(missing)} Variable(s) that the GraphDef needs: "
-            f"{shown}. Pass every State returned by split."
+            f"merge: the States are missing {len(missing)} Variable(s) that the GraphDef "
+            f"needs: {shown}. Pass every State returned by split."
         )
-    return Unflattener([flat[p] for p in graphdef.paths]).unflatten(graphdef.root)
+    return [flat[p] for p in graphdef.paths]
+
+
+# -- update ------------------------------------------------------------------------------
 
 
 def _shape_of(x: Any) -> tuple[int, ...] | None:
@@ -115,33 +222,38 @@ def _check_shape(path: Path, old: Any, new: Any) -> None:
         )
 
 
-def _get_child(node: Any, key: Any, default: Any) -> Any:
-    if isinstance(node, GraphNode):
-        for k, v in node._graph_items():
-            if k == key and type(k) is type(key):
-                return v
-        return default
-    return default
-
-
 def _has_raw_leaf(value: Any) -> bool:
     if isinstance(value, Mapping):
         return any(_has_raw_leaf(v) for v in value.values())
     return not isinstance(value, Variable)
 
 
+def _update_variable(var: Variable, new: Any, path: Path) -> None:
+    if isinstance(new, Variable):
+        var.update_from(new)
+    elif isinstance(new, Mapping):
+        if new:  # an empty State stands for a shared Variable seen earlier
+            raise ValueError(
+                f"update: '{path_str(path)}' is a {type(var).__name__}, got a mapping with keys "
+                f"{sorted(str(k) for k in new)}."
+            )
+    else:
+        _check_shape(path, var, new)
+        var.set_raw_value(new)
+
+
 def _update_value(current: Any, new: Any, path: Path) -> Any:
-    """Return the value that replaces ``current`` (Variables are updated in place)."""
+    """Return the value that replaces ``current`` (Variables and mutable containers are
+    updated in place and returned)."""
     if isinstance(current, Variable):
-        if isinstance(new, Variable):
-            current.update_from(new)
-        else:
-            _check_shape(path, current, new)
-            current.set_value(new)
+        _update_variable(current, new, path)
         return current
     if isinstance(new, Mapping):
         if isinstance(current, GraphNode):
             _update_node(current, new, path)
+            return current
+        if type(current) in (dict, list):
+            _update_container(current, new, path)
             return current
         return _update_pytree(current, new, path)
     if isinstance(new, Variable):
@@ -155,29 +267,57 @@ def _update_pytree(current: Any, new: Mapping, path: Path) -> Any:
     if treedef is None:
         raise ValueError(
             f"update: '{path_str(path)}' holds a {type(current).__name__}, not a node; "
-            f"cannot write a mapping with keys {sorted(map(str, new))} into it."
+            f"cannot write a mapping with keys {sorted(str(k) for k in new)} into it."
         )
     keys = [k for k, _ in items]
     unknown = [k for k in new if k not in keys]
     if unknown:
         raise KeyError(f"update: '{path_str((*path, unknown[0]))}' does not exist in the model.")
-    return treedef.unflatten(
-        [_update_value(child, new[k], (*path, k)) if k in new else child for k, child in items]
-    )
+    children = [_update_value(c, new[k], (*path, k)) if k in new else c for k, c in items]
+    if all(a is b for a, b in zip(children, (c for _, c in items), strict=True)):
+        return current
+    return treedef.unflatten(children)
+
+
+def _resolve_key(keys: Any, key: Any) -> Any:
+    if isinstance(key, str) and key not in keys and key.lstrip("-").isdigit() and int(key) in keys:
+        return int(key)  # a list index that became a string in a JSON round trip
+    return key
+
+
+def _missing_key(node: Any, key: Any, new: Any, path: Path, keys: Any) -> bool:
+    """Raise for a new key that carries raw values; True when a Variable may be added."""
+    if _has_raw_leaf(new) or isinstance(new, Mapping):
+        raise KeyError(
+            f"update: '{path_str(path)}' does not exist in {type(node).__name__} (it has "
+            f"{sorted(str(k) for k in keys)})."
+        )
+    return True
+
+
+def _update_container(node: dict | list, mapping: Mapping, path: Path) -> None:
+    keys = dict.keys(node) if isinstance(node, dict) else range(len(node))
+    for key, new in mapping.items():
+        key = _resolve_key(keys, key)
+        child_path = (*path, key)
+        if key not in keys:
+            if isinstance(node, list):
+                raise KeyError(f"update: '{path_str(child_path)}' is not an index of the list.")
+            _missing_key(node, key, new, child_path, keys)
+            node[key] = new
+            continue
+        replacement = _update_value(node[key], new, child_path)
+        if replacement is not node[key]:
+            node[key] = replacement
 
 
 def _update_node(node: GraphNode, mapping: Mapping, path: Path) -> None:
     items = dict(node._graph_items())
     for key, new in mapping.items():
-        if isinstance(key, str) and key not in items and key.isdigit() and int(key) in items:
-            key = int(key)  # a list index that became a string in a JSON round trip
+        key = _resolve_key(items, key)
         child_path = (*path, key)
         if key not in items:
-            if _has_raw_leaf(new) or isinstance(new, Mapping):
-                raise KeyError(
-                    f"update: '{path_str(child_path)}' does not exist in "
-                    f"{type(node).__name__} (it has {sorted(map(str, items))})."
-                )
+            _missing_key(node, key, new, child_path, items)
             _set_structural(node, key, new)
             continue
         current = items[key]
@@ -186,8 +326,7 @@ def _update_node(node: GraphNode, mapping: Mapping, path: Path) -> None:
             if isinstance(replacement, Variable) or isinstance(current, Variable):
                 _set_structural(node, key, replacement)
             else:
-                trace = getattr(node, "_trace", None) or getattr(vars(node), "trace", None)
-                check_same_trace(node, trace)
+                check_same_trace(node, node._graph_trace())
                 node._graph_set(key, replacement)
 
 
@@ -198,128 +337,132 @@ def _set_structural(node: GraphNode, key: Any, value: Any) -> None:
         node[key] = value
 
 
-def update(node: Any, *states: Any) -> None:
+def update(node: Any, state: Any, /, *states: Any) -> None:
     """Write the values of States (or pure nested dicts of arrays) into ``node`` in place.
 
-    Variables keep their identity. Raw arrays (a pure dict from a checkpoint) are checked: a
-    path the node lacks or a shape that differs raises, naming the path. Variables in a State
-    (from ``split``) may add paths or change shapes, as in Flax.
+    Variables keep their identity and take raw values as they are (``set_raw_value``, not a
+    subclass's ``set_value``). Raw arrays (a pure dict from a checkpoint) are checked: a path
+    the node lacks or a shape that differs raises, naming the path. Variables in a State (from
+    ``split``) may add paths or change shapes, as in Flax.
+
+    Args:
+      node: a graph node, a Variable, or a container of them (tuple, list, dict).
+      state: a State, GraphState or nested mapping (a Variable or value for a Variable node).
+      *states: more of them, applied in order.
     """
-    for s in states:
-        if isinstance(node, Variable):
-            _update_value(node, s, ())
-        elif isinstance(s, Mapping):
-            if not isinstance(node, GraphNode):
-                raise TypeError(f"update expects a graph node, got {type(node).__name__}")
-            _update_node(node, s, ())
-        else:
+    all_states = (state, *states)
+    if isinstance(node, Variable):
+        given = [s for s in all_states if not isinstance(s, Mapping) or s]
+        if len(given) != 1:
+            raise ValueError(
+                f"update of a Variable expects exactly one non-empty state, got {len(given)}."
+            )
+        _update_variable(node, given[0], ())
+        return
+    for s in all_states:
+        if not isinstance(s, Mapping):
             raise TypeError(f"update expects States or mappings, got {type(s).__name__}")
+        if _update_value(node, s, ()) is not node:
+            raise ValueError(
+                f"update: the root is an immutable {type(node).__name__} and the given state "
+                "replaces raw values inside it; update a graph node, a list or a dict instead."
+            )
 
 
-def clone(node: Any) -> Any:
-    """An independent deep copy of ``node`` that keeps its internal sharing."""
-    graphdef, leaves = flatten(node)
-    copies = [v.copy() if isinstance(v, Variable) else v for v in leaves]
-    return Unflattener(copies).unflatten(graphdef.root)
+# -- clone and pop -------------------------------------------------------------------------
+
+
+def clone(
+    node: A, variables: bool = True, *, arrays: bool = False, graph: bool | None = None
+) -> A:
+    """A deep copy of ``node`` that keeps its internal sharing.
+
+    Args:
+      node: the graph (or pytree of nodes) to copy.
+      variables: copy the Variables (True); False shares them with ``node``.
+      arrays: also copy the array buffers (needed to donate both copies to ``jax.jit``).
+      graph: graph mode (True) or tree mode (False); None: the current setting.
+    """
+    if arrays and not variables:
+        raise ValueError("clone(arrays=True) copies the Variables too: it needs variables=True.")
+    graphdef, leaves = flatten(node, graph=graph)
+    if arrays:
+        leaves = [
+            v.copy(_copy_array(v._raw_value)) if isinstance(v, Variable) else _copy_array(v)
+            for v in leaves
+        ]
+    elif variables:
+        leaves = [v.copy() if isinstance(v, Variable) else v for v in leaves]
+    return Unflattener(leaves).unflatten(graphdef.root)
+
+
+def _copy_array(x: Any) -> Any:
+    return jax.tree.map(lambda a: jnp.copy(a) if isinstance(a, jax.Array) else np.copy(a), x)
 
 
 def pop(node: Any, *filters: Any) -> Any:
-    """Remove the Variables matching ``filters`` from ``node`` and return them as State(s)."""
+    """Remove the Variables (and raw arrays) matching ``filters`` from ``node``, returning them
+    as one State per filter. ``node`` may be a graph node or a dict or list of them.
+
+    Args:
+      node: where to remove from.
+      *filters: at least one filter; each value goes to the first that matches.
+    """
+    from nnx import filterlib
+
     if not filters:
         raise ValueError("pop expects at least one filter")
-    _, pairs = _flat_leaves(node)
-    states = partition_pairs(pairs, filters, exhaustive=False)
-    for s in states:
-        for path, _ in s.flat_state():
-            parent = node
-            for key in path[:-1]:
-                parent = _get_child(parent, key, None)
-            if isinstance(parent, GraphNode):
-                if isinstance(parent, list):
-                    parent[path[-1]] = None
-                else:
-                    _delete_child(parent, path[-1])
+    predicates = filterlib.filters_to_predicates(filters)
+    found: list[dict[Path, Any]] = [{} for _ in predicates]
+    seen: set[int] = set()
+
+    def walk(parent: Any, path: Path) -> None:
+        if isinstance(parent, GraphNode):
+            if id(parent) in seen:
+                return
+            seen.add(id(parent))
+            items = parent._graph_items()
+        elif isinstance(parent, dict):
+            items = list(parent.items())
+        elif isinstance(parent, list | tuple):
+            items = list(enumerate(parent))
+        else:
+            return
+        for key, child in items:
+            child_path = (*path, key)
+            if not isinstance(child, (Variable, *ARRAY_TYPES)):
+                walk(child, child_path)
+                continue
+            if id(child) in seen:
+                continue
+            for bucket, predicate in zip(found, predicates, strict=True):
+                if predicate(child_path, child):
+                    seen.add(id(child))
+                    _remove(parent, key, child_path)
+                    bucket[child_path] = child
+                    break
+
+    walk(node, ())
+    states = [State.from_flat_path(b) for b in found]
     return states[0] if len(states) == 1 else tuple(states)
 
 
-def _delete_child(node: GraphNode, key: Any) -> None:
-    if isinstance(node, Object):
-        delattr(node, key)
+def _remove(parent: Any, key: Any, path: Path) -> None:
+    if isinstance(parent, Object):
+        delattr(parent, key)
+    elif isinstance(parent, list):
+        parent[key] = None  # keep the other indices
+    elif isinstance(parent, dict):
+        del parent[key]
     else:
-        del node[key]
-
-
-def iter_graph(node: Any) -> Iterator[tuple[Path, Any]]:
-    """Yield ``(path, value)`` for every graph node, Variable and array leaf, children before
-    parents (the root last, with path ``()``); a shared object is yielded once."""
-    seen: set[int] = set()
-    yield from _iter_graph(node, (), seen)
-
-
-def _iter_graph(value: Any, path: Path, seen: set[int]) -> Iterator[tuple[Path, Any]]:
-    if isinstance(value, Variable | GraphNode):
-        if id(value) in seen:
-            return
-        seen.add(id(value))
-        if isinstance(value, GraphNode):
-            for key, child in value._graph_items():
-                if value._graph_forced(key) != "static":
-                    yield from _iter_graph(child, (*path, key), seen)
-        yield path, value
-    elif isinstance(value, ARRAY_TYPES):
-        yield path, value
-    elif not isinstance(value, _STATIC_FAST) and (
-        isinstance(value, list | tuple | dict) or not callable(value)
-    ):
-        for key, child in pytree_children(value)[0]:
-            yield from _iter_graph(child, (*path, key), seen)
-
-
-def iter_children(node: GraphNode) -> Iterator[tuple[Any, Any]]:
-    """Yield ``(key, child)`` for the direct graph-node children of ``node``."""
-    for key, child in node._graph_items():
-        if isinstance(child, GraphNode):
-            yield key, child
-
-
-def find_duplicates(node: Any) -> list[list[Path]]:
-    """Paths at which the same graph node or Variable is reachable more than once."""
-    paths_of: dict[int, list[Path]] = {}
-
-    def walk(value: Any, path: Path, stack: set[int]) -> None:
-        if isinstance(value, Variable | GraphNode):
-            paths_of.setdefault(id(value), []).append(path)
-            if isinstance(value, GraphNode) and id(value) not in stack:
-                stack.add(id(value))
-                for key, child in value._graph_items():
-                    walk(child, (*path, key), stack)
-                stack.discard(id(value))
-        elif isinstance(value, list | tuple | dict):
-            items = enumerate(value) if not isinstance(value, dict) else value.items()
-            for key, child in items:
-                walk(child, (*path, key), stack)
-
-    walk(node, (), set())
-    return [p for p in paths_of.values() if len(p) > 1]
-
-
-def map_state(f: Callable[[Path, Any], Any], state_: State) -> State:
-    """A new State with ``f(path, leaf)`` applied to every leaf."""
-    return State.from_flat_path([(p, f(p, v)) for p, v in state_.flat_state()])
-
-
-def is_graph_node(x: Any) -> bool:
-    """Whether ``x`` is a graph node (Module, Rngs, List, Dict, other Object)."""
-    return isinstance(x, GraphNode)
-
-
-def is_node(x: Any) -> bool:
-    """Whether ``x`` is a graph node or a Variable."""
-    return isinstance(x, GraphNode | Variable)
+        raise ValueError(
+            f"pop: cannot remove '{path_str(path)}' from an immutable {type(parent).__name__}."
+        )
 
 
 __all__ = [
-    "GraphDef", "flatten", "unflatten", "split", "merge", "update", "state", "variables",
-    "graphdef", "clone", "pop", "iter_graph", "iter_children", "find_duplicates", "is_graph_node",
-    "is_state_leaf", "map_state",
+    "GraphDef", "Key", "PureState", "clone", "find_duplicates", "flatten", "graphdef",
+    "is_graph_node", "is_node", "is_state_leaf", "iter_children", "iter_graph",
+    "iter_module_children", "map", "map_state", "merge", "pop", "recursive_map", "split",
+    "state", "unflatten", "update", "variables",
 ]

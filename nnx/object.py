@@ -1,179 +1,70 @@
-"""Graph nodes: ``Object`` (base of Module and Rngs) and the tracked containers ``List``/``Dict``.
+"""Graph nodes: ``Object`` (base of Module and Rngs); the tracked containers ``List`` / ``Dict``
+are in ``nnx._containers`` and re-exported here.
 
 A graph node is a mutable Python object with reference identity. Every structural change
 (attribute set or delete, container mutation) to a node that a flatten has already seen bumps
 the global structure version, so cached flattenings know when to look again. Each node also
 remembers the JAX trace it was created under and refuses mutation from another trace.
+
+Which attributes (and List / Dict items) are data and which are static follows ``nnx._data``:
+``nnx.data`` / ``nnx.static`` marks and class declarations first, then the value's kind; values
+that would hide data in the GraphDef raise when assigned and when construction ends.
 """
 
 from __future__ import annotations
 
+from abc import ABCMeta
 from collections.abc import Iterable
 from typing import Any
 
-import jax
-import numpy as np
-
+from nnx import _data
 from nnx import _structure as structure
-from nnx._display import ReprParts, object_repr, treescope_repr
-from nnx._statics import Static
-from nnx._tracing import check_same_trace, current_trace
-from nnx._typing import ARRAY_TYPES, key_order
+from nnx._containers import (
+    MISSING,
+    Dict,
+    List,
+    TrackedMapping,
+    check_trace,
+    classify,
+    previous_mark,
+    register_pytree_node,
+    track,
+)
+from nnx._data import (
+    DATA,
+    INFERRED,
+    STATIC,
+    Data,
+    Static,
+    data,
+    dataclass,
+    has_data,
+    is_data,
+    register_data_type,
+    static,
+    unmark,
+)
+from nnx._display import ReprParts, format_bytes, object_repr, treescope_repr
+from nnx._node import GraphNode
+from nnx._tracing import current_trace
+from nnx._typing import ARRAY_TYPES
 from nnx.variablelib import Variable
 
-_MISSING = object()
-_STATIC_TYPES = (int, float, complex, str, bool, bytes, type(None), type, np.dtype)
 
-
-class _Marker:
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any):
-        self.value = value
-
-
-class _DataMarker(_Marker):
-    pass
-
-
-class _StaticMarker(_Marker):
-    pass
-
-
-def data(value: Any) -> Any:
-    """Mark a value assigned to a graph-node attribute as state (its leaves become State)."""
-    return _DataMarker(value)
-
-
-def static(value: Any) -> Any:
-    """Mark a value assigned to a graph-node attribute as static (kept in the GraphDef)."""
-    return _StaticMarker(value)
-
-
-class GraphNode:
-    """Mixin for mutable objects that the graph functions traverse by reference.
-
-    Subclasses implement ``_graph_items`` (sorted ``(key, value)`` children),
-    ``_graph_set``/``_graph_del`` (mutation without version bumps, for write-back), and
-    ``_graph_create``/``_graph_fill`` (build an instance from children, for merge).
-    """
-
-    __slots__ = ()
-
-    def _graph_items(self) -> list[tuple[Any, Any]]:
-        raise NotImplementedError
-
-    def _graph_forced(self, key: Any) -> str | None:
-        return None
-
-    def _graph_get(self, key: Any) -> Any:
-        raise NotImplementedError
-
-    def _graph_set(self, key: Any, value: Any) -> None:
-        raise NotImplementedError
-
-    def _graph_del(self, key: Any) -> None:
-        raise NotImplementedError
-
-    @classmethod
-    def _graph_create(cls) -> GraphNode:
-        raise NotImplementedError
-
-    def _graph_fill(self, items: list[tuple[Any, Any]]) -> None:
-        raise NotImplementedError
-
-    def _graph_mark_seen(self) -> None:
-        raise NotImplementedError
-
-    def _graph_trace(self) -> Any:
-        raise NotImplementedError
-
-
-def track(value: Any) -> Any:
-    """Replace a plain list or dict by a tracked ``List``/``Dict`` (recursively); else as is."""
-    t = type(value)
-    if t is list:
-        return List(value)
-    if t is dict:
-        return Dict(value)
-    return value
-
-
-def is_data(value: Any) -> bool:
-    """Whether a value holds state: a Variable, graph node, array, or a container of them."""
-    if isinstance(value, (Variable, GraphNode, *ARRAY_TYPES)):
-        return True
-    if isinstance(value, _STATIC_TYPES):
-        return False
-    if isinstance(value, list | tuple):
-        return any(is_data(v) for v in value)
-    if isinstance(value, dict):
-        return any(is_data(v) for v in value.values())
-    leaves = jax.tree_util.tree_leaves(value, is_leaf=lambda x: x is not value and is_data_leaf(x))
-    if len(leaves) == 1 and leaves[0] is value:
-        return False
-    return any(is_data(leaf) for leaf in leaves)
-
-
-def is_data_leaf(x: Any) -> bool:
-    return isinstance(x, (Variable, GraphNode, *ARRAY_TYPES))
-
-
-class _TrackedMapping(dict):
-    """The dict methods that change a mapping, each calling ``_before_change`` first (the
-    trace check and the version bump) and tracking the values it stores. Shared by ``nnx.Dict``
-    and the ``__dict__`` of every Object."""
-
-    __slots__ = ()
-
-    def _before_change(self) -> None:
-        raise NotImplementedError
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self._before_change()
-        dict.__setitem__(self, key, track(value))
-
-    def __delitem__(self, key: Any) -> None:
-        self._before_change()
-        dict.__delitem__(self, key)
-
-    def pop(self, *args: Any) -> Any:
-        self._before_change()
-        return dict.pop(self, *args)
-
-    def popitem(self) -> tuple[Any, Any]:
-        self._before_change()
-        return dict.popitem(self)
-
-    def clear(self) -> None:
-        self._before_change()
-        dict.clear(self)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        self._before_change()
-        for k, v in dict(*args, **kwargs).items():
-            dict.__setitem__(self, k, track(v))
-
-    def setdefault(self, key: Any, default: Any = None) -> Any:
-        if key not in self:
-            self._before_change()
-            dict.__setitem__(self, key, track(default))
-        return dict.__getitem__(self, key)
-
-    def __ior__(self, other: Any) -> _TrackedMapping:
-        self.update(other)
-        return self
-
-
-class _NodeDict(_TrackedMapping):
-    """The ``__dict__`` of an Object: edits through ``vars(obj)`` count as structural changes."""
+class _NodeDict(TrackedMapping):
+    """The ``__dict__`` of an Object: edits through ``vars(obj)`` count as structural changes
+    (and are not checked for data, as in Flax). ``forced`` maps keys to their marks."""
 
     __slots__ = ("seen", "trace", "forced")
 
     def _before_change(self) -> None:
-        check_same_trace(self, self.trace)
+        check_trace(self, self.trace)
         if self.seen:
             structure.bump()
+
+    def _forget(self, key: Any) -> None:
+        if self.forced is not None:
+            self.forced.pop(key, None)
 
 
 def _new_node_dict() -> _NodeDict:
@@ -184,22 +75,39 @@ def _new_node_dict() -> _NodeDict:
     return d
 
 
-class Object(GraphNode):
+class ObjectMeta(ABCMeta):
+    """Checks, when construction ends, that no static attribute holds data (e.g. an array
+    appended to a plain list after it was assigned)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        obj = super().__call__(*args, **kwargs)
+        if cls._nnx_pytree:
+            obj._check_static_attributes()
+        return obj
+
+
+class Object(GraphNode, metaclass=ObjectMeta):
     """Base class of graph nodes with attributes: Modules, Rngs, Optimizer, metrics.
 
     Attributes may hold Variables, arrays, other Objects, and lists / dicts / tuples of them
-    (state); anything else is static and belongs to the GraphDef. Plain lists and dicts are
-    stored as tracked ``nnx.List`` / ``nnx.Dict`` so their mutations are seen.
+    (state); anything else is static and belongs to the GraphDef (see ``nnx.data`` and
+    ``nnx.static`` to choose explicitly). Plain lists and dicts are stored as tracked
+    ``nnx.List`` / ``nnx.Dict`` so their mutations are seen.
 
     Subclasses are registered as JAX pytrees (pass ``pytree=False`` in the class statement to
-    opt out): plain JAX functions accept them, but across such a boundary sharing is not kept
-    and mutations are not written back; the nnx transforms keep both.
+    opt out; the data/static checks are then skipped): plain JAX functions accept them, but
+    across such a boundary sharing is not kept and mutations are not written back; the nnx
+    transforms keep both.
     """
 
     __slots__ = ("__dict__", "__weakref__")
+    _nnx_pytree = True
+    _nnx_declared: dict[str, str] = {}
 
     def __init_subclass__(cls, pytree: bool = True, **kwargs: Any):
         super().__init_subclass__(**kwargs)
+        cls._nnx_pytree = pytree
+        cls._nnx_declared = _data.declared_kinds(cls, cls._nnx_declared)
         if pytree:
             register_pytree_node(cls)
 
@@ -210,14 +118,21 @@ class Object(GraphNode):
 
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__
-        check_same_trace(self, d.trace)
-        if isinstance(value, _Marker):
-            if d.forced is None:
-                d.forced = {}
-            d.forced[name] = "data" if isinstance(value, _DataMarker) else "static"
-            value = value.value
-        value = track(value)
-        if dict.get(d, name, _MISSING) is value:
+        check_trace(self, d.trace)
+        value, mark = unmark(value)
+        forced = d.forced
+        if type(self)._nnx_pytree:
+            marked = previous_mark(forced.get(name) if forced else None, dict.get(d, name, MISSING))
+            value, mark = classify(self, name, value, mark, marked, self._nnx_declared.get(name))
+        else:
+            value = track(value)
+        if mark is not None and (forced is None or forced.get(name) != mark):
+            if forced is None:
+                d.forced = forced = {}
+            forced[name] = mark
+            if d.seen and mark != INFERRED:  # INFERRED: still data, as before
+                structure.bump()
+        if dict.get(d, name, MISSING) is value:
             return  # `self.count += 1` re-assigns the same Variable: nothing changed
         if d.seen:
             structure.bump()
@@ -225,12 +140,28 @@ class Object(GraphNode):
 
     def __delattr__(self, name: str) -> None:
         d = self.__dict__
-        check_same_trace(self, d.trace)
+        check_trace(self, d.trace)
         if d.seen:
             structure.bump()
         object.__delattr__(self, name)
         if d.forced is not None:
             d.forced.pop(name, None)
+
+    def _check_static_attributes(self) -> None:
+        """Raise if a static attribute holds data (see ``ObjectMeta``)."""
+        for name, value in dict.items(self.__dict__):
+            kind = self._graph_forced(name)
+            if kind in (DATA, INFERRED) or kind is None and not (
+                isinstance(value, GraphNode) and value._plain == STATIC
+            ):
+                continue
+            found = has_data(value)
+            if found and (
+                kind == STATIC
+                or _data.is_dataclass_field(self, name)
+                or not _data.only_nodes(found)
+            ):
+                raise _data.unexpected_data_error(self, name, value, found)
 
     # -- graph protocol ---------------------------------------------------------------
     def _graph_items(self) -> list[tuple[Any, Any]]:
@@ -238,7 +169,9 @@ class Object(GraphNode):
 
     def _graph_forced(self, key: Any) -> str | None:
         forced = self.__dict__.forced
-        return None if forced is None else forced.get(key)
+        if forced is not None and key in forced:
+            return forced[key]
+        return self._nnx_declared.get(key)
 
     def _graph_get(self, key: Any) -> Any:
         return dict.__getitem__(self.__dict__, key)
@@ -264,6 +197,9 @@ class Object(GraphNode):
     def _graph_mark_seen(self) -> None:
         self.__dict__.seen = True
 
+    def _restore_marks(self, marks: tuple) -> None:
+        self.__dict__.forced = dict(marks)
+
     def _graph_trace(self) -> Any:
         return self.__dict__.trace
 
@@ -278,252 +214,51 @@ class Object(GraphNode):
         self.__dict__.forced = state["forced"]
 
     def _repr_parts(self) -> ReprParts:
-        return ReprParts(type(self).__name__, list(dict.items(self.__dict__)))
+        return ReprParts(type(self).__name__, list(dict.items(self.__dict__)), comment=_stats(self))
 
     __repr__ = object_repr
     __treescope_repr__ = treescope_repr
 
 
+def _stats(node: Object) -> str:
+    """``'Param: 6 (24 B), BatchStat: 2 (8 B), Total: 8 (32 B)'``: the sizes of the Variables
+    under ``node``, per type (RNG state as one), each Variable counted once."""
+    from nnx._walks import iter_graph  # the walks build on this module
+    from nnx.variablelib import RngState
+
+    sizes: dict[type, list[int]] = {}
+    for _, x in iter_graph(node, graph=True):
+        if isinstance(x, Variable):
+            value = x.get_raw_value()
+            size, nbytes = getattr(value, "size", None), getattr(value, "nbytes", None)
+            if size is None or nbytes is None:
+                continue
+            kind = RngState if isinstance(x, RngState) else type(x)
+            total = sizes.setdefault(kind, [0, 0])
+            total[0] += int(size)
+            total[1] += int(nbytes)
+    parts = [f"{t.__name__}: {n:,} ({format_bytes(b)})" for t, (n, b) in sizes.items()]
+    if len(sizes) > 1:
+        n, b = (sum(v[i] for v in sizes.values()) for i in (0, 1))
+        parts.append(f"Total: {n:,} ({format_bytes(b)})")
+    return ", ".join(parts)
+
+
 Pytree = Object
 
 
-class List(GraphNode, list):
-    """A list whose mutations are tracked; plain lists assigned to Objects become one.
-
-    Items are graph children with integer keys (state paths like ``layers/0/kernel``).
-    """
-
-    __slots__ = ("_seen", "_trace", "__weakref__")
-
-    def __init__(self, items: Iterable[Any] = ()):
-        self._seen = False
-        self._trace = current_trace()
-        list.__init__(self, (track(v) for v in items))
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> List:
-        obj = list.__new__(cls)
-        obj._seen = False
-        obj._trace = current_trace()
-        return obj
-
-    def _before_change(self) -> None:
-        check_same_trace(self, self._trace)
-        if self._seen:
-            structure.bump()
-
-    def __setitem__(self, index: Any, value: Any) -> None:
-        self._before_change()
-        if isinstance(index, slice):
-            value = [track(v) for v in value]
-        else:
-            value = track(value)
-        list.__setitem__(self, index, value)
-
-    def __delitem__(self, index: Any) -> None:
-        self._before_change()
-        list.__delitem__(self, index)
-
-    def append(self, value: Any) -> None:
-        self._before_change()
-        list.append(self, track(value))
-
-    def extend(self, values: Iterable[Any]) -> None:
-        self._before_change()
-        list.extend(self, (track(v) for v in values))
-
-    def insert(self, index: int, value: Any) -> None:
-        self._before_change()
-        list.insert(self, index, track(value))
-
-    def pop(self, index: int = -1) -> Any:
-        self._before_change()
-        return list.pop(self, index)
-
-    def remove(self, value: Any) -> None:
-        self._before_change()
-        list.remove(self, value)
-
-    def clear(self) -> None:
-        self._before_change()
-        list.clear(self)
-
-    def sort(self, *args: Any, **kwargs: Any) -> None:
-        self._before_change()
-        list.sort(self, *args, **kwargs)
-
-    def reverse(self) -> None:
-        self._before_change()
-        list.reverse(self)
-
-    def __iadd__(self, values: Iterable[Any]) -> List:
-        self.extend(values)
-        return self
-
-    def __imul__(self, n: int) -> List:
-        self._before_change()
-        return list.__imul__(self, n)
-
-    def _graph_items(self) -> list[tuple[Any, Any]]:
-        return list(enumerate(self))
-
-    def _graph_get(self, key: Any) -> Any:
-        return list.__getitem__(self, key)
-
-    def _graph_set(self, key: Any, value: Any) -> None:
-        list.__setitem__(self, key, value)
-
-    def _graph_del(self, key: Any) -> None:
-        list.__delitem__(self, key)
-
-    @classmethod
-    def _graph_create(cls) -> List:
-        return cls.__new__(cls)
-
-    def _graph_fill(self, items: Iterable[tuple[Any, Any]]) -> None:
-        list.clear(self)
-        list.extend(self, (v for _, v in items))
-
-    def _graph_mark_seen(self) -> None:
-        self._seen = True
-
-    def _graph_trace(self) -> Any:
-        return self._trace
-
-    def __reduce__(self) -> Any:
-        return (type(self), (list(self),))
-
-    def __repr__(self) -> str:
-        return f"List({list.__repr__(self)})"
-
-
-class Dict(GraphNode, _TrackedMapping):
-    """A dict whose mutations are tracked; plain dicts assigned to Objects become one."""
-
-    __slots__ = ("_seen", "_trace", "__weakref__")
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Dict:
-        obj = dict.__new__(cls)
-        obj._seen = False
-        obj._trace = current_trace()
-        return obj
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        dict.__init__(self)
-        for k, v in dict(*args, **kwargs).items():
-            dict.__setitem__(self, k, track(v))
-
-    def _before_change(self) -> None:
-        check_same_trace(self, self._trace)
-        if self._seen:
-            structure.bump()
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return dict.__getitem__(self, name)
-        except KeyError:
-            raise AttributeError(f"Dict has no key {name!r}") from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in Dict.__slots__:
-            object.__setattr__(self, name, value)
-        else:
-            self[name] = value  # d.key = value is d["key"] = value
-
-    def __delattr__(self, name: str) -> None:
-        if name in Dict.__slots__:
-            object.__delattr__(self, name)
-        else:
-            try:
-                del self[name]
-            except KeyError:
-                raise AttributeError(f"Dict has no key {name!r}") from None
-
-    def _graph_items(self) -> list[tuple[Any, Any]]:
-        return sorted(dict.items(self), key=lambda kv: key_order(kv[0]))
-
-    def _graph_get(self, key: Any) -> Any:
-        return dict.__getitem__(self, key)
-
-    def _graph_set(self, key: Any, value: Any) -> None:
-        dict.__setitem__(self, key, value)
-
-    def _graph_del(self, key: Any) -> None:
-        dict.__delitem__(self, key)
-
-    @classmethod
-    def _graph_create(cls) -> Dict:
-        return cls.__new__(cls)
-
-    def _graph_fill(self, items: Iterable[tuple[Any, Any]]) -> None:
-        dict.clear(self)
-        for k, v in items:
-            dict.__setitem__(self, k, v)
-
-    def _graph_mark_seen(self) -> None:
-        self._seen = True
-
-    def _graph_trace(self) -> Any:
-        return self._trace
-
-    def __reduce__(self) -> Any:
-        return (type(self), (dict(self),))
-
-    def __repr__(self) -> str:
-        return f"Dict({dict.__repr__(self)})"
-
-
-# -- pytree registration (Flax >= 0.11 behaviour) ----------------------------------------
-
-
-def _pytree_key(key: Any) -> Any:
-    if isinstance(key, str):
-        return jax.tree_util.GetAttrKey(key)
-    if isinstance(key, int):
-        return jax.tree_util.SequenceKey(key)
-    return jax.tree_util.DictKey(key)
-
-
-def _pytree_partition(node: GraphNode) -> tuple[list[Any], list[Any], tuple]:
-    data_keys, children, statics = [], [], []
-    for key, value in node._graph_items():
-        forced = node._graph_forced(key)
-        if forced == "data" or (forced is None and is_data(value)):
-            data_keys.append(key)
-            children.append(value)
-        else:
-            statics.append((key, Static(value)))
-    return data_keys, children, (tuple(data_keys), tuple(statics))
-
-
-def _pytree_flatten_with_keys(node: GraphNode):
-    data_keys, children, aux = _pytree_partition(node)
-    return [(_pytree_key(k), c) for k, c in zip(data_keys, children, strict=True)], aux
-
-
-def _pytree_flatten(node: GraphNode):
-    _, children, aux = _pytree_partition(node)
-    return children, aux
-
-
-def _make_pytree_unflatten(cls: type[GraphNode]):
-    def unflatten(aux: tuple, children: Iterable[Any]) -> GraphNode:
-        data_keys, statics = aux
-        items = list(zip(data_keys, children, strict=True)) + [(k, s.value) for k, s in statics]
-        items.sort(key=lambda kv: key_order(kv[0]))
-        node = cls._graph_create()
-        node._graph_fill(items)
-        return node
-
-    return unflatten
-
-
-def register_pytree_node(cls: type[GraphNode]) -> None:
-    """Register a graph-node class as a JAX pytree (data attributes are its children)."""
-    jax.tree_util.register_pytree_with_keys(
-        cls, _pytree_flatten_with_keys, _make_pytree_unflatten(cls), flatten_func=_pytree_flatten
-    )
+def check_pytree(node: Object) -> None:
+    """Raise if a static attribute of ``node`` holds data (as when its construction ends)."""
+    if not isinstance(node, Object):
+        raise TypeError(f"check_pytree expects an nnx.Object / Pytree, got {type(node).__name__}")
+    node._check_static_attributes()
 
 
 register_pytree_node(Object)
-register_pytree_node(List)
-register_pytree_node(Dict)
+
+
+__all__ = [
+    "ARRAY_TYPES", "Data", "Dict", "GraphNode", "List", "Object", "Pytree", "Static",
+    "check_pytree", "data", "dataclass", "has_data", "is_data", "register_data_type",
+    "register_pytree_node", "static", "track", "Variable",
+]

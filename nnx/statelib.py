@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import jax
@@ -121,8 +121,9 @@ class State(MutableMapping):
         flat = State.flatten_mapping(self)
         return sorted(flat.items(), key=lambda kv: path_order(kv[0]))
 
-    def to_flat_state(self) -> list[tuple[Path, Any]]:
-        return self.flat_state()
+    def to_flat_state(self) -> FlatState:
+        """The ``(path, leaf)`` pairs as a ``FlatState``, in sorted path order."""
+        return FlatState(self.flat_state())
 
     @classmethod
     def from_flat_path(cls, pairs: Any) -> State:
@@ -139,7 +140,10 @@ class State(MutableMapping):
             node[path[-1]] = leaf
         return cls(root)
 
-    from_flat_state = from_flat_path
+    @classmethod
+    def from_flat_state(cls, pairs: Any) -> State:
+        """Build a State from a ``FlatState`` or ``(path, leaf)`` pairs."""
+        return cls.from_flat_path(pairs)
 
     # -- filtering and combining -------------------------------------------------------
     def filter(self, *filters: Any) -> Any:
@@ -199,6 +203,85 @@ class State(MutableMapping):
     __treescope_repr__ = treescope_repr
 
 
+class FlatState(Sequence):
+    """A State as a sequence of ``(path, leaf)`` pairs in sorted path order, with ``paths`` and
+    ``leaves`` views; ``to_nested_state()`` builds the State again."""
+
+    __slots__ = ("_paths", "_leaves")
+
+    def __init__(self, pairs: Iterable[tuple[Path, Any]], /):
+        pairs = sorted(pairs, key=lambda kv: path_order(kv[0]))
+        self._paths = tuple(p for p, _ in pairs)
+        self._leaves = [v for _, v in pairs]
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return self._paths
+
+    @property
+    def leaves(self) -> list[Any]:
+        return self._leaves
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return FlatState(zip(self._paths[index], self._leaves[index], strict=True))
+        return self._paths[index], self._leaves[index]
+
+    def __len__(self) -> int:
+        return len(self._leaves)
+
+    def __iter__(self) -> Iterator[tuple[Path, Any]]:
+        return iter(zip(self._paths, self._leaves, strict=True))
+
+    def __repr__(self) -> str:
+        return f"FlatState({list(self)!r})"
+
+    def to_nested_state(self) -> State:
+        return State.from_flat_path(list(self))
+
+    def filter(self, *filters: Any) -> Any:
+        """One FlatState per filter (unmatched pairs dropped)."""
+        states = _partition_flat(list(self), filters or (...,), exhaustive=False)
+        return states[0] if len(states) == 1 else tuple(states)
+
+    def split(self, *filters: Any) -> Any:
+        """One FlatState per filter; the filters must match every pair."""
+        states = _partition_flat(list(self), filters or (...,), exhaustive=True)
+        return states[0] if len(states) == 1 else tuple(states)
+
+
+def to_flat_state(state: Mapping) -> FlatState:
+    """The ``(path, leaf)`` pairs of a State (or nested mapping), in sorted path order."""
+    return FlatState(State.flatten_mapping(state).items())
+
+
+def from_flat_state(pairs: Any) -> State:
+    """The State of a ``FlatState`` (or ``(path, leaf)`` pairs, or a dict of them)."""
+    return State.from_flat_path(pairs)
+
+
+def restore_int_paths(pure_dict: Mapping) -> dict[Any, Any]:
+    """A copy of a nested dict whose digit string keys (``'0'``, after a JSON or orbax round
+    trip) are integers again, as nnx paths have them."""
+    return {
+        int(k) if isinstance(k, str) and k.isdigit() else k:
+        restore_int_paths(v) if isinstance(v, Mapping) else v
+        for k, v in pure_dict.items()
+    }
+
+
+def map_state(f: Any, state: Mapping) -> State:
+    """A new State with ``f(path, leaf)`` applied to every leaf."""
+    return State.from_flat_path([(p, f(p, v)) for p, v in to_flat_state(state)])
+
+
+def _partition_flat(
+    pairs: list[tuple[Path, Any]], filters: tuple[Any, ...], *, exhaustive: bool
+) -> list[FlatState]:
+    buckets = _buckets(pairs, filters, exhaustive)
+    return [FlatState(b) for b in buckets]
+
+
 def partition_pairs(
     pairs: list[tuple[Path, Any]], filters: tuple[Any, ...], *, exhaustive: bool
 ) -> list[Any]:
@@ -207,6 +290,13 @@ def partition_pairs(
 
     A standalone Variable (a single leaf at path ``()``) is returned as is, not in a State.
     """
+    buckets = _buckets(pairs, filters, exhaustive)
+    return [b[0][1] if b and b[0][0] == () else State.from_flat_path(b) for b in buckets]
+
+
+def _buckets(
+    pairs: list[tuple[Path, Any]], filters: tuple[Any, ...], exhaustive: bool
+) -> list[list[tuple[Path, Any]]]:
     predicates = filterlib.filters_to_predicates(filters)
     buckets: list[list[tuple[Path, Any]]] = [[] for _ in predicates]
     rest = []
@@ -221,10 +311,11 @@ def partition_pairs(
         shown = "\n".join(f"  {path_str(p)}: {type(v).__name__}" for p, v in rest[:10])
         more = f"\n  ... and {len(rest) - 10} more" if len(rest) > 10 else ""
         raise ValueError(
-            f"Non-exhaustive filters: {len(rest)} Variable(s) matched none of {filters!r}:\n"
-            f"{shown}{more}\nAdd a filter for them, or `...` as the last filter to take the rest."
+            f"Non-exhaustive filters, got a non-empty remainder: {len(rest)} Variable(s) "
+            f"matched none of {filters!r}:\n{shown}{more}\nAdd a filter for them, or `...` as "
+            "the last filter to take the rest."
         )
-    return [b[0][1] if b and b[0][0] == () else State.from_flat_path(b) for b in buckets]
+    return buckets
 
 
 def _raw(v: Any) -> Any:

@@ -104,6 +104,12 @@ def test_unknown_filter_kind_raises():
 
 
 def test_ellipsis_only_last():
-    with pytest.raises(ValueError, match="only be the last filter"):
+    with pytest.raises(ValueError, match="can only be used as the last filters"):
         filterlib.filters_to_predicates((..., nnx.Param))
     assert len(filterlib.filters_to_predicates((nnx.Param, ...))) == 2
+
+
+def test_with_tag_matches_objects_with_a_tag_attribute():
+    stream = nnx.RngStream(0, tag="dropout")
+    assert nnx.WithTag("dropout")((), stream) and not nnx.WithTag("params")((), stream)
+    assert nnx.WithTag("dropout")(("key",), stream.key)

@@ -130,7 +130,7 @@ def test_nnx_data_and_nnx_static_force_the_kind():
     class Forced(nnx.Module):
         def __init__(self):
             self.scale = nnx.data(2.0)
-            self.table = nnx.static(jnp.arange(3))
+            self.table = nnx.static((0, 1, 2))
             self.plain = 5
 
     f = Forced()
@@ -140,7 +140,7 @@ def test_nnx_data_and_nnx_static_force_the_kind():
     f.scale = 3.0  # stays data after reassignment
     assert nnx.state(f)["scale"] == 3.0
     merged = nnx.merge(*nnx.split(f))
-    np.testing.assert_array_equal(merged.table, [0, 1, 2])
+    assert merged.table == (0, 1, 2)
     assert merged.plain == 5
 
 
@@ -217,7 +217,7 @@ def test_mutating_a_captured_module_inside_jax_jit_raises():
         b.extra = x
         return x
 
-    with pytest.raises(nnx.TraceContextError, match="Cannot mutate Block from a different trace"):
+    with pytest.raises(nnx.TraceContextError, match="Cannot mutate 'Block' from different trace level"):
         f(1.0)
 
     @jax.jit

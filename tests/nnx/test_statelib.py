@@ -182,3 +182,14 @@ def test_missing_internal_attribute_raises_attribute_error():
     bare = object.__new__(nnx.State)
     with pytest.raises(AttributeError):
         _ = bare._mapping
+
+
+def test_flat_state_is_a_sorted_sequence_of_pairs():
+    state = nnx.State({"b": nnx.Param(jnp.ones(1)), "a": {0: nnx.BatchStat(jnp.zeros(1))}})
+    flat = nnx.to_flat_state(state)
+    assert flat.paths == (("a", 0), ("b",)) and flat[1][0] == ("b",)
+    assert isinstance(flat[:1], nnx.FlatState) and len(flat[:1]) == 1
+    assert flat.to_nested_state() == state and nnx.from_flat_state(flat) == state
+    stats = flat.filter(nnx.BatchStat)
+    assert stats.paths == (("a", 0),)
+    assert nnx.map_state(lambda p, v: v.copy(v[...] + 1), state)["b"][...][0] == 2.0
