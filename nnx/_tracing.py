@@ -17,6 +17,11 @@ class TraceContextError(RuntimeError):
     """Raised when an object created under one JAX trace is mutated under another."""
 
 
+class CapturedNodeError(TraceContextError, ValueError):
+    """A graph node or Variable captured from outside a transform was returned from it or
+    attached to its arguments (also a ValueError, as Flax raises for this)."""
+
+
 def check_same_trace(obj: Any, created_under: Any) -> None:
     """Raise TraceContextError if the active trace differs from ``created_under``."""
     if created_under is not None and created_under != current_trace():

@@ -148,11 +148,13 @@ class Linear(Module):
           inputs: the input array.
           out_sharding: sharding of the output (passed to ``dot_general``).
         """
-        check_last_axis("Linear", inputs, self.in_features)
+        kernel = self.kernel.value
+        # The kernel's own shape, not in_features: under shard_map it is the local block.
+        check_last_axis("Linear", inputs, jnp.shape(kernel)[0])
         ndim = jnp.ndim(inputs)
         return _contract(
-            inputs, self.kernel.value, None if self.bias is None else self.bias.value,
-            dimension_numbers=(((ndim - 1,), (0,)), ((), ())), bias_shape=(self.out_features,),
+            inputs, kernel, None if self.bias is None else self.bias.value,
+            dimension_numbers=(((ndim - 1,), (0,)), ((), ())), bias_shape=(jnp.shape(kernel)[-1],),
             dtype=self.dtype, precision=self.precision, dot_general=self.dot_general,
             dot_general_cls=None, promote_dtype=self.promote_dtype,
             preferred_element_type=self.preferred_element_type, out_sharding=out_sharding,

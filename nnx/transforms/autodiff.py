@@ -1,5 +1,12 @@
-"""``nnx.grad`` / ``nnx.value_and_grad`` (Params of Module arguments by default; other state
-through ``DiffState`` or ``wrt=``), ``nnx.remat`` (``nnx.custom_vjp`` is in ``custom_vjp.py``)."""
+"""``nnx.grad`` / ``nnx.value_and_grad`` and ``nnx.remat``.
+
+In graph mode with graph updates (the default) grad differentiates the Params of Module
+arguments (other state through ``DiffState`` or ``wrt=``) and returns a ``State`` per Module;
+with ``graph=False`` or ``graph_updates=False`` it differentiates every array and Variable of
+the arguments, as ``jax.grad`` does for a pytree, and returns copies of them (see
+``tangents.py``). ``nnx.custom_vjp`` is in ``custom_vjp.py``, ``nnx.vjp`` / ``nnx.jvp`` in
+``linearize.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +16,26 @@ from typing import Any
 
 import jax
 
-from nnx import filterlib
 from nnx._modes import Mode
 from nnx._modes import resolve as resolve_mode
-from nnx.statelib import State
 from nnx.transforms.lift import (
     Extraction,
     apply,
     collect,
     full_leaf_values,
-    is_node,
     lifted_call,
     rebuild,
     reject_bound_method,
 )
-from nnx.variablelib import Param, Variable
+from nnx.transforms.prefixes import check_prefix
+from nnx.transforms.tangents import (
+    build_args,
+    check_consistent_aliasing,
+    full_values,
+    select,
+    state_cotangents,
+)
+from nnx.variablelib import Param
 
 
 class DiffState:
@@ -37,18 +49,26 @@ class DiffState:
         return f"DiffState({self.argnum}, {self.filter!r})"
 
 
-def _diff_specs(argnums: Any, wrt: Any) -> tuple[list[tuple[int, Any]], bool]:
+def _diff_filters(argnums: Any, wrt: Any, mode: Mode, name: str) -> tuple[dict[int, Any], bool]:
+    """``{argnum: filter}`` for the differentiated arguments, and whether ``argnums`` was one
+    entry. The default filter is ``nnx.Param`` in graph mode with graph updates, everything
+    otherwise (the argument is then differentiated as a pytree)."""
     single = isinstance(argnums, int | DiffState)
-    items = [argnums] if single else list(argnums)
-    specs = []
-    for a in items:
+    default = wrt if wrt is not None else (Param if mode.full else ...)
+    filters: dict[int, Any] = {}
+    for a in [argnums] if single else list(argnums):
         if isinstance(a, DiffState):
-            specs.append((a.argnum, a.filter))
+            index, filt = a.argnum, a.filter
         elif isinstance(a, int):
-            specs.append((a, Param if wrt is None else wrt))
+            index, filt = a, default
         else:
-            raise TypeError(f"argnums entries must be ints or nnx.DiffState, got {a!r}")
-    return specs, single
+            raise TypeError(
+                f"nnx.{name}: argnums entries must be ints or nnx.DiffState, got {a!r}"
+            )
+        if index in filters:
+            raise ValueError(f"nnx.{name}: argnum {index} is repeated in argnums")
+        filters[index] = filt
+    return filters, single
 
 
 def _grad_impl(
@@ -56,56 +76,38 @@ def _grad_impl(
     jax_kwargs: dict[str, Any], mode: Mode, name: str,
 ) -> Callable[..., Any]:
     reject_bound_method(f, name)
-    specs, single = _diff_specs(argnums, wrt)
-    if not mode.full and any(isinstance(a, DiffState) for a in _as_list(argnums)):
-        raise ValueError(
-            f"nnx.{name}: argnums cannot contain `DiffState` objects when graph=False or "
-            "graph_updates=False; pick the state with wrt=filter, or use graph=True, "
-            "graph_updates=True."
-        )
+    check_prefix(argnums, "argnums", name, mode)
+    filters, single = _diff_filters(argnums, wrt, mode, name)
+    argnum_list = list(filters)
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for a in argnum_list:
+            if not -len(args) <= a < len(args):
+                raise ValueError(
+                    f"nnx.{name}: argnum {a} but the function got {len(args)} positional arguments"
+                )
+        positions = [a % len(args) for a in argnum_list]
         extraction = Extraction([*args, kwargs], mode)
+        if mode.graph and not mode.updates:
+            check_consistent_aliasing(extraction, set(positions), f"nnx.{name}", _arg_names(args))
+        selection = select(extraction, args, dict(zip(positions, filters.values(), strict=True)))
         values = extraction.leaf_values()
-        leaves, paths, leaf_args = extraction.leaves, extraction.paths, extraction.leaf_args
-        groups: list[tuple[str, list[int]]] = []
-        for argnum, filt in specs:
-            if argnum >= len(args):
-                raise ValueError(f"grad: argnum {argnum} but the function got {len(args)} arguments")
-            arg = args[argnum]
-            if is_node(arg):
-                pred = filterlib.to_predicate(filt)
-                idx = [
-                    j for j, a in enumerate(leaf_args)
-                    if a == argnum and (isinstance(arg, Variable) or pred(paths[j], leaves[j]))
-                ]
-                groups.append(("node", idx))
-            else:
-                if any(a == argnum for a in leaf_args):
-                    raise TypeError(
-                        f"grad: argument {argnum} mixes graph nodes and arrays in one pytree; "
-                        "pass the Module and the arrays as separate arguments."
-                    )
-                idx = [j for j, a in enumerate(extraction.ordinary_args) if a == argnum]
-                groups.append(("ordinary", idx))
-        diff_leaf = [j for kind, idx in groups if kind == "node" for j in idx]
-        diff_ord = [j for kind, idx in groups if kind == "ordinary" for j in idx]
         static = extraction.static
 
         def pure(d_leaves: list, d_ord: list) -> tuple:
             vals = list(values)
-            for j, v in zip(diff_leaf, d_leaves, strict=True):
+            for j, v in zip(selection.leaves, d_leaves, strict=True):
                 vals[j] = v
             ords = list(extraction.ordinary)
-            for j, v in zip(diff_ord, d_ord, strict=True):
+            for j, v in zip(selection.ordinary, d_ord, strict=True):
                 ords[j] = v
             a, u, inner = rebuild(static, vals, ords)
             *pos, kw = a
             out = f(*pos, **kw)
             if has_aux:
                 if not (isinstance(out, tuple) and len(out) == 2):
-                    raise TypeError("grad(has_aux=True): the function must return (loss, aux)")
+                    raise TypeError(f"nnx.{name}(has_aux=True): the function must return (loss, aux)")
                 loss, aux = out
             else:
                 loss, aux = out, None
@@ -113,23 +115,17 @@ def _grad_impl(
 
         (loss, (new_vals, out_ord, box)), (g_leaf, g_ord) = jax.value_and_grad(
             pure, argnums=(0, 1), has_aux=True, **jax_kwargs
-        )([values[j] for j in diff_leaf], [extraction.ordinary[j] for j in diff_ord])
+        )(
+            [values[j] for j in selection.leaves],
+            [extraction.ordinary[j] for j in selection.ordinary],
+        )
         aux = apply(extraction, box, full_leaf_values(box, new_vals, values), out_ord)
-        g_of_leaf = dict(zip(diff_leaf, g_leaf, strict=True))
-        g_of_ord = dict(zip(diff_ord, g_ord, strict=True))
-        grads = []
-        for (kind, idx), (argnum, _) in zip(groups, specs, strict=True):
-            arg = args[argnum]
-            if kind == "node":
-                if isinstance(arg, Variable):
-                    grads.append(leaves[idx[0]].copy(g_of_leaf[idx[0]]) if idx else None)
-                else:
-                    grads.append(State.from_flat_path(
-                        [(paths[j], _grad_leaf(leaves[j], g_of_leaf[j])) for j in idx]
-                    ))
-            else:
-                flat, treedef = jax.tree_util.tree_flatten(arg)
-                grads.append(treedef.unflatten([g_of_ord[j] for j in idx]))
+        if mode.full:
+            grads = state_cotangents(extraction, args, positions, selection, g_leaf, g_ord)
+        else:
+            leaves, ords = full_values(extraction, selection, g_leaf, g_ord, positions)
+            built = build_args(static, leaves, ords, positions)
+            grads = [built[a] for a in positions]
         g = grads[0] if single else tuple(grads)
         if return_value:
             return ((loss, aux) if has_aux else loss), g
@@ -138,12 +134,8 @@ def _grad_impl(
     return wrapper
 
 
-def _as_list(argnums: Any) -> list[Any]:
-    return [argnums] if isinstance(argnums, int | DiffState) else list(argnums)
-
-
-def _grad_leaf(leaf: Any, g: Any) -> Any:
-    return leaf.copy(g) if isinstance(leaf, Variable) else g
+def _arg_names(args: Sequence[Any]) -> list[str]:
+    return [f"args[{i}]" for i in range(len(args))] + ["kwargs"]
 
 
 def grad(
@@ -157,17 +149,24 @@ def grad(
     graph: bool | None = None,
     graph_updates: bool | None = None,
 ) -> Any:
-    """Gradient of ``f`` with respect to the Params of Module arguments (and plain arrays).
+    """Gradient of ``f`` with respect to its ``argnums`` arguments.
 
-    For a Module argument the gradient is a ``State`` shaped like its Params (or like the
-    Variables matched by ``wrt`` / ``DiffState(argnum, filter)``); Variables updated inside
-    ``f`` (BatchNorm statistics, RNG counters) are written back to the caller's objects.
+    In graph mode with graph updates, the gradient of a Module argument is a ``State`` shaped
+    like its Params (or like the Variables matched by ``wrt`` / ``DiffState(argnum, filter)``),
+    of a Variable a Variable, of an array an array, inside the argument's containers. With
+    ``graph=False`` or ``graph_updates=False`` every array and Variable is differentiated (or
+    the Variables ``wrt`` matches; the others get zeros) and the gradient is a copy of the
+    argument holding them, e.g. a Module of the same type. Variables updated inside ``f``
+    (BatchNorm statistics, RNG counters) are written back to the caller's objects.
 
     Args:
       f: the function; returns a scalar (and aux with ``has_aux``).
-      argnums: argument index, ``DiffState``, or a sequence of them.
+      argnums: argument index, ``DiffState`` (graph mode with graph updates), or a sequence.
       has_aux: ``f`` returns ``(loss, aux)``; the result is then ``(grads, aux)``.
-      wrt: a filter choosing the Variables to differentiate (default ``nnx.Param``).
+      wrt: a filter choosing the Variables of graph nodes to differentiate.
+      holomorphic, allow_int: as in ``jax.grad``.
+      graph: graph mode (True) or tree mode (False); None: the current setting.
+      graph_updates: carry structure changes out (True) or only new values; None: the setting.
     """
     kwargs = dict(holomorphic=holomorphic, allow_int=allow_int)
     mode = resolve_mode(graph, graph_updates)

@@ -149,10 +149,15 @@ def shard_map(
 
             kwargs = {"axis_names": axis_names} if axis_names else {}
             # Under jax.jit so that eager calls are traced once per signature, as in nnx.jit.
-            mapped = jax.jit(jax.shard_map(
-                pure, mesh=mesh, in_specs=(list(leaf_specs), list(ord_specs)),
-                out_specs=(list(leaf_specs), out_specs, P()), check_vma=check_vma, **kwargs,
-            ))
+            all_out_specs = (list(leaf_specs), out_specs, P())
+            mapped = jax.jit(
+                jax.shard_map(
+                    pure, mesh=mesh, in_specs=(list(leaf_specs), list(ord_specs)),
+                    out_specs=all_out_specs, check_vma=check_vma, **kwargs,
+                ),
+                # the outputs keep the specs as written (jit alone would normalise P(None))
+                out_shardings=_named(mesh, all_out_specs),
+            )
             return mapped, _placements(mesh, leaf_specs), _placements(mesh, ord_specs)
 
         mapped, leaf_places, ord_places = programs.get((static, leaf_specs, ord_specs), make)
@@ -162,6 +167,16 @@ def shard_map(
         return apply(extraction, box, new_vals, jax.tree_util.tree_leaves(out))
 
     return wrapper
+
+
+def _named(mesh: Any, specs: Any) -> Any:
+    """``specs`` (a prefix tree of PartitionSpecs) as NamedShardings on a concrete ``mesh``."""
+    if not isinstance(mesh, jax.sharding.Mesh):
+        return None
+    return jax.tree_util.tree_map(
+        lambda s: NamedSharding(mesh, s) if isinstance(s, P) else s, specs,
+        is_leaf=lambda x: isinstance(x, P) or x is None,
+    )
 
 
 def _placements(mesh: Any, specs: Sequence[Any]) -> list[Any]:

@@ -16,6 +16,7 @@ Every nnx transform follows the same four steps:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -25,7 +26,7 @@ from nnx import _structure as structure
 from nnx._graphdef import Flattener, Unflattener, leaf_sources
 from nnx._modes import DEFAULT as DEFAULT_MODE
 from nnx._modes import Mode
-from nnx._tracing import TraceContextError, current_trace
+from nnx._tracing import CapturedNodeError, TraceContextError, current_trace
 from nnx._typing import path_str
 from nnx.object import GraphNode
 from nnx.variablelib import Variable
@@ -283,9 +284,10 @@ def collect(
     for k, obj in enumerate(g.objects):
         if pre_of_post[k] is None and creation_trace(obj) != trace:
             where = "returned from" if k >= n_in_objects else "attached inside"
-            raise TraceContextError(
-                f"A {type(obj).__name__} captured from outside the transform was {where} it. "
-                "Pass it as an argument to the transform instead, so it is carried through."
+            raise CapturedNodeError(
+                f"Cannot extract graph node from different trace level: a {type(obj).__name__} "
+                f"captured from outside the transform was {where} it. Pass it as an argument "
+                "to the transform instead, so it is carried through."
             )
     values = [x._raw_value if isinstance(x, Variable) else x for x in g.leaves]
     has_out_nodes = any(d is not None for d in out_defs)
@@ -347,16 +349,19 @@ def _collect_values(
     trace = current_trace()
     for k, obj in enumerate(g.objects):
         if id(obj) in inputs:
-            if not static.mode.graph and isinstance(obj, Variable):
+            if isinstance(obj, Variable):
                 raise ValueError(
-                    f"An input {type(obj).__name__} is returned at '{g.where(k)}'. Tree mode "
-                    "(graph=False) does not support Variable aliasing between inputs and "
-                    "outputs; return its value, or a copy (nnx.clone), instead."
+                    f"Duplicate {type(obj).__name__} found at paths: an input of the transform "
+                    f"is returned at '{g.where(k)}'. graph_updates=False (or tree mode) does not "
+                    "support Variable aliasing (an input Variable returned as an output); "
+                    "return its value, or a copy (nnx.clone), or use graph=True, "
+                    "graph_updates=True."
                 )
         elif creation_trace(obj) != trace:
-            raise TraceContextError(
-                f"A {type(obj).__name__} captured from outside the transform was returned from "
-                "it. Pass it as an argument to the transform instead, so it is carried through."
+            raise CapturedNodeError(
+                f"Cannot return captured Variable or graph node ({type(obj).__name__} at "
+                f"'{g.where(k)}'): it was created outside the transform. Pass it as an "
+                "argument to the transform instead."
             )
     updated = None
     if input_values is not None:
@@ -501,6 +506,23 @@ def reject_bound_method(fun: Any, name: str) -> Any:
             f"nnx.{name}({type(owner).__name__}.{getattr(fun, '__name__', 'method')})(obj, ...)."
         )
     return fun
+
+
+def resolve_kwargs(f: Any, args: tuple, kwargs: dict, name: str) -> tuple:
+    """``args`` with ``kwargs`` bound to ``f``'s positional parameters, for transforms whose
+    axes are given per positional argument (vmap, pmap, scan); keyword-only ones raise."""
+    if not kwargs:
+        return args
+    try:
+        bound = inspect.signature(f).bind(*args, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"nnx.{name}: cannot bind the arguments of {f!r}: {e}") from None
+    if bound.kwargs:
+        raise TypeError(
+            f"nnx.{name}: keyword-only arguments {sorted(bound.kwargs)} cannot be mapped; "
+            "pass them positionally (in_axes are per positional argument)."
+        )
+    return tuple(bound.args)
 
 
 def lifted_call(

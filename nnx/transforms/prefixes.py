@@ -18,12 +18,60 @@ from jax.sharding import PartitionSpec, Sharding
 
 from nnx import filterlib
 from nnx import graph as graphlib
+from nnx._graphdef import NodeDef, PytreeDef, RefDef, VariableDef, pytree_children
 from nnx._modes import resolve as resolve_mode
-from nnx._typing import path_str
+from nnx._typing import key_from_path_entry, path_str
 from nnx.object import GraphNode
 from nnx.statelib import State
 from nnx.transforms.lift import Extraction, argument_items, is_node
 from nnx.variablelib import Variable
+
+
+class StateAxes:
+    """Per-filter axes for a graph node's state: ``StateAxes({nnx.Param: 0, ...: None})``.
+
+    Each Variable takes the axis of the first filter it matches (``None`` broadcasts,
+    ``nnx.Carry`` carries it through ``scan``).
+    """
+
+    def __init__(self, filter_axes: Mapping[Any, Any] | Sequence[tuple[Any, Any]]):
+        self.by_path: dict[tuple, Any] | None = None
+        if isinstance(filter_axes, State):  # axes by path, as nnx.state(model) is shaped
+            self.by_path = {tuple(p): v for p, v in filter_axes.flat_state()}
+            filter_axes = {}
+        items = filter_axes.items() if isinstance(filter_axes, Mapping) else filter_axes
+        self.filters = tuple(f for f, _ in items)
+        self.axes = tuple(a for _, a in items)
+        self.predicates = filterlib.filters_to_predicates(self.filters)
+
+    def axis_for(self, path: tuple, leaf: Any) -> Any:
+        if self.by_path is not None:
+            value = self.by_path.get(tuple(path))
+            return value.get_value() if isinstance(value, Variable) else value
+        for pred, axis in zip(self.predicates, self.axes, strict=True):
+            if pred(path, leaf):
+                return axis
+        raise ValueError(
+            f"StateAxes{dict(zip(self.filters, self.axes, strict=True))!r} has no filter for "
+            f"'{path_str(path)}' ({type(leaf).__name__}); add `...: axis` last."
+        )
+
+    map_prefix = axis_for  # Flax's name
+
+    def __repr__(self) -> str:
+        if self.by_path is not None:
+            return f"StateAxes({self.by_path!r})"
+        return f"StateAxes({dict(zip(self.filters, self.axes, strict=True))!r})"
+
+
+class _CarryType:
+    """Marks the carried argument or output of ``nnx.scan``."""
+
+    def __repr__(self) -> str:
+        return "Carry"
+
+
+Carry = _CarryType()
 
 
 class StateSharding:
@@ -86,8 +134,8 @@ def _is_prefix_leaf(x: Any) -> bool:
 
 
 def _is_spec_leaf(s: Any) -> bool:
-    return s is None or isinstance(
-        s, Sharding | PartitionSpec | StateSharding | State | Variable | PrefixState
+    return s is None or s is Carry or is_node(s) or isinstance(
+        s, int | Sharding | PartitionSpec | StateSharding | StateAxes | State | Variable | PrefixState
     )
 
 
@@ -97,6 +145,12 @@ def _count_items(tree: Any) -> int:
 
 def broadcast_prefix(spec: Any, tree: Any, where: str) -> list[Any]:
     """One spec per item of ``tree`` (its graph nodes and other pytree leaves, in order)."""
+    if isinstance(spec, State | Mapping) and isinstance(tree, State | Mapping) and not is_node(tree):
+        # A State (or dict) of specs for a State argument: matched key by key.
+        out: list[Any] = []
+        for key, child in pytree_children(tree)[0]:
+            out.extend(broadcast_prefix(spec.get(key), child, where))
+        return out
     if is_node(tree) or _is_spec_leaf(spec):
         return [spec] * _count_items(tree)
     spec_children, spec_def = jax.tree_util.tree_flatten(spec, is_leaf=lambda x: x is not spec)
@@ -155,18 +209,20 @@ def prefix(node: Any, filter_map: Any, /, *, graph: bool | None = None) -> Any:
                 f"'{path_str(path)}' (filters: {filters!r}); add `...: value` last for the rest."
             )
 
-    graphdef, flat = graphlib.flatten(node)
-    chosen = [choose(tuple(p), leaf) for p, leaf in zip(graphdef.paths, flat, strict=True)]
     if mode.graph:
-        return PrefixState(State.from_flat_path(list(zip(graphdef.paths, chosen, strict=True))))
-    # A copy of the node with the values in its Variables' places.
-    copy = graphlib.unflatten(graphdef, chosen)
-    for path, value in zip(graphdef.paths, chosen, strict=True):
-        parent = copy
-        for key in path[:-1]:
-            parent = _child(parent, key)
-        _put(parent, path[-1], value)
-    return copy
+        # Each graph node in ``node`` (a node, or a pytree holding nodes) becomes a PrefixState.
+        def of_node(x: Any) -> Any:
+            graphdef, flat = graphlib.flatten(x)
+            return PrefixState(State.from_flat_path([
+                (p, choose(tuple(p), leaf)) for p, leaf in zip(graphdef.paths, flat, strict=True)
+            ]))
+
+        return jax.tree_util.tree_map(lambda x: of_node(x) if is_node(x) else x, node, is_leaf=is_node)
+    # Tree mode: the node as a pytree with the values in place of its Variables.
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, x: choose(tuple(key_from_path_entry(k) for k in kp), x), node,
+        is_leaf=lambda x: isinstance(x, Variable),
+    )
 
 
 def _child(parent: Any, key: Any) -> Any:
@@ -175,15 +231,6 @@ def _child(parent: Any, key: Any) -> Any:
     if isinstance(parent, Mapping | list | tuple):
         return parent[key]
     return None
-
-
-def _put(parent: Any, key: Any, value: Any) -> None:
-    if isinstance(parent, GraphNode):
-        parent._graph_set(key, value)
-    elif isinstance(parent, dict | list):
-        parent[key] = value
-    else:
-        raise TypeError(f"nnx.prefix: cannot place a value in a {type(parent).__name__}")
 
 
 def _node_prefix_value(prefix_node: Any, path: tuple) -> Any:
@@ -202,6 +249,8 @@ def node_leaf_specs(spec: Any, paths: Sequence[tuple], leaves: Sequence[Any]) ->
         return [_unwrap(_node_prefix_value(spec, tuple(p))) for p in paths]
     if isinstance(spec, StateSharding):
         return [spec.spec_for(tuple(p), leaf) for p, leaf in zip(paths, leaves, strict=True)]
+    if isinstance(spec, StateAxes):
+        return [spec.axis_for(tuple(p), leaf) for p, leaf in zip(paths, leaves, strict=True)]
     if isinstance(spec, State | Mapping):
         flat = dict(State.flatten_mapping(spec).items()) if not isinstance(spec, State) else {
             tuple(p): v for p, v in spec.flat_state()
@@ -223,33 +272,103 @@ def per_argument(specs: Any, n_args: int, where: str) -> list[Any]:
 def argument_leaf_specs(
     extraction: Extraction, args: Sequence[Any], specs: Sequence[Any], where: str
 ) -> tuple[list[Any], list[Any]]:
-    """Spread one spec per argument over the extraction's node leaves and ordinary leaves."""
+    """Spread one spec per argument over the extraction's node leaves and ordinary leaves.
+
+    A Variable reachable from several places (two arguments, or twice in one) takes the spec
+    of its first place; a later place that gives it another spec raises "Inconsistent
+    aliasing", naming both places.
+    """
     leaf_specs: list[Any] = [None] * len(extraction.leaves)
     ord_specs: list[Any] = []
-    first: dict[int, tuple[int, int]] = {}  # id of a node -> the leaf range it was found with
+    f = extraction.flattener
+    leaf_of = {id(leaf): k for k, leaf in enumerate(extraction.leaves)}
+    defs_by_index = _defs_by_index(extraction.static.args)
     per_arg = argument_items(extraction, args)
-    for (_, items), arg, spec in zip(per_arg, args, specs, strict=True):
-        for (item, leaf_range), s in zip(items, broadcast_prefix(spec, arg, where), strict=True):
+    for i, ((_, items), arg, spec, (_, arg_defs)) in enumerate(
+        zip(per_arg, args, specs, extraction.static.args, strict=True)
+    ):
+        node_defs = iter(d for d in arg_defs if d is not None)
+        for (_, leaf_range), s in zip(items, broadcast_prefix(spec, arg, where), strict=True):
             if leaf_range is None:
                 ord_specs.append(_unwrap(s))
                 continue
             start, stop = leaf_range
-            if start == stop and id(item) in first:
-                # The same object given again: its leaves already have specs, which must agree.
-                start, stop = first[id(item)]
-                again = node_leaf_specs(s, extraction.paths[start:stop], extraction.leaves[start:stop])
-                if again != leaf_specs[start:stop]:
-                    raise ValueError(
-                        f"{where}: Inconsistent aliasing: the same {type(item).__name__} is "
-                        f"passed more than once with different specs ({leaf_specs[start:stop]} "
-                        f"and {again}). Give every occurrence the same spec."
-                    )
-                continue
-            first.setdefault(id(item), (start, stop))
             leaf_specs[start:stop] = node_leaf_specs(
                 s, extraction.paths[start:stop], extraction.leaves[start:stop]
             )
+            for path, k in _references(next(node_defs), (), defs_by_index, set()):
+                leaf = f.objects[k]
+                again = node_leaf_specs(s, [path], [leaf])[0]
+                first = leaf_specs[leaf_of[id(leaf)]]
+                if again != first:
+                    here = "/".join(map(str, (f"args[{i}]", *path)))
+                    raise ValueError(
+                        f"{where}: Inconsistent aliasing detected for the {type(leaf).__name__} "
+                        f"reachable from two places with different specs:\n"
+                        f"  {f.where(k)}: {first}\n  {here}: {again}\n"
+                        "Give it the same spec from every place, or pass distinct Variables."
+                    )
     return leaf_specs, ord_specs
+
+
+def _defs_by_index(static_args: tuple) -> dict[int, Any]:
+    """The NodeDef / VariableDef of each object index, over all arguments' definitions."""
+    found: dict[int, Any] = {}
+
+    def walk(d: Any) -> None:
+        if isinstance(d, NodeDef):
+            found[d.index] = d
+            for _, c in d.children:
+                walk(c)
+        elif isinstance(d, VariableDef):
+            found[d.index] = d
+        elif isinstance(d, PytreeDef):
+            for c in d.children:
+                walk(c)
+
+    for _, defs in static_args:
+        for d in defs:
+            if d is not None:
+                walk(d)
+    return found
+
+
+def _references(d: Any, path: tuple, defs_by_index: dict, seen: set) -> list[tuple[tuple, int]]:
+    """``(path, object index)`` of the Variables that ``d`` reaches through references to
+    objects defined elsewhere (a shared Variable or submodule), with their paths in ``d``."""
+    if isinstance(d, RefDef):
+        target = defs_by_index.get(d.index)
+        if isinstance(target, VariableDef):
+            return [(path, d.index)]
+        if target is None or d.index in seen:
+            return []
+        return _variables_of(target, path, defs_by_index, seen | {d.index})
+    out: list[tuple[tuple, int]] = []
+    if isinstance(d, NodeDef):
+        for key, c in d.children:
+            out.extend(_references(c, (*path, key), defs_by_index, seen))
+    elif isinstance(d, PytreeDef):
+        keys = [k for k, _ in pytree_children(d.treedef.unflatten(list(d.children)))[0]]
+        for key, c in zip(keys, d.children, strict=True):
+            out.extend(_references(c, (*path, key), defs_by_index, seen))
+    return out
+
+
+def _variables_of(d: Any, path: tuple, defs_by_index: dict, seen: set) -> list[tuple[tuple, int]]:
+    """Every Variable reachable from ``d`` (its own and referenced ones), with paths."""
+    if isinstance(d, VariableDef):
+        return [(path, d.index)]
+    if isinstance(d, RefDef):
+        return _references(d, path, defs_by_index, seen)
+    out: list[tuple[tuple, int]] = []
+    if isinstance(d, NodeDef):
+        for key, c in d.children:
+            out.extend(_variables_of(c, (*path, key), defs_by_index, seen))
+    elif isinstance(d, PytreeDef):
+        keys = [k for k, _ in pytree_children(d.treedef.unflatten(list(d.children)))[0]]
+        for key, c in zip(keys, d.children, strict=True):
+            out.extend(_variables_of(c, (*path, key), defs_by_index, seen))
+    return out
 
 
 class StateSpecs:
@@ -295,4 +414,4 @@ def output_value_specs(out: Any, spec: Any, where: str) -> dict[int, Any]:
     return found
 
 
-__all__ = ["PrefixState", "StateSharding", "prefix"]
+__all__ = ["Carry", "PrefixState", "StateAxes", "StateSharding", "prefix"]

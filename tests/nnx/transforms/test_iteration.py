@@ -79,14 +79,20 @@ def test_vmap_broadcast_model_and_stateaxes():
     np.testing.assert_allclose(ys2, ys, rtol=1e-6)
 
 
-def test_vmap_rejects_stateaxes_structure_change():
-    m = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
-
+def test_vmap_new_state_under_stateaxes_takes_the_axis_its_filters_give():
     def f(m, x):
-        m.extra = nnx.Param(x)
+        m.extra = nnx.Param(x * 2)
         return x
 
-    with pytest.raises(ValueError, match="StateAxes"):
+    m = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    kernel = m.kernel[...]
+    axes = nnx.StateAxes({nnx.PathContains("extra"): 0, ...: None})
+    nnx.vmap(f, in_axes=(axes, 0))(m, jnp.arange(3.0))
+    np.testing.assert_allclose(m.extra[...], [0.0, 2.0, 4.0])  # stacked along axis 0
+    assert m.kernel[...] is kernel  # broadcast state unchanged
+
+    m = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="batched"):  # a broadcast axis for batched state
         nnx.vmap(f, in_axes=(nnx.StateAxes({...: None}), 0))(m, jnp.ones(3))
 
 
