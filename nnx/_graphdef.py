@@ -348,7 +348,10 @@ class Flattener:
         children = []
         for key, child in node._graph_items():
             forced = node._graph_forced(key)
-            if forced == "static" or (forced is None and type(child) in _STATIC_EXACT):
+            if (
+                forced == "static" or (forced is None and type(child) in _STATIC_EXACT)
+                or (forced == "reference" and self.tree)  # see Optimizer._graph_forced
+            ):
                 children.append((key, Static(child)))  # the common case, without a call
             else:
                 children.append((key, self.flatten(

@@ -12,8 +12,9 @@ class GraphNode:
     ``_graph_set``/``_graph_del`` (mutation without version bumps, for write-back), and
     ``_graph_create``/``_graph_fill`` (build an instance from children, for merge).
     ``_graph_forced(key)`` is ``"data"`` or ``"static"`` for a child marked so (with
-    ``nnx.data`` / ``nnx.static``, or declared by its class) and None when its kind follows its
-    value. ``_plain`` is False for a node made as such; the tracked List/Dict that replaced a
+    ``nnx.data`` / ``nnx.static``, or declared by its class), ``"reference"`` for a child that
+    graph mode walks and tree mode keeps static (``Optimizer.model``), and None when its kind
+    follows its value. ``_plain`` is False for a node made as such; the tracked List/Dict that replaced a
     plain list or dict has ``"data"`` or ``"static"`` there, the kind the original had.
     """
 

@@ -145,11 +145,12 @@ def shard_value(value: Any, placement: Any, mesh: Mesh | None = None) -> Any:
             return jax.lax.with_sharding_constraint(value, placement)
         return jax.device_put(value, placement)
     names = tuple(placement)
-    if len(names) != len(value.shape):
+    if len(names) > len(value.shape):
         raise ValueError(
             f"sharding {names} names {len(names)} dimensions but the value has shape "
             f"{tuple(value.shape)}"
         )
+    names += (None,) * (len(value.shape) - len(names))  # trailing dimensions unsharded, as in jax
     spec = PartitionSpec(*names)
     if tracing:
         target = mesh if mesh is not None else _context_mesh()

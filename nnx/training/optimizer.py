@@ -186,6 +186,14 @@ class Optimizer(Object):
         self.step.value = self.step.value + 1
         return updates
 
+    def _graph_forced(self, key: Any) -> str | None:
+        # The model travels with the optimizer in graph mode (``optimizer.update(grads)``
+        # inside nnx.jit); in tree mode it is a reference only, as Flax 0.12's Optimizer keeps
+        # none: the model is passed on its own there, and a pytree cannot share its Variables.
+        if key == "model":
+            return "reference"
+        return super()._graph_forced(key)
+
     def _check_same_layout(self, model: Any, params: list[tuple[Path, Any]]) -> None:
         ours = [(p, jnp.shape(v)) for p, v in self._params(self.model)]
         theirs = [(p, jnp.shape(v)) for p, v in params]

@@ -25,10 +25,15 @@ def test_partition_specs_from_metadata():
     assert nnx.get_partition_spec(legacy).get_value() == P("model")
 
 
-def test_names_must_match_the_value_rank():
-    init = nnx.with_partitioning(nnx.initializers.zeros_init(), ("model",))
-    with pytest.raises(ValueError, match="names 1 dimensions but the value has shape"):
-        nnx.Param(init(None, (2, 3)))
+def test_names_may_cover_leading_dimensions_only_but_not_more_than_the_rank():
+    mesh = _mesh()
+    with jax.set_mesh(mesh):
+        init = nnx.with_partitioning(nnx.initializers.zeros_init(), ("model",))
+        p = nnx.Param(init(None, (2, 3)))  # trailing dimension unsharded, as jax reads it
+        assert p[...].sharding.spec == P("model", None)
+        init = nnx.with_partitioning(nnx.initializers.zeros_init(), ("model", None, None))
+        with pytest.raises(ValueError, match="names 3 dimensions but the value has shape"):
+            nnx.Param(init(None, (2, 3)))
 
 
 def _mesh():
