@@ -475,3 +475,15 @@ def test_compiled_programs_are_bounded():
     assert len(f._programs) == 3
     kept = [static_args for _, static_args, *_ in f._programs._items]
     assert kept[-1] == ((1, 4),)  # the newest is kept, the oldest dropped
+
+
+def test_cached_partial_calls_with_the_cached_objects_through_the_fast_path():
+    m = Lin(3, 2)
+    step = nnx.jit(lambda m, x: m(x))
+    cached = nnx.cached_partial(step, m)
+    x = jnp.ones((1, 3))
+    np.testing.assert_allclose(cached(x), x @ m.w[...] + m.b[...], rtol=1e-6)
+    cached(x)
+    assert step._fast is not None and int(m.count[...]) == 2
+    with pytest.raises(ValueError, match="graph-mode-only"):
+        nnx.cached_partial(step, m, graph=False)
