@@ -119,6 +119,15 @@ def _concrete_mesh() -> Mesh | None:
     return None if mesh is None or mesh.empty else mesh
 
 
+def _inside_a_trace() -> bool:
+    """Whether a JAX trace is active (a constant made there is still placed by constraint)."""
+    try:
+        jax.sharding.get_mesh()
+    except ValueError:  # jax refuses the concrete mesh inside jit
+        return True
+    return False
+
+
 def _check_axis_types(mesh: Any) -> None:
     types = set(getattr(mesh, "axis_types", ()))
     if AxisType.Explicit in types and AxisType.Auto in types:
@@ -134,7 +143,7 @@ def shard_value(value: Any, placement: Any, mesh: Mesh | None = None) -> Any:
     is returned as it is (the names stay recorded in the metadata)."""
     if not hasattr(value, "shape"):
         return value
-    tracing = isinstance(value, jax.core.Tracer)
+    tracing = isinstance(value, jax.core.Tracer) or _inside_a_trace()
     if isinstance(placement, Format):
         if tracing:
             return jax.lax.with_sharding_constraint(value, placement)

@@ -404,6 +404,14 @@ class Variable(Generic[A]):
     def size(self) -> int:
         return int(np.prod(self.shape))
 
+    def add_axis(self, axis_index: int, axis_name: Any) -> None:
+        """Called after a transform (vmap, scan with ``transform_metadata``) added a mapped axis
+        at ``axis_index``; a hook for subclasses, nothing by default."""
+
+    def remove_axis(self, axis_index: int, axis_name: Any) -> None:
+        """Called when a transform takes the mapped axis at ``axis_index`` away for its
+        function; a hook for subclasses, nothing by default."""
+
     def copy(self, value: Any = ..., **metadata: Any) -> Variable:
         """A new Variable of the same type: same value (or ``value``) and metadata, updated."""
         return build_variable(

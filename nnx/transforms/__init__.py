@@ -1,6 +1,7 @@
 """JAX transforms that understand graph nodes; ``__all__`` is re-exported at the top of ``nnx``."""
 
 from nnx.transforms.autodiff import DiffState, checkpoint, grad, remat, value_and_grad
+from nnx.transforms.axis_metadata import transform_metadata
 from nnx.transforms.checking import checkify, make_jaxpr
 from nnx.transforms.control import cond, eval_shape, shard_map, switch
 from nnx.transforms.custom_vjp import custom_vjp
@@ -17,5 +18,5 @@ __all__ = [
     "Carry", "DiffState", "StateAxes", "StateSharding", "checkpoint", "cond", "custom_vjp", "eval_shape", "fori_loop", "grad",
     "jit", "jit_partial", "pmap", "prefix", "PrefixState", "remat", "restore_rngs", "scan",
     "shard_map", "split_rngs", "SplitBackups", "switch", "value_and_grad", "vmap", "while_loop",
-    "cached_partial", "checkify", "jvp", "make_jaxpr", "vjp",
+    "cached_partial", "transform_metadata", "checkify", "jvp", "make_jaxpr", "vjp",
 ]

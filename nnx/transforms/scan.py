@@ -26,6 +26,7 @@ from nnx._graphdef import count_leaves
 from nnx._modes import Mode
 from nnx._modes import resolve as resolve_mode
 from nnx.transforms import prefixes
+from nnx.transforms.axis_metadata import call_with_axis_metadata
 from nnx.transforms.lift import (
     Extraction,
     apply,
@@ -268,6 +269,7 @@ def scan(
     unroll: int | bool = 1,
     in_axes: Any = (Carry, 0),
     out_axes: Any = (Carry, 0),
+    transform_metadata: Any = None,
     graph: bool | None = None,
     graph_updates: bool | None = None,
 ) -> Any:
@@ -280,12 +282,15 @@ def scan(
         those, or for a Module a ``StateAxes`` / ``nnx.prefix``; or one value for all.
       out_axes: per output ``nnx.Carry`` or an int axis; one value: the function returns only
         the carry (``nnx.Carry``) or only stacked outputs.
+      transform_metadata: ``{nnx.PARTITION_NAME: name, ...}``: the scanned axis's entry in the
+        Variables' ``out_sharding`` (see ``nnx.transform_metadata``).
       graph / graph_updates: graph or tree mode, and whether structure changes are carried out.
     """
     if f is None:
         return lambda fn: scan(
             fn, length=length, reverse=reverse, unroll=unroll, in_axes=in_axes,
-            out_axes=out_axes, graph=graph, graph_updates=graph_updates,
+            out_axes=out_axes, transform_metadata=transform_metadata, graph=graph,
+            graph_updates=graph_updates,
         )
     reject_bound_method(f, "scan")
     mode = resolve_mode(graph, graph_updates)
@@ -294,6 +299,10 @@ def scan(
     _check_axes(in_axes, out_axes)
     scan_kwargs = dict(length=length, reverse=reverse, unroll=unroll)
     programs = ProgramCache()
+    inner = f
+    if transform_metadata:
+        def inner(*args: Any) -> Any:
+            return call_with_axis_metadata(f, args, {}, in_axes, out_axes, transform_metadata)
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -303,7 +312,7 @@ def scan(
         plan = _Plan(extraction, args, arg_axes, mode)
         run = programs.get(
             (extraction.static, plan.key()),
-            lambda: jax.jit(_build_run(f, extraction, plan, out_axes, mode, scan_kwargs)),
+            lambda: jax.jit(_build_run(inner, extraction, plan, out_axes, mode, scan_kwargs)),
         )
         ordinary = [None if j in plan.static_ord else x for j, x in enumerate(extraction.ordinary)]
         leaf_values, carry_ord, y_ord, box = run(extraction.leaf_values(), ordinary)

@@ -32,6 +32,7 @@ from nnx._graphdef import (
 from nnx._modes import Mode
 from nnx._modes import resolve as resolve_mode
 from nnx.transforms import prefixes
+from nnx.transforms.axis_metadata import call_with_axis_metadata
 from nnx.transforms.lift import (
     CallInfo,
     Extraction,
@@ -163,10 +164,14 @@ def _n_out_leaves(info: CallInfo) -> int:
 
 def mapped(
     jax_transform: Callable[..., Any], f: Callable[..., Any], in_axes: Any, out_axes: Any,
-    name: str, mode: Mode, **transform_kwargs: Any,
+    name: str, mode: Mode, transform_metadata: Any = None, **transform_kwargs: Any,
 ) -> Callable[..., Any]:
     """The shared body of ``vmap`` and ``pmap``."""
     reject_bound_method(f, name)
+    inner = f
+    if transform_metadata:
+        def inner(*args: Any) -> Any:
+            return call_with_axis_metadata(f, args, {}, in_axes, out_axes, transform_metadata)
     prefixes.check_prefix(in_axes, "in_axes", name, mode)
     prefixes.check_prefix(out_axes, "out_axes", name, mode)
     programs = ProgramCache()
@@ -189,7 +194,7 @@ def mapped(
             return state_axes, node_axes, out_ord_axes
 
         def make() -> Any:
-            pure = _make_pure(f, extraction.static, len(values))
+            pure = _make_pure(inner, extraction.static, len(values))
             if jax_transform is jax.pmap:
                 # One trace: every output leaves on the device axis; the axes are applied
                 # after the call (None: one device's copy, as jax.pmap gives).
@@ -197,8 +202,9 @@ def mapped(
             # vmap needs the real output axes up front (a broadcast axis for a batched value
             # is an error): learn the output structure by an abstract trace with every output
             # on axis 0.
+            # (without the metadata transform, whose Variable hooks must run once per call)
             zeros = jax.vmap(
-                pure, in_axes=(leaf_axes, ord_axes), out_axes=0,
+                _make_pure(f, extraction.static, len(values)), in_axes=(leaf_axes, ord_axes), out_axes=0,
                 axis_name=transform_kwargs.get("axis_name"),
                 axis_size=transform_kwargs.get("axis_size"),
             )
@@ -246,6 +252,7 @@ def vmap(
     axis_name: Any = None,
     axis_size: int | None = None,
     spmd_axis_name: Any = None,
+    transform_metadata: Any = None,
     graph: bool | None = None,
     graph_updates: bool | None = None,
 ) -> Any:
@@ -258,16 +265,20 @@ def vmap(
         for all arguments.
       out_axes: a prefix of axes for the output (Modules included).
       axis_name, axis_size, spmd_axis_name: as in ``jax.vmap``.
+      transform_metadata: ``{nnx.PARTITION_NAME: name, ...}``: the mapped axis's entry in the
+        Variables' ``out_sharding`` (see ``nnx.transform_metadata``).
       graph / graph_updates: graph or tree mode, and whether structure changes are carried out.
     """
     if f is None:
         return lambda fn: vmap(
             fn, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size,
-            spmd_axis_name=spmd_axis_name, graph=graph, graph_updates=graph_updates,
+            spmd_axis_name=spmd_axis_name, transform_metadata=transform_metadata, graph=graph,
+            graph_updates=graph_updates,
         )
     return mapped(
         jax.vmap, f, in_axes, out_axes, "vmap", resolve_mode(graph, graph_updates),
-        axis_name=axis_name, axis_size=axis_size, spmd_axis_name=spmd_axis_name,
+        transform_metadata, axis_name=axis_name, axis_size=axis_size,
+        spmd_axis_name=spmd_axis_name,
     )
 
 
