@@ -131,6 +131,17 @@ class _LeafCounter(DefVisitor):
 _COUNTER = _LeafCounter()
 
 
+def child_defs(d: Any) -> list[tuple[Any, Any]]:
+    """The ``(key, definition)`` children of a NodeDef or PytreeDef (none for other entries),
+    with the keys that the paths of their leaves use."""
+    if isinstance(d, NodeDef):
+        return list(d.children)
+    if isinstance(d, PytreeDef):
+        keys = [k for k, _ in pytree_children(d.treedef.unflatten(list(d.children)))[0]]
+        return list(zip(keys, d.children, strict=True))
+    return []
+
+
 def count_leaves(d: Any) -> int:
     """How many leaves (Variables and raw arrays) the entry ``d`` defines."""
     return _COUNTER.visit(d)

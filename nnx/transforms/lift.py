@@ -293,16 +293,7 @@ def collect(
     has_out_nodes = any(d is not None for d in out_defs)
     updated = None
     if not changed and input_values is not None:
-        n_in = len(input_values)
-        updated = tuple(
-            i for i in range(n_in)
-            if values[i] is not input_values[i] or (always_return and always_return[i])
-        )
-        if constrain is not None:
-            for i in updated:
-                values[i] = constrain.input(i, values[i])
-        if not keep_all:
-            values = [values[i] for i in updated] + values[n_in:]
+        values, updated = _returned_inputs(values, input_values, always_return, keep_all, constrain)
     elif constrain is not None:
         for arg, (start, stop) in enumerate(arg_ranges):
             for k in range(start, stop):
@@ -311,6 +302,25 @@ def collect(
         CallInfo(in_defs, out_treedef, tuple(out_defs), pre_of_post, changed, has_out_nodes, updated)
     )
     return values, out_ordinary, box
+
+
+def _returned_inputs(
+    values: list[Any], input_values: Sequence[Any], always_return: Sequence[bool] | None,
+    keep_all: bool, constrain: Any,
+) -> tuple[list[Any], tuple[int, ...]]:
+    """Which input leaves a call returns (those replaced, or marked ``always_return``) and the
+    values to return: only those (followed by any further ones), or all with ``keep_all``."""
+    n_in = len(input_values)
+    updated = tuple(
+        i for i in range(n_in)
+        if values[i] is not input_values[i] or (always_return and always_return[i])
+    )
+    if constrain is not None:
+        for i in updated:
+            values[i] = constrain.input(i, values[i])
+    if not keep_all:
+        values = [values[i] for i in updated] + values[n_in:]
+    return values, updated
 
 
 def _input_defs(static: ArgsDef) -> tuple:
@@ -365,16 +375,7 @@ def _collect_values(
             )
     updated = None
     if input_values is not None:
-        n_in = len(input_values)
-        updated = tuple(
-            i for i in range(n_in)
-            if values[i] is not input_values[i] or (always_return and always_return[i])
-        )
-        if constrain is not None:
-            for i in updated:
-                values[i] = constrain.input(i, values[i])
-        if not keep_all:
-            values = [values[i] for i in updated]
+        values, updated = _returned_inputs(values, input_values, always_return, keep_all, constrain)
     values += [x._raw_value if isinstance(x, Variable) else x for x in g.leaves]
     has_out_nodes = any(d is not None for d in out_defs)
     info = CallInfo(in_defs, out_treedef, tuple(out_defs), (), False, has_out_nodes, updated)

@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec, Sharding
 
 from nnx import filterlib
 from nnx import graph as graphlib
-from nnx._graphdef import NodeDef, PytreeDef, RefDef, VariableDef, pytree_children
+from nnx._graphdef import NodeDef, PytreeDef, RefDef, VariableDef, child_defs, pytree_children
 from nnx._modes import resolve as resolve_mode
 from nnx._typing import key_from_path_entry, path_str
 from nnx.object import GraphNode
@@ -343,15 +343,10 @@ def _references(d: Any, path: tuple, defs_by_index: dict, seen: set) -> list[tup
         if target is None or d.index in seen:
             return []
         return _variables_of(target, path, defs_by_index, seen | {d.index})
-    out: list[tuple[tuple, int]] = []
-    if isinstance(d, NodeDef):
-        for key, c in d.children:
-            out.extend(_references(c, (*path, key), defs_by_index, seen))
-    elif isinstance(d, PytreeDef):
-        keys = [k for k, _ in pytree_children(d.treedef.unflatten(list(d.children)))[0]]
-        for key, c in zip(keys, d.children, strict=True):
-            out.extend(_references(c, (*path, key), defs_by_index, seen))
-    return out
+    return [
+        found for key, c in child_defs(d)
+        for found in _references(c, (*path, key), defs_by_index, seen)
+    ]
 
 
 def _variables_of(d: Any, path: tuple, defs_by_index: dict, seen: set) -> list[tuple[tuple, int]]:
@@ -360,15 +355,10 @@ def _variables_of(d: Any, path: tuple, defs_by_index: dict, seen: set) -> list[t
         return [(path, d.index)]
     if isinstance(d, RefDef):
         return _references(d, path, defs_by_index, seen)
-    out: list[tuple[tuple, int]] = []
-    if isinstance(d, NodeDef):
-        for key, c in d.children:
-            out.extend(_variables_of(c, (*path, key), defs_by_index, seen))
-    elif isinstance(d, PytreeDef):
-        keys = [k for k, _ in pytree_children(d.treedef.unflatten(list(d.children)))[0]]
-        for key, c in zip(keys, d.children, strict=True):
-            out.extend(_variables_of(c, (*path, key), defs_by_index, seen))
-    return out
+    return [
+        found for key, c in child_defs(d)
+        for found in _variables_of(c, (*path, key), defs_by_index, seen)
+    ]
 
 
 class StateSpecs:

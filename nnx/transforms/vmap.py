@@ -21,14 +21,7 @@ from typing import Any
 import jax
 
 from nnx import graph as graphlib
-from nnx._graphdef import (
-    LeafDef,
-    NodeDef,
-    PytreeDef,
-    RefDef,
-    VariableDef,
-    pytree_children,
-)
+from nnx._graphdef import LeafDef, RefDef, VariableDef, child_defs
 from nnx._modes import Mode
 from nnx._modes import resolve as resolve_mode
 from nnx.transforms import prefixes
@@ -66,15 +59,7 @@ def leaf_shapes(d: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
         return [(path, build_variable(d.type, None, {k: s.value for k, s in d.metadata}))]
     if isinstance(d, LeafDef):
         return [(path, None)]
-    out: list[tuple[tuple, Any]] = []
-    if isinstance(d, NodeDef):
-        for key, child in d.children:
-            out.extend(leaf_shapes(child, (*path, key)))
-    elif isinstance(d, PytreeDef):
-        keys = [k for k, _ in pytree_children(d.treedef.unflatten(list(d.children)))[0]]
-        for key, child in zip(keys, d.children, strict=True):
-            out.extend(leaf_shapes(child, (*path, key)))
-    return out
+    return [shape for key, child in child_defs(d) for shape in leaf_shapes(child, (*path, key))]
 
 
 def _state_axes(
