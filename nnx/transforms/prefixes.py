@@ -193,22 +193,9 @@ def prefix(node: Any, filter_map: Any, /, *, graph: bool | None = None) -> Any:
     can be given to the transforms as the prefix of that argument.
     """
     mode = resolve_mode(graph, None)
-    if callable(filter_map) and not isinstance(filter_map, Mapping):
-        choose = filter_map
-    else:
-        filters = tuple(filter_map)
-        predicates = filterlib.filters_to_predicates(filters)
-        values = tuple(filter_map.values())
-
-        def choose(path: tuple, leaf: Any) -> Any:
-            for pred, value in zip(predicates, values, strict=True):
-                if pred(path, leaf):
-                    return value
-            raise ValueError(
-                f"nnx.prefix: No filter matched the {type(leaf).__name__} at "
-                f"'{path_str(path)}' (filters: {filters!r}); add `...: value` last for the rest."
-            )
-
+    choose = _chooser(filter_map)
+    if isinstance(node, Variable):  # a single Variable: its value's prefix itself
+        return choose((), node)
     if mode.graph:
         # Each graph node in ``node`` (a node, or a pytree holding nodes) becomes a PrefixState.
         def of_node(x: Any) -> Any:
@@ -223,6 +210,26 @@ def prefix(node: Any, filter_map: Any, /, *, graph: bool | None = None) -> Any:
         lambda kp, x: choose(tuple(key_from_path_entry(k) for k in kp), x), node,
         is_leaf=lambda x: isinstance(x, Variable),
     )
+
+
+def _chooser(filter_map: Any) -> Any:
+    """``(path, leaf) -> value`` from a filter mapping (first match) or a callable."""
+    if callable(filter_map) and not isinstance(filter_map, Mapping):
+        return filter_map
+    filters = tuple(filter_map)
+    predicates = filterlib.filters_to_predicates(filters)
+    values = tuple(filter_map.values())
+
+    def choose(path: tuple, leaf: Any) -> Any:
+        for pred, value in zip(predicates, values, strict=True):
+            if pred(path, leaf):
+                return value
+        raise ValueError(
+            f"nnx.prefix: No filter matched the {type(leaf).__name__} at "
+            f"'{path_str(path)}' (filters: {filters!r}); add `...: value` last for the rest."
+        )
+
+    return choose
 
 
 def _child(parent: Any, key: Any) -> Any:
@@ -303,8 +310,8 @@ def argument_leaf_specs(
                 if again != first:
                     here = "/".join(map(str, (f"args[{i}]", *path)))
                     raise ValueError(
-                        f"{where}: Inconsistent aliasing detected for the {type(leaf).__name__} "
-                        f"reachable from two places with different specs:\n"
+                        "Inconsistent aliasing detected. The following nodes have different "
+                        f"prefixes ({where}): the {type(leaf).__name__} reachable from\n"
                         f"  {f.where(k)}: {first}\n  {here}: {again}\n"
                         "Give it the same spec from every place, or pass distinct Variables."
                     )
