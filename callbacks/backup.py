@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from callbacks.base import Callback
-from callbacks.store import CheckpointStore
+from checkpointing import CheckpointStore
 
 
 class BackupAndRestore(Callback):
@@ -53,9 +53,8 @@ class BackupAndRestore(Callback):
 
     # Batch-frequency backups read no logs, so they cause no per-batch host sync.
     pulls_batch_logs = True
-    # The Trainer runs checkpointing callbacks after the others (see ``Trainer.callbacks``).
     saves_checkpoints = True
-    # The Trainer restores from ``latest_state()`` whenever fit starts, without resume=True.
+    provides_checkpoints = True
     restores_automatically = True
 
     def __init__(

@@ -20,7 +20,27 @@ class Callback:
 
     ``self.trainer`` and ``self.model`` are set before ``on_train_begin``; ``self.params`` holds
     ``epochs``, ``steps`` and ``verbose``. Set ``self.trainer.stop_training = True`` to stop.
+
+    What a callback asks of the Trainer is declared by the class attributes below (override
+    them in a subclass); the Trainer reads nothing else.
     """
+
+    #: The batch hooks take ``logs=None``: the callback reads the running logs with
+    #: ``trainer.batch_logs()`` when it needs them, so the Trainer does not fetch them from the
+    #: device after every step. False: each batch hook gets that step's logs (a host sync).
+    pulls_batch_logs: bool = False
+    #: The batch hooks may run after a block of fused steps (one call per step, after the
+    #: block, with the model as of the block's end). ``steps_per_execution="auto"`` fuses steps
+    #: only while every batch hook of the call allows it. False: hooks see every step as it runs.
+    fusable_batch_hooks: bool = False
+    #: The callback writes checkpoints: it runs after the other callbacks, so that their state
+    #: is saved as of the same step.
+    saves_checkpoints: bool = False
+    #: ``latest_state()`` returns the callback's newest checkpoint: ``fit(resume=True)`` loads it.
+    provides_checkpoints: bool = False
+    #: ``fit`` loads ``latest_state()`` whenever it starts, with or without ``resume=True``
+    #: (``BackupAndRestore``).
+    restores_automatically: bool = False
 
     def __init__(self) -> None:
         self.trainer: Any = None
@@ -54,6 +74,10 @@ class Callback:
     def on_predict_end(self, logs: dict[str, float] | None = None) -> None: ...
     def on_predict_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None: ...
     def on_predict_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None: ...
+
+    def latest_state(self) -> dict[str, Any] | None:
+        """The newest checkpoint tree this callback can give (``provides_checkpoints``)."""
+        return None
 
     # Checkpointed callbacks (EarlyStopping's counters, say) save and restore their progress.
     def state_dict(self) -> dict[str, Any]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import orbax.checkpoint as ocp
-
 from callbacks._monitor import improves, monitored_value, resolve_mode, warn_missing_monitor
 from callbacks.base import Callback
-from callbacks.store import CheckpointStore
+from checkpointing import CheckpointStore
 
 
 class ModelCheckpoint(Callback):
@@ -66,8 +64,8 @@ class ModelCheckpoint(Callback):
 
     # A batch-frequency checkpoint reads logs only when it saves (see ``on_train_batch_end``).
     pulls_batch_logs = True
-    # The Trainer runs checkpointing callbacks after the others (see ``Trainer.callbacks``).
     saves_checkpoints = True
+    provides_checkpoints = True
 
     def overrides(self, hook: str) -> bool:
         """Batch hooks only when ``save_freq`` is a number of batches."""
@@ -76,7 +74,7 @@ class ModelCheckpoint(Callback):
         return super().overrides(hook)
 
     @property
-    def manager(self) -> ocp.CheckpointManager:
+    def manager(self) -> Any:
         """The orbax ``CheckpointManager`` over ``directory`` (created on first use)."""
         return self._store.manager
 

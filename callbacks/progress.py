@@ -33,6 +33,7 @@ class ProgressBar(Callback):
     """
 
     pulls_batch_logs = True  # the Trainer may pass logs=None; the bar fetches when it redraws
+    fusable_batch_hooks = True  # a display: counting steps after a fused block is as good
 
     def __init__(
         self,

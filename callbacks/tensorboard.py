@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
-from tensorboardX import SummaryWriter
 
 import nnx
 from callbacks.base import Callback
@@ -48,7 +48,7 @@ class TensorBoard(Callback):
         self.log_dir = os.fspath(log_dir)
         self.update_freq = update_freq
         self.histogram_freq = histogram_freq
-        self._writers: dict[str, SummaryWriter] = {}
+        self._writers: dict[str, Any] = {}
         self._batches_seen = 0
 
     # With update_freq=N the batch logs are fetched only every N batches (trainer.batch_logs()).
@@ -60,8 +60,11 @@ class TensorBoard(Callback):
             return self.update_freq != "epoch"
         return super().overrides(hook)
 
-    def _writer(self, run: str) -> SummaryWriter:
+    def _writer(self, run: str) -> Any:
+        """The tensorboardX ``SummaryWriter`` of ``run`` (tensorboardX is imported on first use)."""
         if run not in self._writers:
+            from tensorboardX import SummaryWriter
+
             self._writers[run] = SummaryWriter(logdir=os.path.join(self.log_dir, run))
         return self._writers[run]
 

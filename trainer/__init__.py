@@ -1,6 +1,7 @@
 """trainer: compiled Keras-style fit / evaluate / predict over an nnx Module and optax."""
 
-from trainer.steps import TrainState
+from trainer.model_state import TrainState
+from trainer.steps import StepContext
 from trainer.trainer import Trainer
 
-__all__ = ["Trainer", "TrainState"]
+__all__ = ["StepContext", "Trainer", "TrainState"]

@@ -9,11 +9,9 @@ batches, a generator, grain ``MapDataset`` / ``IterDataset`` / ``DataLoader``) i
 
 from __future__ import annotations
 
-import base64
 import collections
 import dataclasses
 import itertools
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -443,35 +441,3 @@ def shapes_of(batch: Any) -> Any:
     """A hashable description of a batch's structure and leaf shapes/dtypes."""
     leaves, treedef = jax.tree.flatten(batch)
     return treedef, tuple((tuple(np.shape(x)), str(np.asarray(x).dtype) if not hasattr(x, "dtype") else str(x.dtype)) for x in leaves)
-
-
-# -- iterator states in checkpoints ------------------------------------------------------
-
-
-def encode_iterator_state(state: Any) -> str:
-    """A string holding an iterator's ``get_state()`` (a JSON-able dict, or bytes as grain's
-    ``DataLoader`` gives), so that it is stored as plain checkpoint metadata."""
-    if isinstance(state, bytes | bytearray):
-        return "bytes:" + base64.b64encode(bytes(state)).decode("ascii")
-    return "json:" + json.dumps(state, default=_json_default)
-
-
-def decode_iterator_state(text: str) -> Any:
-    """The state that ``encode_iterator_state`` encoded."""
-    kind, _, body = text.partition(":")
-    if kind == "bytes":
-        return base64.b64decode(body)
-    if kind == "json":
-        return json.loads(body)
-    raise ValueError(f"Unknown data-iterator state in the checkpoint: {text[:40]!r}.")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(
-        f"The data iterator's get_state() holds a {type(value).__name__}, which cannot be "
-        "stored in a checkpoint; it must hold JSON values (or be bytes)."
-    )

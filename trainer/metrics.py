@@ -70,9 +70,12 @@ NAMED: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 _CANONICAL = {"acc": "accuracy", "mean_absolute_error": "mae", "mean_squared_error": "mse"}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class MetricSpec:
-    """One metric: a named per-example function, or an nnx metric object (split once)."""
+    """One metric: a named per-example function, or an nnx metric object (split once).
+
+    Identity-hashed: the specs are resolved once per Trainer and are part of the compiled
+    steps' cache key through ``StepContext``."""
 
     name: str
     fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None

@@ -1,252 +1,64 @@
-"""The pure pieces of the compiled steps: the model's State as flat leaves, merge and read-back,
-and the wrappers that gather a batch on the device, run a step (or ``lax.scan`` over several),
-and advance the batch position.
+"""The default train, eval and predict steps: pure functions of an explicit ``StepContext``.
 
-The model is split once per ``fit``/``evaluate``/``predict`` into a ``ModelSpec`` (static: the
-GraphDefs of train and eval mode, which leaves are trained) and arrays: the trained leaves as a
-nested dict (what optax sees, shaped like ``nnx.state(model, wrt)``) and the other leaves
-(BatchNorm statistics, RNG counters, frozen parameters) as a tuple.
+A step takes a ``TrainState`` and a batch and returns the new state and the running logs (the
+predict step returns the outputs). Everything a step depends on besides its arguments is in the
+``StepContext``: the model's spec, the mode, the optax transformation, the loss, the metrics and
+the batch keys. The Trainer's overridable methods (``compute_loss``, ``train_step``, ...) call
+these functions with the context of the compiled call being traced (``Trainer.context``), and the
+compiled forms are cached by that context (see ``compiled.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+import optax
 
-import nnx
 from trainer import data as datalib
+from trainer import metrics as metriclib
+from trainer import model_state
+from trainer.model_state import FIRST_NONFINITE, NONFINITE, STEP, ModelSpec, TrainState
 
-Path = tuple[Any, ...]
+ComputeLoss = Callable[[Any, Any], tuple[jax.Array, dict[str, Any]]]
 
 
-class TrainState(NamedTuple):
-    """Everything a compiled step reads and returns (a pytree of arrays).
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """What a compiled step closes over (hashable: it is the compiled steps' cache key).
 
     Attributes:
-      params: the trained leaves, a nested dict like ``nnx.state(model, wrt).to_pure_dict()``.
-      others: the other leaves of the model, in GraphDef order.
-      opt_state: the optax state (None in evaluate / predict).
-      metrics: the running metrics (see ``metrics.init_state``): ``{"means": float32 (k, 2)
-        running (total, weight) rows, "objects": {name: metric-object leaves}}``; ``{}`` before
-        the first batch is seen.
-      counters: one int32 vector indexed by ``STEP``, ``POS`` (batch index in the epoch),
-        ``NONFINITE`` (steps with a non-finite loss) and ``FIRST_NONFINITE`` (the first such
-        step, or -1).
+      spec: the split model (identity-hashed; one per split).
+      training: the mode: train (Dropout on, BatchNorm batch statistics) or eval.
+      tx: the optax transformation applied by the train step (the user's, with the Trainer's
+        learning-rate multiplier chained after it); None outside training.
+      loss_fn: ``loss(predictions, targets)`` per example; None when ``compute_loss`` is
+        overridden and no loss was given.
+      metrics: the resolved metrics.
+      aux_keys: the scalar aux entries of ``compute_loss`` kept as running means.
+      keys: the names of the parts of dict batches.
     """
 
-    params: Any
-    others: tuple
-    opt_state: Any
-    metrics: dict
-    counters: jax.Array
+    spec: ModelSpec
+    training: bool
+    tx: optax.GradientTransformation | None
+    loss_fn: Callable[[Any, Any], jax.Array] | None
+    metrics: tuple[metriclib.MetricSpec, ...]
+    aux_keys: tuple[str, ...]
+    keys: datalib.BatchKeys
+
+    def merge(self, params: Any, others: tuple) -> Any:
+        """A model (inside the trace) from the state's arrays, in this context's mode."""
+        return model_state.merge(self.spec, params, others, self.training)
 
 
-# Each buffer a compiled step takes and returns costs dispatch time on every call, so the
-# scalars are packed: the counters into one int32 vector, the running means into one array.
-STEP, POS, NONFINITE, FIRST_NONFINITE = range(4)
-_NEXT_POS = np.array([0, 1, 0, 0], np.int32)  # an elementwise add fuses; .at[POS].add does not
-
-
-def new_counters(step: int = 0, pos: int = 0) -> jax.Array:
-    """Fresh counters on the device."""
-    return copy_arrays([np.array([step, pos, 0, -1], np.int32)])[0]
-
-
-@jax.jit
-def set_position(counters: jax.Array, pos: jax.Array) -> jax.Array:
-    """``counters`` with ``POS`` set to ``pos`` (jitted: an eager scatter dispatches slowly)."""
-    return counters.at[POS].set(pos)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ModelSpec:
-    """The static description of a split model (identity-hashed; one per split)."""
-
-    graphdef_train: Any
-    graphdef_eval: Any
-    paths: tuple[Path, ...]
-    param_order: tuple[int, ...]  # GraphDef leaf index of each trained leaf, in pytree order
-    other_index: tuple[int, ...]  # GraphDef leaf index of each other leaf
-    variables: tuple[Any, ...]  # the user's leaves (Variables or raw arrays), GraphDef order
-    train_kw: str | None  # 'train' or 'training' when the model's __call__ takes it
-    graphdef_given: Any = None  # the GraphDef in the mode the model was in when split
-
-    @property
-    def num_leaves(self) -> int:
-        return len(self.paths)
-
-    @property
-    def key(self) -> tuple:
-        """What the compiled code depends on (for the jit cache)."""
-        return (self.graphdef_train, self.graphdef_eval, self.param_order, self.other_index, self.train_kw)
-
-
-def _nest(paths: list[Path], values: list[Any]) -> dict[Any, Any]:
-    root: dict[Any, Any] = {}
-    for path, value in zip(paths, values, strict=True):
-        node = root
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return root
-
-
-def _raw(x: Any) -> Any:
-    return x.get_value() if isinstance(x, nnx.Variable) else x
-
-
-def train_keyword(model: Any) -> str | None:
-    """'train' or 'training' when ``model.__call__`` accepts that keyword, else None."""
-    if not callable(model):
-        return None
-    try:
-        params = inspect.signature(model).parameters
-    except (TypeError, ValueError):
-        return None
-    for name in ("train", "training"):
-        p = params.get(name)
-        if p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-            return name
-    return None
-
-
-def _mode_attributes(model: Any) -> list[tuple[Any, str, Any]]:
-    out = []
-    if not hasattr(model, "iter_modules"):
-        return out
-    for _, module in model.iter_modules():
-        for attr in ("deterministic", "use_running_average"):
-            if attr in vars(module):
-                out.append((module, attr, vars(module)[attr]))
-    return out
-
-
-def restore_mode(saved: list[tuple[Any, str, Any]]) -> None:
-    """Put back the mode attributes recorded by ``split_model``."""
-    for module, attr, value in saved:
-        if vars(module).get(attr, object()) is not value:
-            setattr(module, attr, value)
-
-
-def split_model(
-    model: Any, wrt: Any, previous: ModelSpec | None = None
-) -> tuple[ModelSpec, list[Any], list[tuple[Any, str, Any]]]:
-    """Split ``model`` into a ModelSpec and its leaves; also return its current mode to restore.
-
-    Sown ``nnx.Intermediate`` Variables are removed from the model first: they grow on every
-    call, so they cannot be part of a fixed State. ``previous`` (a spec of the same model) is
-    returned again when the model still has its GraphDef and Variables: one flatten instead of
-    switching modes twice.
-    """
-    if not isinstance(model, nnx.Module):
-        raise TypeError(f"Trainer(model=...) expects an nnx.Module, got {type(model).__name__}.")
-    graphdef_given, leaves = nnx.flatten(model)
-    if (
-        previous is not None
-        and graphdef_given == previous.graphdef_given
-        and all(a is b for a, b in zip(leaves, previous.variables, strict=True))
-    ):
-        return previous, leaves, _mode_attributes(model)
-    if len(nnx.state(model, nnx.Intermediate)):
-        nnx.pop(model, nnx.Intermediate)
-        graphdef_given, _ = nnx.flatten(model)
-    saved = _mode_attributes(model)
-    try:
-        model.eval()
-        graphdef_eval, _ = nnx.flatten(model)
-        model.train()
-        graphdef_train, leaves = nnx.flatten(model)
-    finally:
-        restore_mode(saved)
-    paths = graphdef_train.paths
-    predicate = nnx.filterlib.to_predicate(wrt)
-    trained = [i for i, (p, v) in enumerate(zip(paths, leaves, strict=True)) if isinstance(v, nnx.Variable) and predicate(p, v)]
-    if not trained:
-        kinds = sorted({type(v).__name__ for v in leaves})
-        raise ValueError(
-            f"Trainer(wrt={wrt!r}) matches no Variable of {type(model).__name__}; its leaves are "
-            f"of types {kinds}. Pass a filter that selects the Variables to train (e.g. nnx.Param)."
-        )
-    index_tree = _nest([paths[i] for i in trained], trained)
-    param_order = tuple(jax.tree.leaves(index_tree))
-    others = tuple(i for i in range(len(leaves)) if i not in set(trained))
-    spec = ModelSpec(
-        graphdef_train, graphdef_eval, tuple(paths), param_order, others, tuple(leaves), train_keyword(model),
-        graphdef_given,
-    )
-    return spec, leaves, saved
-
-
-@jax.jit
-def copy_arrays(values: list[jax.Array]) -> list[jax.Array]:
-    """Fresh buffers holding ``values`` (one dispatch instead of one per array)."""
-    return [jnp.copy(v) for v in values]
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def first_rows(batch: Any, rows: int) -> Any:
-    """The first ``rows`` rows of every leaf of an on-device batch (one dispatch)."""
-    return jax.tree.map(lambda a: a[:rows], batch)
-
-
-def initial_arrays(spec: ModelSpec, copy: bool) -> tuple[dict, tuple]:
-    """The trained leaves as a nested dict and the other leaves, copied when ``copy``."""
-    values = [_raw(v) for v in spec.variables]
-    if copy:
-        where = [i for i, v in enumerate(values) if hasattr(v, "shape")]
-        for i, v in zip(where, copy_arrays([values[i] for i in where]), strict=True):
-            values[i] = v
-    params = _nest([spec.paths[i] for i in spec.param_order], [values[i] for i in spec.param_order])
-    return params, tuple(values[i] for i in spec.other_index)
-
-
-def write_back(spec: ModelSpec, params: Any, others: tuple) -> None:
-    """Write arrays into the user's Variables (in place, identities kept)."""
-    for i, value in zip(spec.param_order, jax.tree.leaves(params), strict=True):
-        spec.variables[i].set_value(value)
-    for i, value in zip(spec.other_index, others, strict=True):
-        var = spec.variables[i]
-        if isinstance(var, nnx.Variable):
-            var.set_value(value)
-
-
-def merge(spec: ModelSpec, params: Any, others: tuple, training: bool) -> Any:
-    """A fresh model (inside a trace) from the arrays; ``training`` picks the GraphDef."""
-    leaves: list[Any] = [None] * spec.num_leaves
-    for i, value in zip(spec.param_order, jax.tree.leaves(params), strict=True):
-        leaves[i] = value
-    for i, value in zip(spec.other_index, others, strict=True):
-        leaves[i] = value
-    graphdef = spec.graphdef_train if training else spec.graphdef_eval
-    return nnx.unflatten(graphdef, leaves)
-
-
-def read_others(spec: ModelSpec, model: Any) -> tuple:
-    """The current values of the non-trained leaves of a merged model (sown Variables dropped)."""
-    graphdef, leaves = nnx.flatten(model)
-    by_path = dict(zip(graphdef.paths, leaves, strict=True))
-    out = []
-    for i in spec.other_index:
-        path = spec.paths[i]
-        if path not in by_path:
-            raise ValueError(
-                f"The model lost its Variable at '{'/'.join(map(str, path))}' during a step; "
-                "a step may change Variable values but not remove them."
-            )
-        out.append(_raw(by_path[path]))
-    return tuple(out)
-
-
-def call_model(model: Any, inputs: Any, train_kw: str | None, training: bool) -> Any:
-    """Call the model: tuple inputs are positional, a dict is keywords, anything else one arg."""
-    kwargs = {train_kw: training} if train_kw else {}
+def call_model(ctx: StepContext, model: Any, inputs: Any) -> Any:
+    """Call the model: tuple inputs are positional, a dict is keywords, anything else one
+    argument; ``train=`` / ``training=`` is passed when the model's ``__call__`` takes it."""
+    kwargs = {ctx.spec.train_kw: ctx.training} if ctx.spec.train_kw else {}
     if isinstance(inputs, tuple):
         return model(*inputs, **kwargs)
     if isinstance(inputs, dict):
@@ -269,127 +81,77 @@ def weighted_mean(values: jax.Array, weights: jax.Array | None) -> tuple[jax.Arr
     return jnp.sum(values * w) / safe, weight_total
 
 
-# -- wrappers compiled by the Trainer -----------------------------------------------------
+def compute_loss(
+    ctx: StepContext, model: Any, batch: Any, call: Callable[[Any, Any], Any]
+) -> tuple[jax.Array, dict[str, Any]]:
+    """The weighted mean of the per-example loss of ``call(model, inputs)``, and the aux dict
+    ``{"predictions", "per_example_loss"}``."""
+    inputs, targets, weights = datalib.batch_parts(batch, ctx.keys)
+    predictions = call(model, inputs)
+    per_example = ctx.loss_fn(predictions, targets)
+    loss, _ = weighted_mean(per_example, weights)
+    return loss, {"predictions": predictions, "per_example_loss": per_example}
 
 
-@dataclasses.dataclass(frozen=True)
-class Gather:
-    """How a step takes its batch from on-device arrays: ``size`` rows from position
-    ``pos * stride`` of a permutation (fit) or in order with masking past ``n`` (evaluate)."""
+def apply_gradients(
+    ctx: StepContext, state: TrainState, batch: Any, loss_of_model: ComputeLoss
+) -> tuple[TrainState, jax.Array, dict[str, Any]]:
+    """One optimizer step: the gradients of ``loss_of_model(model, batch)`` with respect to
+    the trained leaves, ``ctx.tx``'s update, and the new values of the other leaves (BatchNorm
+    statistics, RNG counters) as the merged model left them. Returns ``(state, loss, aux)``."""
 
-    size: int
-    stride: int
-    masked: bool
+    def loss_of(params: Any) -> tuple[jax.Array, tuple[dict, tuple]]:
+        model = ctx.merge(params, state.others)
+        loss, aux = loss_of_model(model, batch)
+        return loss, (aux, model_state.read_others(ctx.spec, model))
 
-
-def _take(data: Any, perm: Any, n: Any, pos: jax.Array, gather: Gather, keys: datalib.BatchKeys) -> Any:
-    start = pos * gather.stride
-    if gather.masked:
-        return datalib.masked_gather(data, start, gather.size, n, keys)
-    idx = jax.lax.dynamic_slice(perm, (start,), (gather.size,))
-    return datalib.gather(data, idx)
-
-
-def make_train_fn(
-    step: Callable[[TrainState, Any], tuple[TrainState, dict]],
-    *,
-    gather: Gather | None,
-    fused: int,
-    with_logs: bool,
-    keys: datalib.BatchKeys,
-) -> Callable[..., tuple[TrainState, Any]]:
-    """A pure ``(state, data, perm) -> (state, logs)`` running ``step`` once or ``fused`` times.
-
-    ``data`` is the whole on-device dataset when ``gather`` is set (the batch is taken at
-    ``counters[POS]``), else one batch, or ``fused`` stacked batches.
-    """
-
-    def one(state: TrainState, data: Any, perm: Any) -> tuple[TrainState, Any]:
-        pos = state.counters[POS]
-        batch = data if gather is None else _take(data, perm, None, pos, gather, keys)
-        state, logs = step(state, batch)
-        state = state._replace(counters=state.counters + _NEXT_POS)
-        return state, (logs if with_logs else None)
-
-    if fused <= 1:
-        return one
-
-    def scanned(state: TrainState, data: Any, perm: Any) -> tuple[TrainState, Any]:
-        if gather is None:
-            return jax.lax.scan(lambda s, b: one(s, b, None), state, data)
-        return jax.lax.scan(lambda s, _: one(s, data, perm), state, None, length=fused)
-
-    return scanned
+    (loss, (aux, others)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state._replace(params=params, others=others, opt_state=opt_state), loss, aux
 
 
-def make_eval_fn(
-    step: Callable[[TrainState, Any], tuple[TrainState, dict]],
-    *,
-    gather: Gather | None,
-    fused: int = 1,
-    with_logs: bool,
-    keys: datalib.BatchKeys,
-) -> Callable[..., tuple[TrainState, Any]]:
-    """A pure ``(state, data, perm, n) -> (state, logs)`` for one evaluation batch, or
-    ``fused`` batches in one ``lax.scan`` (stacked batches when ``gather`` is None)."""
-
-    def one(state: TrainState, data: Any, perm: Any, n: Any) -> tuple[TrainState, Any]:
-        pos = state.counters[POS]
-        batch = data if gather is None else _take(data, perm, n, pos, gather, keys)
-        state, logs = step(state, batch)
-        state = state._replace(counters=state.counters + _NEXT_POS)
-        return state, (logs if with_logs else None)
-
-    if fused <= 1:
-        return one
-
-    def scanned(state: TrainState, data: Any, perm: Any, n: Any) -> tuple[TrainState, Any]:
-        if gather is None:
-            return jax.lax.scan(lambda s, b: one(s, b, None, None), state, data)
-        return jax.lax.scan(lambda s, _: one(s, data, perm, n), state, None, length=fused)
-
-    return scanned
+def evaluate_loss(
+    ctx: StepContext, state: TrainState, batch: Any, loss_of_model: ComputeLoss
+) -> tuple[jax.Array, dict[str, Any]]:
+    """The loss and aux of one batch in the context's mode, parameters unchanged."""
+    return loss_of_model(ctx.merge(state.params, state.others), batch)
 
 
-def make_predict_fn(
-    step: Callable[[TrainState, Any], Any], *, gather: Gather | None, fused: int = 1, keys: datalib.BatchKeys
-) -> Callable[..., Any]:
-    """A pure ``(state, data, perm, n, pos) -> outputs`` for one prediction batch, or for
-    ``fused`` batches from ``pos`` on (outputs stacked on a new leading axis)."""
-
-    def one(state: TrainState, data: Any, perm: Any, n: Any, pos: Any) -> Any:
-        batch = data if gather is None else _take(data, perm, n, pos, gather, keys)
-        return step(state, batch)
-
-    if fused <= 1:
-        return one
-
-    def scanned(state: TrainState, data: Any, perm: Any, n: Any, pos: Any) -> Any:
-        if gather is None:
-            return jax.lax.scan(lambda c, b: (c, one(state, b, None, None, None)), 0, data)[1]
-        return jax.lax.scan(lambda p, _: (p + 1, one(state, data, perm, n, p)), pos, None, length=fused)[1]
-
-    return scanned
+def predict(ctx: StepContext, state: TrainState, batch: Any, call: Callable[[Any, Any], Any]) -> Any:
+    """The outputs of ``call(model, inputs)`` for one batch."""
+    return call(ctx.merge(state.params, state.others), datalib.batch_parts(batch, ctx.keys)[0])
 
 
-def on_flat_state(pure: Callable[..., Any], treedef: Any, returns_state: bool = True) -> Callable[..., Any]:
-    """``pure(state, *args)`` as a function of the state's flat leaves (see ``Loops._state``).
+def update_metrics(ctx: StepContext, state: TrainState, batch: Any, loss: jax.Array, aux: dict) -> TrainState:
+    """Add a batch to the running metrics and count a non-finite loss."""
+    _, targets, weights = datalib.batch_parts(batch, ctx.keys)
+    if weights is not None:
+        weight_total = jnp.sum(jnp.asarray(weights, jnp.float32))
+    else:
+        weight_total = jnp.asarray(datalib.batch_size_of(batch), jnp.float32)
+    metrics = metriclib.update_state(
+        ctx.metrics,
+        state.metrics,
+        aux_keys=ctx.aux_keys,
+        loss=loss,
+        weight_total=weight_total,
+        aux=aux,
+        predictions=aux.get("predictions"),
+        targets=targets,
+        weights=weights,
+        per_example_loss=aux.get("per_example_loss"),
+    )
+    c = state.counters
+    bad = ~jnp.isfinite(loss)
+    first = jnp.where(bad & (c[FIRST_NONFINITE] < 0), c[STEP], c[FIRST_NONFINITE])
+    counters = jnp.stack([c[STEP] + 1, c[model_state.POS], c[NONFINITE] + bad.astype(jnp.int32), first])
+    return state._replace(metrics=metrics, counters=counters)
 
-    With ``returns_state``, ``pure`` returns ``(state, out)`` and the wrapper ``(leaves, out)``;
-    the returned state must have the structure it was given.
-    """
 
-    def run(leaves: list[Any], *args: Any) -> Any:
-        result = pure(jax.tree.unflatten(treedef, leaves), *args)
-        if not returns_state:
-            return result
-        state, out = result
-        new_leaves, new_def = jax.tree.flatten(state)
-        if new_def != treedef:
-            raise TypeError(
-                "A step must return a TrainState with the structure it was given; got\n"
-                f"  {new_def}\nfor\n  {treedef}."
-            )
-        return new_leaves, out
-
-    return run
+def compute_logs(ctx: StepContext, state: TrainState) -> dict[str, jax.Array]:
+    """The running values of the loss and metrics, and the non-finite step counters."""
+    logs = metriclib.results(ctx.metrics, state.metrics, ctx.aux_keys)
+    logs["_nonfinite"] = state.counters[NONFINITE]
+    logs["_first_nonfinite"] = state.counters[FIRST_NONFINITE]
+    return logs

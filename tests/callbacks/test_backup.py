@@ -13,6 +13,7 @@ import optax
 import pytest
 
 import callbacks
+import checkpointing
 from callbacks import BackupAndRestore, EarlyStopping, ReduceLROnPlateau
 from trainer import Trainer
 from trainer import data as datalib
@@ -134,10 +135,10 @@ def test_data_loader_position_survives_prefetch_and_an_encode_round_trip():
     data.peek()
     batches = list(data.epoch(None))  # read to the end, as prefetching reads ahead
     data.advance(2)  # but only two were trained
-    text = datalib.encode_iterator_state(data.position_state())
+    text = checkpointing.encode_iterator_state(data.position_state())
     assert text.startswith("bytes:")  # a DataLoader iterator's state is bytes
     fresh = datalib.from_user(_data_loader(), keys=datalib.BatchKeys())
-    fresh.restore_position(datalib.decode_iterator_state(text))
+    fresh.restore_position(checkpointing.decode_iterator_state(text))
     _CountingSource.reads = 0
     rest = list(fresh.epoch(None, skip=2))
     assert len(rest) == 3 and _CountingSource.reads == 12  # set_state: batches 0, 1 not read

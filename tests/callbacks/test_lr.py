@@ -145,7 +145,7 @@ def test_setting_the_learning_rate_replaces_the_array_instead_of_mutating_held_s
     from trainer.trainer import Trainer
 
     trainer = Trainer(Regressor(), optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), loss="mse")
-    held = trainer._live_opt_state()
+    held = trainer.optimizer_state()
     old = lrlib.find_hyperparams(held)["learning_rate"]
     trainer.learning_rate = 0.5
     assert lrlib.find_hyperparams(held)["learning_rate"] is old and float(old) == pytest.approx(0.1)

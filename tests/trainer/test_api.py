@@ -71,13 +71,10 @@ class ManualSGD(Trainer):
 
     def train_step(self, state, batch):
         ManualSGD.traces += 1
-        spec, _ = self._context()
+        ctx = self.context
 
         def loss_of(params):
-            from trainer import steps
-
-            model = steps.merge(spec, params, state.others, training=True)
-            return self.compute_loss(model, batch)
+            return self.compute_loss(ctx.merge(params, state.others), batch)
 
         (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         params = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, grads)

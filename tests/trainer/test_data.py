@@ -92,8 +92,8 @@ def test_iterable_evaluate_pads_the_partial_batch_without_recompiling():
     batches = [(x[:16], y[:16]), (x[16:32], y[16:32]), (x[32:], y[32:])]
     ev = t.evaluate(batches, verbose=0)
     assert ev["loss"] == pytest.approx(_trainer_loss(t, x, y), rel=1e-5)
-    fns = [k for k in t._jits if k[0] == "eval"]
-    assert len(fns) == 1 and fns[0] and t._jits[fns[0]]._cache_size() == 1
+    fns = t._compiler.compiled("eval")
+    assert len(fns) == 1 and fns[0]._cache_size() == 1
 
 
 def test_validation_split_takes_the_tail_and_validation_data_accepts_datasets():

@@ -1,5 +1,5 @@
-"""Orbax storage of Trainer checkpoints, shared by ModelCheckpoint, BackupAndRestore and
-``Trainer.save`` / ``Trainer.restore``.
+"""Orbax storage of Trainer checkpoints, shared by ``Trainer.save`` / ``Trainer.restore``,
+ModelCheckpoint and BackupAndRestore.
 
 A checkpoint tree (``Trainer.checkpoint_state()``) mixes arrays with plain Python values. Each
 checkpoint is one numbered subdirectory of a directory managed by orbax-checkpoint's
@@ -15,9 +15,17 @@ import os
 import shutil
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orbax.checkpoint as ocp
+if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
+
+
+def _orbax() -> Any:
+    """orbax.checkpoint, imported on first use (it takes a tenth of a second to import)."""
+    import orbax.checkpoint
+
+    return orbax.checkpoint
 
 
 def _string_keys(tree: Any) -> Any:
@@ -78,12 +86,13 @@ class CheckpointStore:
         self.directory = os.path.abspath(os.fspath(directory))
         self.max_to_keep = max_to_keep
         self.owner = owner
-        self._manager: ocp.CheckpointManager | None = None
+        self._manager: Any = None
 
     @property
     def manager(self) -> ocp.CheckpointManager:
         """The orbax ``CheckpointManager`` (created, with the directory, on first use)."""
         if self._manager is None:
+            ocp = _orbax()
             options = ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True)
             self._manager = ocp.CheckpointManager(self.directory, options=options)
         return self._manager
@@ -108,6 +117,7 @@ class CheckpointStore:
             manager.wait_until_finished()  # one of them may still be being written
             for old in stale:
                 manager.delete(old)
+        ocp = _orbax()
         arrays, scalars = split_tree(_string_keys(dict(tree)))
         manager.save(
             step,
@@ -128,6 +138,7 @@ class CheckpointStore:
                     f"{self.owner}: step {step} is not in {self.directory}; it has {sorted(candidates)}"
                 )
             candidates = [step]
+        ocp = _orbax()
         for candidate in candidates:
             try:
                 restored = self.manager.restore(

@@ -1,0 +1,89 @@
+"""Checks and defaults of the Trainer's arguments (Keras's names and rules)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from trainer import data as datalib
+from trainer.data import ArrayData, IterData
+
+
+def verbosity(verbose: Any) -> int:
+    """0, 1 or 2 from ``verbose`` ("auto" is 1)."""
+    if verbose == "auto":
+        return 1
+    if verbose not in (0, 1, 2, False, True):
+        raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}.")
+    return int(verbose)
+
+
+def batch_size(value: int | None) -> int:
+    """The batch size (32 when None)."""
+    if value is None:
+        return 32
+    if not isinstance(value, int | np.integer) or value <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def steps_per_execution(value: Any) -> int | str:
+    """``"auto"`` or a positive int."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or int(value) < 1:
+        raise ValueError(f"steps_per_execution must be 'auto' or an int >= 1, got {value!r}.")
+    return int(value)
+
+
+def fit_counts(epochs: int, steps_per_epoch: int | None) -> None:
+    if int(epochs) < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}.")
+    if steps_per_epoch is not None and steps_per_epoch <= 0:
+        raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch}.")
+
+
+def check_one_shot(data: ArrayData | IterData, epochs: int, initial_epoch: int, steps_per_epoch: int | None) -> None:
+    """A one-shot iterator would run dry after one epoch unless ``steps_per_epoch`` is given."""
+    if isinstance(data, IterData) and steps_per_epoch is None and epochs - initial_epoch > 1 and data.one_shot:
+        raise ValueError(
+            f"fit got a one-shot iterator ({type(data.source).__name__}) and "
+            f"epochs={epochs}: it would be exhausted after the first epoch. Pass "
+            "steps_per_epoch=... (epochs then continue from the same iterator), or a "
+            "re-iterable dataset."
+        )
+
+
+def validation_source(validation_data: Any, keys: datalib.BatchKeys) -> ArrayData | IterData:
+    """``(x, y[, w])`` arrays or a dataset, as a source."""
+    if isinstance(validation_data, tuple) and datalib._all_arrays(validation_data):
+        if len(validation_data) not in (2, 3):
+            raise ValueError(
+                f"validation_data must be (x, y) or (x, y, sample_weight), got a sequence of "
+                f"{len(validation_data)} arrays."
+            )
+        return datalib.from_user(tuple(validation_data), keys=keys)
+    return datalib.from_user(validation_data, keys=keys)
+
+
+def predict_source(x: Any, keys: datalib.BatchKeys) -> ArrayData | IterData:
+    """Inputs for predict: arrays (a tuple is several inputs) or a dataset."""
+    if datalib._all_arrays(x) and not (isinstance(x, list) and not datalib.is_array(x[0])):
+        return datalib.from_user(x, keys=keys, need_targets=False, inputs_only=True)
+    return datalib.from_user(x, keys=keys, need_targets=False)
+
+
+def single_batch(x: Any, y: Any, sample_weight: Any, keys: datalib.BatchKeys, need_targets: bool) -> Any:
+    """The one batch of ``train_on_batch`` / ``test_on_batch``."""
+    data = datalib.from_user(x, y, sample_weight, keys=keys, need_targets=need_targets)
+    if not isinstance(data, ArrayData):
+        raise TypeError("train_on_batch / test_on_batch take arrays, not a dataset.")
+    return data.batch
+
+
+def validate_now(epoch: int, freq: int | list[int]) -> bool:
+    """Keras's ``validation_freq``: every ``freq`` epochs, or the listed (1-based) epochs."""
+    if isinstance(freq, int):
+        return (epoch + 1) % freq == 0
+    return (epoch + 1) in freq

@@ -1,0 +1,188 @@
+"""The compiled forms of the steps: one step or a ``lax.scan`` over several per dispatch,
+taking the batch from on-device arrays or a fed batch, on the state's flat leaves.
+
+``StepCompiler.get`` builds a compiled function from exactly its arguments (the kind of step,
+the step callable, its ``StepContext``, the ``Program`` shape, the state's tree structure and
+whether buffers are donated) and caches it under the tuple of those arguments: the cache key is
+what the compiled function closes over, so it cannot go stale while a key is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+
+from trainer import data as datalib
+from trainer.model_state import NEXT_POS, POS, TrainState
+from trainer.steps import StepContext
+
+
+@dataclasses.dataclass(frozen=True)
+class Gather:
+    """How a step takes its batch from on-device arrays: ``size`` rows from row
+    ``pos * stride``, through a permutation (``ordered=False``: fit with shuffling), in order
+    (a slice), or in order with the rows past ``n`` masked (``masked``: evaluate, predict)."""
+
+    size: int
+    stride: int
+    masked: bool = False
+    ordered: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """The shape of one compiled call.
+
+    Attributes:
+      kind: ``"train"``, ``"eval"`` or ``"predict"``.
+      gather: how the batch is taken from on-device data; None when the batch is fed.
+      fused: steps per call (``lax.scan`` when > 1; fed batches are then stacked).
+      with_logs: return the logs after each step (else None: nothing to fetch).
+    """
+
+    kind: str
+    gather: Gather | None = None
+    fused: int = 1
+    with_logs: bool = False
+
+
+class ContextSlot:
+    """The ``StepContext`` of the compiled call being traced (None outside a trace)."""
+
+    def __init__(self) -> None:
+        self.current: StepContext | None = None
+
+    @contextlib.contextmanager
+    def use(self, ctx: StepContext) -> Iterator[None]:
+        previous, self.current = self.current, ctx
+        try:
+            yield
+        finally:
+            self.current = previous
+
+
+def take_batch(data: Any, perm: Any, n: Any, pos: jax.Array, gather: Gather, keys: datalib.BatchKeys) -> Any:
+    """The batch at position ``pos`` of on-device ``data`` (traced)."""
+    start = pos * gather.stride
+    if gather.masked:
+        return datalib.masked_gather(data, start, gather.size, n, keys)
+    if gather.ordered:
+        return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, gather.size), data)
+    idx = jax.lax.dynamic_slice(perm, (start,), (gather.size,))
+    return datalib.gather(data, idx)
+
+
+def _stateful(step: Callable[..., Any], program: Program, keys: datalib.BatchKeys) -> Callable[..., Any]:
+    """``(state, data, perm, n) -> (state, logs)`` for train and eval steps: the position is
+    the state's ``counters[POS]``, advanced by each step."""
+    gather, with_logs = program.gather, program.with_logs
+
+    def one(state: TrainState, data: Any, perm: Any, n: Any) -> tuple[TrainState, Any]:
+        batch = data if gather is None else take_batch(data, perm, n, state.counters[POS], gather, keys)
+        state, logs = step(state, batch)
+        state = state._replace(counters=state.counters + NEXT_POS)
+        return state, (logs if with_logs else None)
+
+    if program.fused <= 1:
+        return one
+    if gather is None:
+        return lambda state, data, perm, n: jax.lax.scan(lambda s, b: one(s, b, None, None), state, data)
+    return lambda state, data, perm, n: jax.lax.scan(
+        lambda s, _: one(s, data, perm, n), state, None, length=program.fused
+    )
+
+
+def _predicting(step: Callable[..., Any], program: Program, keys: datalib.BatchKeys) -> Callable[..., Any]:
+    """``(state, data, perm, n, pos) -> outputs`` (stacked on a new axis when fused); the
+    state is read, not returned."""
+    gather = program.gather
+
+    def one(state: TrainState, data: Any, perm: Any, n: Any, pos: Any) -> Any:
+        batch = data if gather is None else take_batch(data, perm, n, pos, gather, keys)
+        return step(state, batch)
+
+    if program.fused <= 1:
+        return one
+    if gather is None:
+        return lambda state, data, perm, n, pos: jax.lax.scan(
+            lambda c, b: (c, one(state, b, None, None, None)), 0, data
+        )[1]
+    return lambda state, data, perm, n, pos: jax.lax.scan(
+        lambda p, _: (p + 1, one(state, data, perm, n, p)), pos, None, length=program.fused
+    )[1]
+
+
+def _on_flat_state(pure: Callable[..., Any], treedef: Any, returns_state: bool) -> Callable[..., Any]:
+    """``pure(state, *args)`` as a function of the state's flat leaves: flattening and
+    rebuilding the nested TrainState on every call costs as much as a small model's step."""
+
+    def run(leaves: list[Any], *args: Any) -> Any:
+        result = pure(jax.tree.unflatten(treedef, leaves), *args)
+        if not returns_state:
+            return result
+        state, out = result
+        new_leaves, new_def = jax.tree.flatten(state)
+        if new_def != treedef:
+            raise TypeError(
+                "A step must return a TrainState with the structure it was given; got\n"
+                f"  {new_def}\nfor\n  {treedef}."
+            )
+        return new_leaves, out
+
+    return run
+
+
+def build(
+    kind: str, step: Callable[..., Any], ctx: StepContext, program: Program | None, treedef: Any,
+    donate: bool, slot: ContextSlot,
+) -> Callable[..., Any]:
+    """The jitted form of ``step`` (traced with ``ctx`` in ``slot``).
+
+    ``kind`` ``"logs"`` compiles ``step(state) -> logs`` on ``(metrics, counters)``; the others
+    take the flat leaves of a state of structure ``treedef`` and the data arguments.
+    """
+
+    def in_context(*args: Any) -> Any:
+        with slot.use(ctx):
+            return step(*args)
+
+    if kind == "logs":
+        return jax.jit(lambda metrics, counters: in_context(TrainState(None, (), None, metrics, counters)))
+    if kind == "predict":
+        return jax.jit(_on_flat_state(_predicting(in_context, program, ctx.keys), treedef, False))
+    pure = _stateful(in_context, program, ctx.keys)
+    # evaluation reads the live parameters, which must survive the call: no donation
+    donated = (0,) if donate and kind == "train" else ()
+    return jax.jit(_on_flat_state(pure, treedef, True), donate_argnums=donated)
+
+
+class StepCompiler:
+    """Compiled steps, cached by the arguments of ``build``.
+
+    Args:
+      steps: maps each kind (``"train"``, ``"eval"``, ``"predict"``, ``"logs"``) to a
+        function returning its step callable now (the Trainer's possibly overridden methods).
+      slot: where the context of the call being traced is put for the step to read.
+    """
+
+    def __init__(self, steps: dict[str, Callable[[], Callable[..., Any]]], slot: ContextSlot):
+        self._steps = steps
+        self._slot = slot
+        self._cache: dict[tuple, Callable[..., Any]] = {}
+
+    def get(self, kind: str, ctx: StepContext, program: Program | None = None, treedef: Any = None,
+            donate: bool = False) -> Callable[..., Any]:
+        step = self._steps[kind]()
+        key = (kind, step, ctx, program, treedef, donate)
+        fn = self._cache.get(key)
+        if fn is None:
+            fn = self._cache[key] = build(kind, step, ctx, program, treedef, donate, self._slot)
+        return fn
+
+    def compiled(self, kind: str) -> list[Callable[..., Any]]:
+        """The compiled functions of ``kind`` built so far (one per distinct key)."""
+        return [fn for key, fn in self._cache.items() if key[0] == kind]

@@ -1,0 +1,42 @@
+"""Ctrl-C during a Trainer call: the first SIGINT asks the loop to stop after the current step."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(request_stop: Callable[[], None], message: Callable[[], str]) -> Iterator[None]:
+    """Turn the first SIGINT into ``request_stop()``; a second one interrupts at once.
+
+    Only in the main thread, and only where SIGINT has Python's default handler (a handler the
+    user installed, or an ignored SIGINT, stays as it is). ``message()`` is printed to stderr
+    when the call was stopped this way.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:
+        yield
+        return
+    hit = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal hit
+        hit = True
+        request_stop()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if hit:
+            print(message(), file=sys.stderr)

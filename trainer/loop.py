@@ -1,0 +1,226 @@
+"""The host loop of a pass: run the batch plan's units, advance the progress, run the hooks.
+
+``Loop`` is made per call from its parts (the compiler, the step context, the live session, the
+hooks and the progress counters); ``FusionTuner`` picks the steps per dispatch for
+``steps_per_execution="auto"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from trainer import model_state
+from trainer.compiled import StepCompiler
+from trainer.data import IterData
+from trainer.hooks import Hooks
+from trainer.model_state import TrainState
+from trainer.plan import BatchPlan, Unit
+from trainer.session import Session
+from trainer.steps import StepContext
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where training stands: the Trainer's ``step``, ``epoch``, the next ``batch`` of the
+    epoch, whether the epoch's work is done, and the stop requests."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    epoch_complete: bool = False
+    stop: bool = False
+    interrupted: bool = False
+
+
+class FusionTuner:
+    """Chooses how many steps to fuse per dispatch from the measured step time.
+
+    The first pass of a kind (per step context and data shape) runs single steps; after the
+    first (compiling) step it times ``probe`` more, then fuses as many steps as run in
+    ``target_seconds`` (so that the batch hooks and the progress bar still hear from the loop that
+    often), at most ``cap``. With array data the block size divides the pass's full batches,
+    leaving at most a sixteenth of them to single steps. Later passes reuse the choice.
+    """
+
+    def __init__(self, target_seconds: float = 0.1, cap: int = 256, probe: int = 8):
+        self.target_seconds, self.cap, self.probe = target_seconds, cap, probe
+        self.chosen: dict[Any, int] = {}
+
+    def begin(self, plan: BatchPlan, key: Any) -> _Probe | None:
+        """Set ``plan.fused`` from an earlier choice, or return a probe that will."""
+        if key in self.chosen:
+            plan.fused = self.chosen[key]
+            return None
+        plan.fused = 1
+        return _Probe(self, plan, key)
+
+    def choose(self, seconds_per_step: float, plan: BatchPlan) -> int:
+        target = max(1, min(self.cap, int(self.target_seconds / max(seconds_per_step, 1e-9))))
+        if plan.full:  # array data: a block size that tiles the pass's full batches
+            for k in range(min(target, plan.full), 0, -1):
+                if plan.full % k <= plan.full // 16:
+                    return k
+            return 1
+        k = 1
+        while k * 2 <= min(target, 64, plan.steps or 64):
+            k *= 2
+        return k
+
+
+class _Probe:
+    def __init__(self, tuner: FusionTuner, plan: BatchPlan, key: Any):
+        self.tuner, self.plan, self.key = tuner, plan, key
+        self.seen = 0
+        self.start = 0.0
+
+    def observe(self, unit: Unit, out: Any) -> bool:
+        """Count a unit that ran (its outputs ``out``); True once the choice is made."""
+        self.seen += unit.steps
+        if self.seen == 1:
+            jax.block_until_ready(out)
+            self.start = time.perf_counter()
+        elif self.seen == 1 + self.tuner.probe:
+            jax.block_until_ready(out)
+            k = self.tuner.choose((time.perf_counter() - self.start) / self.tuner.probe, self.plan)
+            self.tuner.chosen[self.key] = self.plan.fused = k
+            return True
+        return False
+
+
+class Loop:
+    """Runs passes of one call.
+
+    Args:
+      compiler: the compiled steps.
+      ctx: the step context of the call (train mode for fit, eval mode otherwise).
+      eval_ctx: the context of evaluation passes (validation during fit).
+      session: the live state.
+      hooks: the callbacks.
+      progress: the counters a fit advances.
+      donate: train steps donate the state's buffers.
+      tuner: chooses ``fused`` per pass (``steps_per_execution="auto"``), or None.
+    """
+
+    def __init__(
+        self, compiler: StepCompiler, ctx: StepContext, eval_ctx: StepContext, session: Session,
+        hooks: Hooks, progress: Progress, *, donate: bool, tuner: FusionTuner | None,
+    ):
+        self.compiler, self.ctx, self.eval_ctx = compiler, ctx, eval_ctx
+        self.session, self.hooks, self.progress = session, hooks, progress
+        self.donate, self.tuner = donate, tuner
+
+    def _probe(self, plan: BatchPlan, ctx: StepContext, mode: str) -> _Probe | None:
+        if self.tuner is None:
+            return None
+        if not self.hooks.fusable(mode):
+            plan.fused = 1
+            return None
+        key = (plan.kind, ctx, plan.batch_size, plan.steps, type(plan.data).__name__)
+        return self.tuner.begin(plan, key)
+
+    # -- fit ---------------------------------------------------------------------------
+    def train_epoch(self, plan: BatchPlan, perm: jax.Array | None, max_steps: int | None) -> None:
+        """The epoch's batches from ``progress.batch`` on, while no stop is requested."""
+        p, session, hooks = self.progress, self.session, self.hooks
+        start = i = p.batch
+        session.state = session.state._replace(counters=model_state.set_position(session.state.counters, np.int32(i)))
+        treedef = session.flat()[1]
+        probe = self._probe(plan, self.ctx, "train")
+        has_begin = hooks.has("on_train_batch_begin")
+        budget = None if max_steps is None else max(max_steps - p.step, 0)
+        for unit in plan.units(start, perm, budget):
+            if p.stop:
+                break
+            if has_begin and unit.steps == 1:
+                hooks.batch("on_train_batch_begin", i, None, plan.with_logs)
+            fn = self.compiler.get("train", self.ctx, unit.program, treedef, self.donate)
+            leaves, logs = fn(session.flat()[0], *unit.args)
+            session.set_flat(leaves)
+            p.step += unit.steps
+            i += unit.steps
+            p.batch = i
+            if isinstance(plan.data, IterData):
+                plan.data.advance(unit.steps)
+            hooks.after_steps("train", i - unit.steps, unit.steps, logs, plan.with_logs)
+            if probe is not None and probe.observe(unit, leaves):
+                probe = None
+        if i == 0 and budget != 0 and not p.stop:
+            raise ValueError(
+                "The dataset yielded no batch in this epoch; with a one-shot iterator, pass "
+                "steps_per_epoch so that every epoch has data, or give more data."
+            )
+        if max_steps is not None and p.step >= max_steps:
+            p.stop = True
+
+    # -- evaluate ----------------------------------------------------------------------
+    def evaluate(self, plan: BatchPlan, metrics: dict, in_fit: bool) -> TrainState:
+        """The evaluation state after the plan's batches (the live parameters, fresh
+        ``metrics``); the test hooks run around it, but ``on_test_end`` (which needs the
+        results)."""
+        live = self.session.state
+        state = TrainState(live.params, live.others, None, metrics, model_state.new_counters())
+        leaves, treedef = jax.tree.flatten(state)
+        hooks, ctx = self.hooks, self.eval_ctx
+        probe = self._probe(plan, ctx, "test")
+        hooks.call("on_test_begin", None)
+        has_begin = hooks.has("on_test_batch_begin")
+        i = 0
+        for unit in plan.units():
+            if has_begin and unit.steps == 1:
+                hooks.batch("on_test_batch_begin", i, None, plan.with_logs)
+            fn = self.compiler.get("eval", ctx, unit.program, treedef)
+            leaves, logs = fn(leaves, *unit.args)
+            hooks.after_steps("test", i, unit.steps, logs, plan.with_logs)
+            i += unit.steps
+            if probe is not None and probe.observe(unit, leaves):
+                probe = None
+            if self.progress.interrupted and not in_fit:
+                break
+        return jax.tree.unflatten(treedef, leaves)
+
+    # -- predict -----------------------------------------------------------------------
+    def predict(self, plan: BatchPlan) -> list[tuple[Any, tuple[int, ...]]]:
+        """``(outputs of one call, real rows of each of its batches)`` for each unit."""
+        leaves, treedef = self.session.flat()
+        hooks, ctx = self.hooks, self.eval_ctx
+        probe = self._probe(plan, ctx, "predict")
+        has_begin = hooks.has("on_predict_batch_begin")
+        has_end = hooks.has("on_predict_batch_end")
+        outputs = []
+        i = 0
+        for unit in plan.units():
+            k = unit.steps
+            if has_begin and k == 1:
+                hooks.batch("on_predict_batch_begin", i, None, True)
+            out = self.compiler.get("predict", ctx, unit.program, treedef)(leaves, *unit.args)
+            outputs.append((out, unit.rows))
+            for j in range(k) if has_end or (has_begin and k > 1) else ():
+                if has_begin and k > 1:
+                    hooks.batch("on_predict_batch_begin", i + j, None, True)
+                if has_end:
+                    one = out if k == 1 else jax.tree.map(lambda a, j=j: a[j], out)
+                    hooks.batch("on_predict_batch_end", i + j, {"outputs": one}, True)
+            i += k
+            if probe is not None and probe.observe(unit, out):
+                probe = None
+            if self.progress.interrupted:
+                break
+        return outputs
+
+
+def stitch_outputs(outputs: list[tuple[Any, tuple[int, ...]]]) -> Any:
+    """One numpy array per output leaf, the padding cut, batches in order."""
+    if not outputs:
+        raise ValueError("predict got no batch: the dataset is empty.")
+    pieces = []
+    for out, rows in jax.device_get(outputs):
+        if len(rows) == 1:
+            pieces.append(jax.tree.map(lambda a, r=rows[0]: np.asarray(a)[:r], out))
+        else:
+            pieces += [jax.tree.map(lambda a, j=j, r=r: np.asarray(a)[j, :r], out) for j, r in enumerate(rows)]
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *pieces)
