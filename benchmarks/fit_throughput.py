@@ -1,20 +1,28 @@
 """Trainer.fit throughput against hand-written jax.jit loops doing the same work per epoch.
 
-Per epoch every implementation shuffles (a permutation from (seed, epoch)), gathers each batch
-on the device from arrays placed there once, and runs Adam on a softmax cross-entropy MLP.
+Every implementation runs Adam on a softmax cross-entropy MLP over arrays placed on the device
+once. Rows, each with the reference it is compared with:
 
-Rows: the reference (one jitted, donated step per batch), ``Trainer.fit(verbose=0)``, a
-hand-written ``lax.scan`` loop fusing 32 steps per dispatch, ``Trainer(steps_per_execution=32)``,
-and, when the ``bench`` extra is installed (``pip install -e '.[bench]'``), a flax.nnx ``nnx.jit``
-loop and keras 3 ``fit`` (JAX backend; keras shuffles and batches numpy arrays on the host, as
-its ``fit`` does).
+- ``reference jax.jit slice``: one jitted, donated step per batch, slicing the batch at its
+  position; ``Trainer.fit shuffle=False`` (``steps_per_execution=1``) against it.
+- ``reference jax.jit gather``: the same, gathering each batch through the epoch's permutation
+  (a pure function of ``(seed, epoch)``); ``Trainer.fit`` (shuffled, ``steps_per_execution=1``).
+- ``reference lax.scan x32``: one call scans 32 steps over 32 pre-sliced batches;
+  ``Trainer.fit spe=32`` (``shuffle=False``).
+- ``Trainer(model, adam).fit``: ``Trainer(model, optax.adam(1e-3)).fit(x, y)`` with every
+  default (loss inferred, shuffling, ``steps_per_execution="auto"``) against the gather loop.
+- with the ``bench`` extra (``pip install -e '.[bench]'``): a flax.nnx ``nnx.jit`` loop and keras 3
+  ``fit`` (JAX backend; keras shuffles and batches numpy arrays on the host, as its ``fit`` does).
 
 Timed passes alternate between implementations (the order rotates each pass). Each row prints
 the median steps/s and step time over passes, and its ratio to its reference: the median over
 passes of (row time / reference time in the same pass), which cancels most of the drift of a
 machine shared with other work.
 
-Run: ``python benchmarks/fit_throughput.py [--passes 15] [--epochs 2] [--models small,large]``.
+Models: ``small`` 64-32-10 at batch 32, ``deep`` 48 layers of width 64 at batch 16, ``large``
+784-512-512-10 at batch 128.
+
+Run: ``python benchmarks/fit_throughput.py [--passes 15] [--epochs 2] [--models small,deep,large]``.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ import nnx
 from trainer import Trainer
 
 FUSE = 32
-REFERENCE = "reference jax.jit"
+REFERENCE = "reference jax.jit gather"
+SLICE_REFERENCE = "reference jax.jit slice"
 SCAN_REFERENCE = f"reference lax.scan x{FUSE}"
 Run = Callable[[int], None]
 
@@ -66,8 +75,13 @@ def _shuffle(key: jax.Array, epoch: int, n: int) -> jax.Array:
     return jax.random.permutation(jax.random.fold_in(key, epoch), n).astype(jnp.int32)
 
 
-def reference_loop(sizes, x, y, bs: int, fused: int) -> Run:
-    """A pure jax.jit Adam loop with donation; ``fused`` > 1 scans that many steps per call."""
+def reference_loop(sizes, x, y, bs: int, fused: int, shuffle: bool = True) -> Run:
+    """A pure jax.jit Adam loop with donation on arrays placed on the device once.
+
+    ``shuffle``: each step gathers its batch through the epoch's permutation; else it slices
+    the batch at its position. ``fused`` > 1 scans that many steps per call over pre-sliced
+    batches (the data stacked as ``(steps, bs, ...)`` once, each call taking one slab).
+    """
     tx = optax.adam(1e-3)
     model = MLP(sizes)
     params = [nnx.state(layer, nnx.Param).to_pure_dict() for layer in model.layers]
@@ -75,28 +89,52 @@ def reference_loop(sizes, x, y, bs: int, fused: int) -> Run:
     n = x.shape[0]
     steps = n // bs
 
-    def one(carry, x, y, perm):
-        idx = jax.lax.dynamic_slice(perm, (carry["pos"] * bs,), (bs,))
-        loss, grads = jax.value_and_grad(_loss)(carry["params"], x[idx], y[idx])
+    def update(carry, xb, yb):
+        loss, grads = jax.value_and_grad(_loss)(carry["params"], xb, yb)
         updates, opt = tx.update(grads, carry["opt"], carry["params"])
         return {"params": optax.apply_updates(carry["params"], updates), "opt": opt, "pos": carry["pos"] + 1}, loss
 
     if fused > 1:
-        def step(carry, x, y, perm):
-            return jax.lax.scan(lambda c, _: one(c, x, y, perm), carry, None, length=fused)
+        blocks = steps // fused
+        xs = x[: blocks * fused * bs].reshape(blocks, fused, bs, *x.shape[1:])
+        ys = y[: blocks * fused * bs].reshape(blocks, fused, bs, *y.shape[1:])
+
+        def step(carry, xs, ys):
+            return jax.lax.scan(lambda c, b: update(c, *b), carry, (xs, ys))
+
+        step = jax.jit(step, donate_argnums=(0,))
+
+        def epoch_calls(c, perm):
+            for b in range(blocks):
+                c, loss = step(c, xs[b], ys[b])
+            return c, loss
     else:
-        step = one
-    step = jax.jit(step, donate_argnums=(0,))
+        def one(carry, x, y, perm):
+            start = carry["pos"] * bs
+            if shuffle:
+                idx = jax.lax.dynamic_slice(perm, (start,), (bs,))
+                return update(carry, x[idx], y[idx])
+            return update(carry, jax.lax.dynamic_slice_in_dim(x, start, bs), jax.lax.dynamic_slice_in_dim(y, start, bs))
+
+        step = jax.jit(one, donate_argnums=(0,))
+
+        def epoch_calls(c, perm):
+            for _ in range(steps):
+                c, loss = step(c, x, y, perm)
+            return c, loss
+
+    if fused > 1:  # the slabs are sliced once, outside the timed loop
+        xs, ys = [jax.block_until_ready(jnp.asarray(a)) for a in (xs, ys)]
+        xs, ys = list(xs), list(ys)
     key = jax.random.key(0)
     state = {"carry": carry}
 
     def run(epochs: int) -> None:
         c = state["carry"]
         for epoch in range(epochs):
-            perm = _shuffle(key, epoch, n)
+            perm = _shuffle(key, epoch, n) if shuffle and fused == 1 else None
             c = {**c, "pos": jnp.zeros((), jnp.int32)}
-            for _ in range(steps // fused):
-                c, loss = step(c, x, y, perm)
+            c, loss = epoch_calls(c, perm)
             float(jnp.mean(loss))  # one sync per epoch, as fit's epoch logs
         jax.block_until_ready(c)
         state["carry"] = c
@@ -104,17 +142,29 @@ def reference_loop(sizes, x, y, bs: int, fused: int) -> Run:
     return run
 
 
-def trainer_loop(sizes, x, y, bs: int, fused: int) -> Run:
+def trainer_loop(sizes, x, y, bs: int, fused: int | str, shuffle: bool = True) -> Run:
     trainer = Trainer(MLP(sizes), optax.adam(1e-3), loss="sparse_categorical_crossentropy", steps_per_execution=fused)
 
     def run(epochs: int) -> None:
-        trainer.fit(x, y, batch_size=bs, epochs=epochs, verbose=0, drop_remainder=True)
+        trainer.fit(x, y, batch_size=bs, epochs=epochs, verbose=0, drop_remainder=True, shuffle=shuffle)
         jax.block_until_ready(trainer.model.layers[0].kernel.value)
 
     return run
 
 
-def flax_loop(sizes, x, y, bs: int, fused: int) -> Run | None:
+def default_trainer_loop(sizes, x, y, bs: int, fused: int, shuffle: bool = True) -> Run:
+    """What a user writes who writes no train step: ``Trainer(model, optax.adam(1e-3)).fit(x, y)``
+    (the loss inferred, ``steps_per_execution="auto"``, shuffling); silent, for the timing."""
+    trainer = Trainer(MLP(sizes), optax.adam(1e-3))
+
+    def run(epochs: int) -> None:
+        trainer.fit(x, y, batch_size=bs, epochs=epochs, verbose=0)
+        jax.block_until_ready(trainer.model.layers[0].kernel.value)
+
+    return run
+
+
+def flax_loop(sizes, x, y, bs: int, fused: int, shuffle: bool = True) -> Run | None:
     """flax.nnx as its guide writes a train step: ``nnx.jit`` over the model and optimizer,
     called through ``nnx.cached_partial`` (flax's advice for a step called repeatedly); the
     batch is gathered on the device inside the step, as in the reference."""
@@ -160,7 +210,7 @@ def flax_loop(sizes, x, y, bs: int, fused: int) -> Run | None:
     return run
 
 
-def keras_loop(sizes, x, y, bs: int, fused: int) -> Run | None:
+def keras_loop(sizes, x, y, bs: int, fused: int, shuffle: bool = True) -> Run | None:
     """keras 3 ``fit`` on the JAX backend, on the same data as numpy arrays."""
     if importlib.util.find_spec("keras") is None:
         return None
@@ -183,24 +233,34 @@ def keras_loop(sizes, x, y, bs: int, fused: int) -> Run | None:
     return run
 
 
+def _describe(sizes: tuple[int, ...]) -> str:
+    """``64-32-10``, or ``48 layers of 64, 10 outputs`` for a long run of one width."""
+    if len(sizes) > 6 and len(set(sizes[:-1])) == 1:
+        return f"{len(sizes) - 1} layers of {sizes[0]}, {sizes[-1]} outputs"
+    return "-".join(map(str, sizes))
+
+
 def bench(name: str, sizes, bs: int, n: int, epochs: int, passes: int) -> dict[str, float]:
     """Time every row; print and return each row's median steps/s."""
     rng = np.random.default_rng(0)
     x = jax.device_put(rng.normal(size=(n, sizes[0])).astype(np.float32))
     y = jax.device_put(rng.integers(0, sizes[-1], size=n).astype(np.int32))
     steps = (n // bs) * epochs
-    factories = {
-        REFERENCE: (reference_loop, 1, REFERENCE),
-        "Trainer.fit": (trainer_loop, 1, REFERENCE),
-        SCAN_REFERENCE: (reference_loop, FUSE, SCAN_REFERENCE),
-        f"Trainer.fit spe={FUSE}": (trainer_loop, FUSE, SCAN_REFERENCE),
-        "flax.nnx jit": (flax_loop, 1, REFERENCE),
-        "keras fit": (keras_loop, 1, REFERENCE),
+    factories = {  # name: (factory, fused, shuffle, the reference it is compared with)
+        SLICE_REFERENCE: (reference_loop, 1, False, SLICE_REFERENCE),
+        "Trainer.fit shuffle=False": (trainer_loop, 1, False, SLICE_REFERENCE),
+        REFERENCE: (reference_loop, 1, True, REFERENCE),
+        "Trainer.fit": (trainer_loop, 1, True, REFERENCE),
+        SCAN_REFERENCE: (reference_loop, FUSE, False, SCAN_REFERENCE),
+        f"Trainer.fit spe={FUSE}": (trainer_loop, FUSE, False, SCAN_REFERENCE),
+        "Trainer(model, adam).fit": (default_trainer_loop, 1, True, REFERENCE),
+        "flax.nnx jit": (flax_loop, 1, True, REFERENCE),
+        "keras fit": (keras_loop, 1, True, REFERENCE),
     }
     rows: dict[str, Run] = {}
     missing = []
-    for key, (factory, fused, _) in factories.items():
-        run = factory(sizes, x, y, bs, fused)
+    for key, (factory, fused, shuffle, _) in factories.items():
+        run = factory(sizes, x, y, bs, fused, shuffle)
         if run is None:
             missing.append(key)
         else:
@@ -215,10 +275,10 @@ def bench(name: str, sizes, bs: int, n: int, epochs: int, passes: int) -> dict[s
             rows[key](epochs)
             times[key].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n{name}: MLP {'-'.join(map(str, sizes))}, batch {bs}, {steps} steps per pass, {passes} passes")
+    print(f"\n{name}: MLP {_describe(sizes)}, batch {bs}, {steps} steps per pass, {passes} passes")
     print(f"  {'implementation':<26} {'steps/s':>10} {'us/step':>9}  ratio to its reference")
     for key, t in med.items():
-        base = factories[key][2]
+        base = factories[key][3]
         ratio = statistics.median(a / b for a, b in zip(times[key], times[base], strict=True))
         print(f"  {key:<26} {steps / t:>10.0f} {1e6 * t / steps:>9.1f}  {ratio:.3f}x ({base})")
     if "keras fit" in times:
@@ -231,6 +291,7 @@ def bench(name: str, sizes, bs: int, n: int, epochs: int, passes: int) -> dict[s
 
 MODELS = {
     "small": ((64, 32, 10), 32, 32 * 256),
+    "deep": ((64,) * 48 + (10,), 16, 16 * 128),  # 48 layers of width 64
     "large": ((784, 512, 512, 10), 128, 128 * 64),
 }
 
@@ -239,7 +300,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--passes", type=int, default=15)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--models", default="small,large", help="comma-separated: small, large")
+    parser.add_argument("--models", default="small,deep,large", help="comma-separated: small, deep, large")
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs")
     for model in args.models.split(","):

@@ -133,12 +133,15 @@ class Loop:
         probe = self._probe(plan, self.ctx, "train")
         has_begin = hooks.has("on_train_batch_begin")
         budget = None if max_steps is None else max(max_steps - p.step, 0)
+        fns: dict[int, Any] = {}  # by identity of the plan's (memoized) programs
         for unit in plan.units(start, perm, budget):
             if p.stop:
                 break
             if has_begin and unit.steps == 1:
                 hooks.batch("on_train_batch_begin", i, None, plan.with_logs)
-            fn = self.compiler.get("train", self.ctx, unit.program, treedef, self.donate)
+            fn = fns.get(id(unit.program))
+            if fn is None:
+                fn = fns[id(unit.program)] = self.compiler.get("train", self.ctx, unit.program, treedef, self.donate)
             leaves, logs = fn(session.flat()[0], *unit.args)
             session.set_flat(leaves)
             p.step += unit.steps

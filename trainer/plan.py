@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from trainer import data as datalib
 from trainer import model_state
@@ -69,6 +70,7 @@ class BatchPlan:
         self.pad, self.fused, self.with_logs = pad, fused, with_logs
         self.keys = keys or datalib.BatchKeys()
         self._pad_to = 0  # iterables: the first batch's size
+        self._programs: dict[tuple, Program] = {}
         if isinstance(data, ArrayData):
             full, rem = divmod(data.n, batch_size)
             if drop_remainder:
@@ -93,7 +95,12 @@ class BatchPlan:
         return self.data.peek()
 
     def program(self, gather: Gather | None, fused: int = 1) -> Program:
-        return Program(self.kind, gather, fused, self.with_logs)
+        """The (memoized) Program of a call: the compiled-step cache hashes it on every call."""
+        key = (gather, fused, self.with_logs)
+        program = self._programs.get(key)
+        if program is None:
+            program = self._programs[key] = Program(self.kind, gather, fused, self.with_logs)
+        return program
 
     def units(self, start: int = 0, perm: jax.Array | None = None, budget: int | None = None) -> Iterator[Unit]:
         """The units of the pass from batch ``start`` on; at most ``budget`` steps in all.
@@ -107,10 +114,15 @@ class BatchPlan:
     # -- arrays on the device ----------------------------------------------------------
     def _array_units(self, start: int, perm: jax.Array | None, budget: int | None) -> Iterator[Unit]:
         data, bs = self.data, self.batch_size
+        source = data.batch
+        if perm is not None and _nbytes(source) <= PERMUTE_ONCE_BYTES:
+            # one gather per epoch, then every step slices: a gather per step costs more
+            source, perm = permuted(source, perm), None
         ordered = perm is None
         full_gather = Gather(bs, bs, masked=self.pad, ordered=ordered)
         tail_gather = Gather(self.rem, bs, ordered=ordered) if self.rem else None
         n = jnp.asarray(data.n, jnp.int32) if self.pad else None
+        args: tuple = (source, perm, n)
         i = start
         while i < self.steps and (budget is None or budget > 0):
             k = self.fused
@@ -119,12 +131,11 @@ class BatchPlan:
             else:
                 k = 1
                 program = self.program(full_gather if i < self.full else tail_gather)
-            args: tuple = (data.batch, perm, n)
-            rows: tuple[int, ...] = ()
             if self.kind == "predict":
-                args += (jnp.asarray(i, jnp.int32),)
                 rows = tuple(min(bs, data.n - (i + j) * bs) for j in range(k))
-            yield Unit(program, k, args, rows)
+                yield Unit(program, k, (*args, jnp.asarray(i, jnp.int32)), rows)
+            else:
+                yield Unit(program, k, args)
             i += k
             budget = None if budget is None else budget - k
 
@@ -182,9 +193,28 @@ class BatchPlan:
         return datalib.pad_batch(batch, size, self.keys, add_weights=self.kind != "predict"), rows
 
 
+# Array data up to this size is permuted once per epoch on the device (a second copy while the
+# epoch runs) and sliced by each step; larger data is gathered through the permutation per step.
+PERMUTE_ONCE_BYTES = 1 << 30
+
+
+def _nbytes(tree: Any) -> int:
+    return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(tree))
+
+
+@jax.jit
+def permuted(batch: Any, perm: jax.Array) -> Any:
+    """Every leaf's rows in the order ``perm`` (one dispatch)."""
+    return datalib.gather(batch, perm)
+
+
 def permutation(key: jax.Array, epoch: int, n: int) -> jax.Array:
-    """The epoch's shuffle order of ``n`` rows: a pure function of ``(key, epoch)``."""
-    return jax.random.permutation(jax.random.fold_in(key, epoch), n).astype(jnp.int32)
+    """The epoch's shuffle order of ``n`` rows, on the device: a pure function of ``(key,
+    epoch)``. It is drawn on the host (numpy's PCG64 seeded by the key's data and the epoch):
+    XLA's sort-based shuffle takes milliseconds per epoch on a CPU, numpy's a tenth of one."""
+    words = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    rng = np.random.default_rng(np.random.SeedSequence([*words, int(epoch)]))
+    return jax.device_put(rng.permutation(n).astype(np.int32))
 
 
 def steps_of(data: ArrayData | IterData, batch_size: int, steps: int | None) -> int | None:
