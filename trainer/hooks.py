@@ -15,7 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from callbacks.base import CallbackList
+from callbacks.base import Callback, CallbackList
+from callbacks.progress import ProgressBar
 from trainer.session import Session
 
 
@@ -38,6 +39,23 @@ def host_logs(logs: dict[str, Any], order: Sequence[str], index: int | None = No
             continue
         out[k] = float(v)
     return out
+
+
+def callback_list(callbacks: list[Any], verbose: int, trainer: Any, history: Callback | None) -> CallbackList:
+    """The callbacks of a call in the order they run: ``history`` first (fit), then the given
+    ones with the checkpointing callbacks last (so that a checkpoint holds the others' state as
+    of its step), and a ProgressBar when ``verbose`` (none when 0)."""
+    for c in callbacks:
+        if not isinstance(c, Callback):
+            raise TypeError(f"callbacks must be callbacks.Callback instances, got {type(c).__name__}.")
+    ordered = [c for c in callbacks if not c.saves_checkpoints] + [c for c in callbacks if c.saves_checkpoints]
+    if history is not None:
+        ordered.insert(0, history)
+    if verbose and not any(isinstance(c, ProgressBar) for c in ordered):
+        ordered.append(ProgressBar(verbose=verbose))
+    if not verbose:
+        ordered = [c for c in ordered if not isinstance(c, ProgressBar)]
+    return CallbackList(ordered, trainer=trainer)
 
 
 class Hooks:

@@ -27,7 +27,8 @@ from trainer.steps import StepContext
 @dataclasses.dataclass
 class Progress:
     """Where training stands: the Trainer's ``step``, ``epoch``, the next ``batch`` of the
-    epoch, whether the epoch's work is done, and the stop requests."""
+    epoch, whether the epoch's work is done, the stop requests, and the key the epochs' shuffle
+    orders derive from."""
 
     step: int = 0
     epoch: int = 0
@@ -35,6 +36,7 @@ class Progress:
     epoch_complete: bool = False
     stop: bool = False
     interrupted: bool = False
+    shuffle_key: Any = None
 
 
 class FusionTuner:

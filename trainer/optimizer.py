@@ -11,6 +11,7 @@ import optax
 
 import nnx
 from trainer import lr as lrlib
+from trainer import model_state
 
 
 def _unwrap(tree: Any) -> Any:
@@ -80,6 +81,22 @@ class OptimizerState:
         self._params_def = params_def
         return self.state
 
+    def live(self, session: Any, model: Any) -> Any:
+        """The state in use: the training ``session``'s, else this one (initialized for
+        ``model`` on first use)."""
+        if session is not None and session.state.opt_state is not None:
+            return session.state.opt_state
+        if self.state is None:
+            spec, _, _ = model_state.split_model(model, self.wrt)
+            self.ensure(model_state.initial_arrays(spec, copy=False)[0])
+        return self.state
+
+    def replace(self, session: Any, new: Any) -> None:
+        """Use ``new`` as the state (in the training ``session`` too)."""
+        if session is not None and session.state.opt_state is not None:
+            session.state = session.state._replace(opt_state=new)
+        self.state = new
+
     def write_to_nnx_optimizer(self, step: int) -> None:
         """Copy the state (and the step) into the user's ``nnx.Optimizer``, if one was given."""
         opt = self.nnx_optimizer
@@ -101,10 +118,21 @@ def learning_rate(opt_state: Any) -> float | None:
     return None if hyper is None else float(hyper["learning_rate"])
 
 
+def lr_logs(opt_state: Any) -> dict[str, float]:
+    """``{"lr": ...}`` for an ``inject_hyperparams`` state, else ``{"lr_scale": ...}``."""
+    lr = learning_rate(opt_state)
+    return {"lr": lr} if lr is not None else {"lr_scale": lr_scale(opt_state)}
+
+
 def lr_scale(opt_state: Any) -> float:
     """The multiplier chained after the optimizer (1.0 when there is none)."""
     node = lrlib.find_lr_scale(opt_state)
     return 1.0 if node is None else float(node.scale)
+
+
+def with_learning_rate(opt_state: Any, value: float) -> Any:
+    """``opt_state`` with the ``inject_hyperparams`` learning rate set to ``value``."""
+    return lrlib.replace_learning_rate(opt_state, value)
 
 
 def with_lr_scale(opt_state: Any, value: float) -> Any:

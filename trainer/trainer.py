@@ -9,38 +9,33 @@ overridable methods below are the steps; their defaults are the pure functions o
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-import checkpointing
 import nnx
-from callbacks.base import Callback, CallbackList, callback_states, load_callback_states
+from callbacks.base import Callback, CallbackList
 from callbacks.history import History
-from callbacks.progress import ProgressBar
 from trainer import arguments as args
 from trainer import data as datalib
-from trainer import losses as losslib
-from trainer import metrics as metriclib
 from trainer import model_state
 from trainer import optimizer as optlib
 from trainer import steps as steplib
+from trainer.checkpoints import Checkpoints
 from trainer.compiled import ContextSlot, Program, StepCompiler
-from trainer.data import ArrayData, IterData
-from trainer.hooks import Hooks, host_logs
+from trainer.data import ArrayData
+from trainer.hooks import Hooks, callback_list
 from trainer.interrupt import stop_on_interrupt
 from trainer.loop import FusionTuner, Loop, Progress, stitch_outputs
 from trainer.model_state import TrainState
 from trainer.plan import BatchPlan, permutation, steps_of
-from trainer.prepare import LossChoice, choose_loss, scalar_aux_keys
 from trainer.session import Session
+from trainer.setup import StepSetup
 from trainer.steps import StepContext
+from trainer.summary import parameter_table
 
 
 class Trainer:
@@ -81,12 +76,8 @@ class Trainer:
         self._opt = optlib.OptimizerState(optimizer, model, wrt)
         self.steps_per_execution = args.steps_per_execution(steps_per_execution)
         self.donate = bool(donate)
-        self._keys = datalib.BatchKeys(input_keys if isinstance(input_keys, str) else tuple(input_keys), target_key, weight_key)
-        given = losslib.get_loss(loss) if loss is not None else (None, None)
-        self._loss = LossChoice(given[0], given[1], True)
-        self._given_loss = self._loss
-        self._metric_specs = metriclib.resolve_metrics(metrics)
-        self._aux_keys: tuple[str, ...] | None = None
+        inputs = input_keys if isinstance(input_keys, str) else tuple(input_keys)
+        self._setup = StepSetup(loss, metrics, datalib.BatchKeys(inputs, target_key, weight_key))
         self._callbacks = list(callbacks or [])
         self._progress = Progress()
         self.seed = int(seed)
@@ -97,8 +88,11 @@ class Trainer:
             self._slot,
         )
         self._tuner = FusionTuner()
+        self._checkpoints = Checkpoints(
+            model, self._opt, self._progress, opt_state=self.optimizer_state,
+            live=lambda: (self._session, self.callbacks, self._fit_data), donate=lambda: self.donate,
+        )
         self._spec: model_state.ModelSpec | None = None
-        self._prepared: Any = None  # what _prepare last checked
         self._session: Session | None = None
         self._running: CallbackList | None = None  # the callbacks of the fit in progress
         self._fit_data: Any = None  # the training source of the fit in progress
@@ -123,8 +117,8 @@ class Trainer:
     @seed.setter
     def seed(self, value: int) -> None:
         self._seed = int(value)
-        # the shuffle of epoch e uses fold_in(key, e); checkpoints save and restore this key
-        self._shuffle_key = jax.random.key(self._seed)
+        # the shuffle order of each epoch derives from this key; checkpoints hold it
+        self._progress.shuffle_key = jax.random.key(self._seed)
 
     @property
     def callbacks(self) -> list[Callback]:
@@ -159,9 +153,7 @@ class Trainer:
 
     @learning_rate.setter
     def learning_rate(self, value: float) -> None:
-        from trainer import lr as lrlib
-
-        self._replace_opt_state(lrlib.replace_learning_rate(self.optimizer_state(), value))
+        self._opt.replace(self._session, optlib.with_learning_rate(self.optimizer_state(), value))
 
     @property
     def lr_scale(self) -> float:
@@ -170,23 +162,11 @@ class Trainer:
 
     @lr_scale.setter
     def lr_scale(self, value: float) -> None:
-        self._replace_opt_state(optlib.with_lr_scale(self.optimizer_state(), value))
+        self._opt.replace(self._session, optlib.with_lr_scale(self.optimizer_state(), value))
 
     def optimizer_state(self) -> Any:
         """The optax state, live during a ``fit`` (initialized on first use)."""
-        session = self._session
-        if session is not None and session.state.opt_state is not None:
-            return session.state.opt_state
-        if self._opt.state is None:
-            spec, _, _ = model_state.split_model(self._model, self._opt.wrt)
-            self._opt.ensure(model_state.initial_arrays(spec, copy=False)[0])
-        return self._opt.state
-
-    def _replace_opt_state(self, new: Any) -> None:
-        session = self._session
-        if session is not None and session.state.opt_state is not None:
-            session.state = session.state._replace(opt_state=new)
-        self._opt.state = new
+        return self._opt.live(self._session, self._model)
 
     # -- overridable steps (compiled; ``self.context`` is the step's context) ------------
     def call_model(self, model: Any, inputs: Any) -> Any:
@@ -259,26 +239,26 @@ class Trainer:
         """
         verbose, bs = args.verbosity(verbose), args.batch_size(batch_size)
         args.fit_counts(epochs, steps_per_epoch)
-        data = datalib.from_user(x, y, sample_weight, class_weight, keys=self._keys)
+        data = datalib.from_user(x, y, sample_weight, class_weight, keys=self._setup.keys)
         val = None
         if validation_split:
             data, val = datalib.split_tail(data, validation_split)
         if validation_data is not None:
-            val = args.validation_source(validation_data, self._keys)
+            val = args.validation_source(validation_data, self._setup.keys)
         args.check_one_shot(data, epochs, initial_epoch, steps_per_epoch)
         plan = self._plan(data, "train", bs, steps=steps_per_epoch, drop_remainder=drop_remainder)
         self._last_batch = plan.first_batch()
         with self._call(True, self._last_batch, verbose) as session:
             cbs = self._callback_list(callbacks, verbose, "fit")
             cbs.set_params({"epochs": epochs, "steps": plan.steps, "verbose": verbose})
-            hooks = Hooks(cbs, session, self._log_order(), copy=self.donate)
+            hooks = Hooks(cbs, session, self._setup.log_order(), copy=self.donate)
             plan.with_logs = hooks.wants_logs("train")
             p = self._progress
             self._running, self._fit_data = cbs, data
             p.stop, p.interrupted = False, False
             p.epoch, p.batch, p.epoch_complete = int(initial_epoch), 0, False
             try:
-                self._resume_from(cbs, resume)
+                self._checkpoints.resume(cbs, resume)
                 with self._interruptible():
                     hooks.call("on_train_begin", None)
                     loop = self._loop(session, hooks)
@@ -295,52 +275,25 @@ class Trainer:
         while p.epoch < epochs:
             epoch = p.epoch
             if p.batch == 0 or not session.state.metrics:
-                session.state = session.state._replace(metrics=self._fresh_metrics())
+                session.state = session.state._replace(metrics=self._setup.fresh_metrics())
             hooks.call("on_epoch_begin", epoch, None)
             arrays = isinstance(plan.data, ArrayData)
-            perm = permutation(self._shuffle_key, epoch, plan.data.n) if shuffle and arrays else None
+            perm = permutation(self._progress.shuffle_key, epoch, plan.data.n) if shuffle and arrays else None
             loop.train_epoch(plan, perm, max_steps)
             if p.interrupted:
                 break
             state = session.state
-            logs = self._host_logs(self._compiler.get("logs", loop.eval_ctx)(state.metrics, state.counters))
+            logs = self._setup.host_logs(self._compiler.get("logs", loop.eval_ctx)(state.metrics, state.counters))
             if val is not None and args.validate_now(epoch, val_freq):
                 val_logs = self._evaluate_source(loop, val, bs, val_steps, in_fit=True)
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            lr = self.learning_rate
-            if lr is not None:
-                logs["lr"] = lr
-            else:
-                logs["lr_scale"] = self.lr_scale
+            logs.update(optlib.lr_logs(self.optimizer_state()))
             p.epoch_complete = True
             hooks.call("on_epoch_end", epoch, logs)
             p.epoch, p.batch, p.epoch_complete = epoch + 1, 0, False
             if p.stop:
                 break
         return logs
-
-    def _resume_from(self, cbs: CallbackList, resume: bool) -> None:
-        """Load a backup (``restores_automatically`` callbacks, always) or, with ``resume``,
-        the latest checkpoint of the first callback that ``provides_checkpoints``."""
-        automatic = [cb for cb in cbs if cb.restores_automatically]
-        for cb in automatic:
-            tree = cb.latest_state()
-            if tree is not None:
-                self.load_checkpoint_state(tree)
-                return
-        if not resume:
-            return
-        for cb in cbs:
-            if cb.provides_checkpoints and not cb.restores_automatically:
-                tree = cb.latest_state()  # says so in one line when there is none
-                if tree is not None:
-                    self.load_checkpoint_state(tree)
-                return
-        if not automatic:
-            raise ValueError(
-                "fit(resume=True) needs a checkpointing callback with latest_state() (such as "
-                "callbacks.ModelCheckpoint or callbacks.BackupAndRestore) in callbacks=."
-            )
 
     def evaluate(
         self, x: Any = None, y: Any = None, *, batch_size: int | None = None, steps: int | None = None,
@@ -353,20 +306,20 @@ class Trainer:
         overridden; then it runs at its true size).
         """
         verbose, bs = args.verbosity(verbose), args.batch_size(batch_size)
-        data = datalib.from_user(x, y, sample_weight, keys=self._keys)
+        data = datalib.from_user(x, y, sample_weight, keys=self._setup.keys)
         self._last_batch = BatchPlan(data, "eval", bs, steps=steps, pad=True).first_batch()
         with self._call(False, self._last_batch, verbose) as session:
             cbs = self._callback_list(callbacks, verbose, "evaluate")
             cbs.set_params({"epochs": 1, "steps": steps_of(data, bs, steps), "verbose": verbose})
-            hooks = Hooks(cbs, session, self._log_order(), copy=False)
+            hooks = Hooks(cbs, session, self._setup.log_order(), copy=False)
             with self._interruptible():
                 return self._evaluate_source(self._loop(session, hooks), data, bs, steps, in_fit=False)
 
     def _evaluate_source(self, loop: Loop, data: Any, bs: int, steps: int | None, in_fit: bool) -> dict[str, float]:
-        plan = self._plan(data, "eval", bs, steps=steps, pad=self._loss.maskable)
+        plan = self._plan(data, "eval", bs, steps=steps, pad=self._setup.loss.maskable)
         plan.with_logs = loop.hooks.wants_logs("test")
-        state = loop.evaluate(plan, self._fresh_metrics(), in_fit)
-        results = self._host_logs(self._compiler.get("logs", loop.eval_ctx)(state.metrics, state.counters))
+        state = loop.evaluate(plan, self._setup.fresh_metrics(), in_fit)
+        results = self._setup.host_logs(self._compiler.get("logs", loop.eval_ctx)(state.metrics, state.counters))
         loop.hooks.call("on_test_end", results)
         return results
 
@@ -380,11 +333,11 @@ class Trainer:
         padding is cut from the result. Pytrees of outputs are stacked leaf by leaf.
         """
         verbose, bs = args.verbosity(verbose), args.batch_size(batch_size)
-        data = args.predict_source(x, self._keys)
+        data = args.predict_source(x, self._setup.keys)
         with self._call(False) as session:
             cbs = self._callback_list(callbacks, verbose, "predict")
             cbs.set_params({"epochs": 1, "steps": steps_of(data, bs, steps), "verbose": verbose})
-            hooks = Hooks(cbs, session, self._log_order(), copy=False)
+            hooks = Hooks(cbs, session, self._setup.log_order(), copy=False)
             plan = self._plan(data, "predict", bs, steps=steps, pad=True)
             if isinstance(data, ArrayData):
                 self._last_batch = plan.first_batch()
@@ -396,33 +349,34 @@ class Trainer:
 
     def train_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None) -> dict[str, float]:
         """One optimizer step on one batch; returns that batch's logs."""
-        batch = args.single_batch(x, y, sample_weight, self._keys, need_targets=True)
-        with self._call(True, batch, 1) as session:
-            leaves, treedef = session.flat()
-            program = Program("train", None, 1, with_logs=True)
-            fn = self._compiler.get("train", self._contexts(session)[0], program, treedef, self.donate)
-            leaves, logs = fn(leaves, jax.device_put(batch), None, None)
-            session.set_flat(leaves)
-            self.step += 1
-            return self._host_logs(logs)
+        logs = self._one_batch("train", args.single_batch(x, y, sample_weight, self._setup.keys, True))
+        self.step += 1
+        return logs
 
     def test_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None) -> dict[str, float]:
         """Loss and metrics of one batch in eval mode."""
-        batch = args.single_batch(x, y, sample_weight, self._keys, need_targets=True)
-        with self._call(False, batch, 1) as session:
-            live = session.state
-            state = TrainState(live.params, live.others, None, self._fresh_metrics(), model_state.new_counters())
-            leaves, treedef = jax.tree.flatten(state)
-            program = Program("eval", None, 1, with_logs=True)
-            fn = self._compiler.get("eval", self._contexts(session)[1], program, treedef)
-            return self._host_logs(fn(leaves, jax.device_put(batch), None, None)[1])
+        return self._one_batch("eval", args.single_batch(x, y, sample_weight, self._setup.keys, True))
 
     def predict_on_batch(self, x: Any) -> Any:
         """The model's outputs for one batch of inputs, in eval mode (numpy)."""
-        with self._call(False) as session:
+        return self._one_batch("predict", (datalib.normalize_batch(x),))
+
+    def _one_batch(self, kind: str, batch: Any) -> Any:
+        training = kind == "train"
+        with self._call(training, batch if kind != "predict" else None, 1) as session:
             leaves, treedef = session.flat()
-            fn = self._compiler.get("predict", self._contexts(session)[1], Program("predict"), treedef)
-            return jax.device_get(fn(leaves, jax.device_put((datalib.normalize_batch(x),)), None, None, None))
+            if kind == "eval":  # fresh metrics and counters
+                state = session.state
+                state = TrainState(state.params, state.others, None, state.metrics, model_state.new_counters())
+                leaves, treedef = jax.tree.flatten(state)
+            ctx = self._contexts(session)[0 if training else 1]
+            fn = self._compiler.get(kind, ctx, Program(kind, with_logs=True), treedef, self.donate and training)
+            if kind == "predict":
+                return jax.device_get(fn(leaves, jax.device_put(batch), None, None, None))
+            leaves, logs = fn(leaves, jax.device_put(batch), None, None)
+            if training:
+                session.set_flat(leaves)
+            return self._setup.host_logs(logs)
 
     def batch_logs(self) -> dict[str, float]:
         """The running logs of the call in progress, fetched from the device (a host sync)."""
@@ -431,13 +385,7 @@ class Trainer:
             return {}
         state = session.state
         fn = self._compiler.get("logs", self._contexts(session)[1])
-        return self._host_logs(fn(state.metrics, state.counters))
-
-    def _log_order(self) -> list[str]:
-        return ["loss", *(s.name for s in self._metric_specs)]
-
-    def _host_logs(self, logs: dict[str, Any], index: int | None = None) -> dict[str, float]:
-        return host_logs(logs, self._log_order(), index)
+        return self._setup.host_logs(fn(state.metrics, state.counters))
 
     # -- parts of a call ---------------------------------------------------------------
     @contextmanager
@@ -453,7 +401,11 @@ class Trainer:
         (self._model.train if training else self._model.eval)()
         try:
             if first_batch is not None:
-                self._prepare(first_batch, training, verbose)
+                custom = type(self).compute_loss is not Trainer.compute_loss
+                self._setup.prepare(
+                    session, first_batch, model=self._model, tx=self._opt.full_tx, slot=self._slot,
+                    verbose=verbose, call_model=self.call_model, compute_loss=self.compute_loss if custom else None,
+                )
             yield session
         finally:
             session.close()
@@ -463,50 +415,7 @@ class Trainer:
             self._session = outer
 
     def _contexts(self, session: Session) -> tuple[StepContext, StepContext]:
-        """The train and eval contexts of the session's model."""
-        train = StepContext(
-            session.spec, True, self._opt.full_tx, self._loss.fn, self._metric_specs,
-            self._aux_keys or (), self._keys,
-        )
-        return train, dataclasses.replace(train, training=False, tx=None)
-
-    def _prepare(self, batch: Any, training: bool, verbose: int) -> None:
-        """Choose and check the loss on the first batch (shapes only: no compile)."""
-        session = self._session
-        prepared = (session.spec.key, training, datalib.shapes_of(batch))
-        if prepared != self._prepared:
-            self._check_batch(session, batch, training, verbose)
-            self._prepared = prepared
-        session.state = session.state._replace(metrics=self._fresh_metrics())
-
-    def _check_batch(self, session: Session, batch: Any, training: bool, verbose: int) -> None:
-        state = session.state
-        train_ctx, eval_ctx = self._contexts(session)
-        ctx = train_ctx if training else eval_ctx
-        if type(self).compute_loss is not Trainer.compute_loss:
-            self._loss = self._loss._replace(maskable=False)
-            if self._aux_keys is None:
-                def aux_of(b: Any) -> Any:
-                    with self._slot.use(train_ctx):
-                        return self.compute_loss(train_ctx.merge(state.params, state.others), b)[1]
-
-                self._aux_keys = scalar_aux_keys(aux_of, batch)
-            return
-        self._aux_keys = ()
-
-        def predictions_of(inputs: Any) -> Any:
-            with self._slot.use(ctx):
-                return self.call_model(ctx.merge(state.params, state.others), inputs)
-
-        given = self._given_loss if self._given_loss.fn is not None else self._loss
-        if self._given_loss.fn is None and self._loss.name not in (None, "model.loss"):
-            given = self._loss  # inferred before: keep it (and do not print it again)
-        self._loss = choose_loss(given, self._model, batch, self._keys, self._metric_specs, predictions_of, verbose)
-
-    def _fresh_metrics(self) -> dict[str, Any]:
-        state = metriclib.init_state(self._metric_specs, self._aux_keys or ())
-        leaves, treedef = jax.tree.flatten(state)
-        return jax.tree.unflatten(treedef, model_state.copy_arrays(leaves))
+        return self._setup.contexts(session.spec, self._opt.full_tx)
 
     def _loop(self, session: Session, hooks: Hooks) -> Loop:
         train_ctx, eval_ctx = self._contexts(session)
@@ -516,22 +425,12 @@ class Trainer:
 
     def _plan(self, data: Any, kind: str, bs: int, **options: Any) -> BatchPlan:
         fused = self.steps_per_execution if isinstance(self.steps_per_execution, int) else 1
-        return BatchPlan(data, kind, bs, fused=fused, keys=self._keys, **options)
+        return BatchPlan(data, kind, bs, fused=fused, keys=self._setup.keys, **options)
 
     def _callback_list(self, extra: Any, verbose: int, mode: str) -> CallbackList:
-        cbs = [*self._callbacks, *(extra or [])]
-        for c in cbs:
-            if not isinstance(c, Callback):
-                raise TypeError(f"callbacks must be callbacks.Callback instances, got {type(c).__name__}.")
         if mode == "fit":
             self.history = History()
-            # checkpoints are written after the other callbacks have updated their state
-            cbs = [self.history, *(c for c in cbs if not c.saves_checkpoints), *(c for c in cbs if c.saves_checkpoints)]
-        if verbose and not any(isinstance(c, ProgressBar) for c in cbs):
-            cbs.append(ProgressBar(verbose=verbose))
-        if not verbose:
-            cbs = [c for c in cbs if not isinstance(c, ProgressBar)]
-        return CallbackList(cbs, trainer=self)
+        return callback_list([*self._callbacks, *(extra or [])], verbose, self, self.history if mode == "fit" else None)
 
     def _interruptible(self) -> Any:
         if self._running is None:  # a call nested in a fit's callback keeps the fit's flag
@@ -547,24 +446,11 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
-        """A pytree (arrays and Python values) of everything needed to resume exactly: see
-        ``checkpointing.collect`` for its keys. During ``fit`` it also holds the running
-        metrics of the epoch in progress and, for sources whose iterators have
-        ``get_state()`` (grain's), the iterator's state after the last trained batch."""
-        p = self._progress
-        model = self.model  # synced
-        epoch, batch = (p.epoch + 1, 0) if p.epoch_complete else (p.epoch, p.batch)
-        session = self._session
-        metrics = session.state.metrics if session is not None and not p.epoch_complete else None
-        data, position = self._fit_data, None
-        # a re-iterable source starts a new iterator after a complete epoch: no position to keep
-        if isinstance(data, IterData) and (data.one_shot or not p.epoch_complete):
-            position = data.position_state()
-        return checkpointing.collect(
-            model=model, opt_state=self.optimizer_state(), step=p.step, epoch=epoch, batch=batch,
-            rng_key=self._shuffle_key, callbacks=callback_states(self.callbacks), metrics=metrics,
-            data_position=position,
-        )
+        """A pytree (arrays and Python values) of everything needed to resume exactly (see
+        ``checkpointing.collect`` for its keys); during ``fit`` it also holds the running
+        metrics of the epoch in progress and, for sources whose iterators have ``get_state()``
+        (grain's), the iterator's state after the last trained batch."""
+        return self._checkpoints.collect()
 
     def load_checkpoint_state(self, tree: Mapping[str, Any]) -> None:
         """Restore what ``checkpoint_state`` returned (works inside ``on_train_begin``).
@@ -573,33 +459,7 @@ class Trainer:
         Everything is checked before anything changes: a model whose Variables differ from the
         checkpoint's (another architecture) raises a ValueError naming the paths and shapes.
         """
-        session = self._session
-        metrics = session.state.metrics if session is not None else None
-        got = checkpointing.read(tree, model=self._model, opt_state=self.optimizer_state(), metrics=metrics)
-        for var, value in got.model_values:
-            var.set_value(value)
-        p = self._progress
-        p.step = p.step if got.step is None else got.step
-        p.epoch = p.epoch if got.epoch is None else got.epoch
-        p.batch, p.epoch_complete = got.batch, False
-        if got.rng is not None:
-            impl = jax.random.key_impl(self._shuffle_key)
-            self._shuffle_key = jax.random.wrap_key_data(jnp.asarray(got.rng, jnp.uint32), impl=impl)
-        if got.callbacks is not None:
-            load_callback_states(self.callbacks, got.callbacks)
-        if got.data is not None and isinstance(self._fit_data, IterData):
-            self._fit_data.restore_position(got.data)
-        self._opt.state = got.opt_state
-        if session is None:
-            self._opt.write_to_nnx_optimizer(self.step)
-            return
-        session.reload(copy=self.donate and session.training)
-        state = session.state
-        session.state = state._replace(
-            opt_state=got.opt_state if state.opt_state is not None else None,
-            metrics=got.metrics if got.metrics is not None else state.metrics,
-            counters=model_state.new_counters(p.step, p.batch),
-        )
+        self._checkpoints.load(tree)
 
     def save(self, directory: str | os.PathLike) -> int:
         """Write the Trainer's state to ``directory`` with orbax, and wait until it is written.
@@ -608,12 +468,7 @@ class Trainer:
         subdirectory named after the step, which replaces an earlier one there once it is
         complete. Returns the step.
         """
-        store = checkpointing.CheckpointStore(directory, max_to_keep=1, owner="Trainer.save")
-        try:
-            store.save(int(self.step), self.checkpoint_state())
-        finally:
-            store.close()
-        return int(self.step)
+        return self._checkpoints.save(directory)
 
     def restore(self, directory: str | os.PathLike, step: int | None = None) -> int:
         """Load the model and optimizer state and the step from ``directory``; returns the step.
@@ -623,16 +478,7 @@ class Trainer:
         ValueError naming the paths and shapes that differ; an empty directory raises
         FileNotFoundError.
         """
-        store = checkpointing.CheckpointStore(directory, owner="Trainer.restore")
-        try:
-            found = store.load(step)
-        finally:
-            store.close()
-        if found is None:
-            raise FileNotFoundError(f"Trainer.restore: no checkpoint in {store.directory}.")
-        tree = found[1]
-        self.load_checkpoint_state({k: tree[k] for k in ("model", "optimizer", "step")})
-        return int(tree["step"])
+        return self._checkpoints.restore(directory, step)
 
     # -- summary -----------------------------------------------------------------------
     def summary(self, *example_inputs: Any) -> None:
@@ -640,17 +486,6 @@ class Trainer:
         the inputs of the first batch seen; parameters only before any)."""
         inputs = example_inputs
         if not inputs and self._last_batch is not None:
-            first = datalib.batch_parts(self._last_batch, self._keys)[0]
+            first = datalib.batch_parts(self._last_batch, self._setup.keys)[0]
             inputs = first if isinstance(first, tuple) else (first,)
-        if inputs:
-            print(nnx.tabulate(self._model, *inputs))
-            return
-        total = 0
-        lines = [f"{type(self._model).__name__}"]
-        for path, var in nnx.state(self._model).flat_state():
-            value = var.get_value() if isinstance(var, nnx.Variable) else var
-            total += int(np.prod(np.shape(value))) if isinstance(var, nnx.Param) else 0
-            lines.append(f"  {'/'.join(map(str, path)):<40} {type(var).__name__:<12} {tuple(np.shape(value))}")
-        lines.append(f"Total parameters: {total:,}")
-        print("\n".join(lines))
-
+        print(nnx.tabulate(self._model, *inputs) if inputs else parameter_table(self._model))
