@@ -2,8 +2,13 @@
 
 The running means (loss, aux scalars, named metrics) are the ``(total, weight)`` rows of one
 float32 ``(k, 2)`` array. Named metrics ("accuracy", "top_k_accuracy", "mae", "mse") compute one
-value per example, weighted by the sample weights (padded rows weigh 0). ``nnx.metrics`` objects are carried as their State and updated with
-``update(logits=, labels=, loss=, mask=)``.
+value per example, weighted by the sample weights (padded rows weigh 0). ``nnx.metrics`` objects
+are carried as their State and updated with ``update(logits=, labels=, loss=, mask=)``.
+
+Why not ``nnx.metrics.Average`` for the built-in ones: each of its Variables is a buffer that a
+compiled step takes and returns, and on a small model every buffer costs dispatch time per step
+(two per metric, against one array for all of them here). Metric objects given by the user are
+still nnx metrics, run as they are.
 """
 
 from __future__ import annotations
