@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnx import filterlib
+from nnx import _eager, filterlib
 from nnx._tracing import check_same_trace
 from nnx._walks import iter_graph, recursive_map
 from nnx.graph import graph_flag
@@ -45,9 +45,37 @@ _INITIALIZERS = (
 NotKey = filterlib.All(RngState, filterlib.Not(RngKey))
 
 
+def _seed_key(seed: int) -> jax.Array:
+    """``jax.random.key(seed)``; outside a trace, for a threefry key of a seed in
+    ``[0, 2**31)`` (whose key data is ``[0, seed]`` with or without x64), built from that data
+    on the host instead of by a compiled seeding program."""
+    if (
+        0 <= seed < 2**31
+        and jax.config.jax_default_prng_impl == "threefry2x32"
+        and _eager.host_placement_ok()
+    ):
+        return jax.random.wrap_key_data(np.array([0, seed], np.uint32), impl="threefry2x32")
+    return jax.random.key(seed)
+
+
+def _zero_count(shape: tuple[int, ...]) -> jax.Array:
+    """A stream's count of ``shape``: ``jnp.zeros(shape, uint32)``, made on the host outside a
+    trace."""
+    if _eager.host_placement_ok():
+        return _eager.to_device(np.zeros(shape, np.uint32))
+    return jnp.zeros(shape, dtype=jnp.uint32)
+
+
+@jax.jit
+def _next_key(key: jax.Array, count: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(fold_in(key, count), count + 1)`` as one compiled program (integer ops: the bits of
+    the two eager ops), where ``_eager.fold_in_on_host`` does not apply."""
+    return jax.random.fold_in(key, count), count + 1
+
+
 def _as_key(seed: Any) -> jax.Array:
     if isinstance(seed, int | np.integer):
-        return jax.random.key(int(seed))
+        return _seed_key(int(seed))
     if isinstance(seed, jax.Array | np.ndarray):
         if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
             return seed
@@ -76,13 +104,20 @@ class RngStream(Object):
     def __init__(self, key: Any, *, tag: str):
         key = _as_key(key)
         self.key = RngKey(key, tag=tag)
-        self.count = RngCount(jnp.zeros(key.shape, dtype=jnp.uint32), tag=tag)
+        self.count = RngCount(_zero_count(key.shape), tag=tag)
         self.tag = tag
 
     def __call__(self) -> jax.Array:
         check_same_trace(self.count, self.count._trace)  # before a key of a foreign trace is used
-        key = jax.random.fold_in(self.key.get_value(), self.count.get_value())
-        self.count.set_value(self.count.get_value() + 1)
+        key, count = self.key.get_value(), self.count.get_value()
+        on_host = _eager.fold_in_on_host(key, count)
+        if on_host is not None:
+            key, count = on_host
+        elif _eager.outside_trace() and jnp.shape(key) == () and jnp.shape(count) == ():
+            key, count = _next_key(key, count)
+        else:
+            key, count = jax.random.fold_in(key, count), count + 1
+        self.count.set_value(count)
         return key
 
     def fork(self, *, split: int | tuple[int, ...] | None = None) -> RngStream:
@@ -431,7 +466,7 @@ def reseed(
         if isinstance(stream, RngStream) and stream.tag in stream_keys:
             key = policy(path, fresh[stream.tag](), tuple(stream.key.shape))
             stream.key.set_value(key)
-            stream.count.set_value(jnp.zeros(key.shape, dtype=jnp.uint32))
+            stream.count.set_value(_zero_count(key.shape))
 
 
 __all__ = [
