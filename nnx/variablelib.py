@@ -657,6 +657,7 @@ def with_metadata(initializer: Callable[..., Any], **metadata: Any) -> Callable[
     def wrapped(*args: Any, **kwargs: Any) -> VariableMetadata:
         return VariableMetadata(initializer(*args, **kwargs), dict(metadata))
 
+    wrapped._nnx_wrapped = (initializer, metadata)  # seen through by nn._eager_init.init_value
     return wrapped
 
 

@@ -7,10 +7,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-import jax.numpy as jnp
-
 from nnx.nn import initializers
-from nnx.variablelib import Param, Variable, VariableMetadata
+from nnx.nn._eager_init import init_value
+from nnx.variablelib import Param, Variable
 
 NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
@@ -30,7 +29,8 @@ def create_param(
     """``variable_type(initializer(key, init_shape, dtype) reshaped to shape, **metadata)``.
 
     The initializer may return a ``VariableMetadata`` (``with_partitioning``); its metadata is
-    kept and ``metadata`` is added on top.
+    kept and ``metadata`` is added on top. jax's initializers are evaluated by
+    ``nnx.nn._eager_init.init_value``: the same values with fewer XLA compilations.
 
     Args:
       layer: the layer's name, for error messages.
@@ -49,10 +49,8 @@ def create_param(
             f"{layer}: {name}_metadata must be a mapping of metadata names to values, got "
             f"{type(metadata).__name__}"
         )
-    value = initializer(key, shape if init_shape is None else init_shape, dtype)
-    if init_shape is not None:
-        if isinstance(value, VariableMetadata):
-            value = VariableMetadata(jnp.reshape(value.raw_value, shape), value.metadata)
-        else:
-            value = jnp.reshape(value, shape)
+    if init_shape is None:
+        value = init_value(initializer, key, shape, dtype)
+    else:
+        value = init_value(initializer, key, init_shape, dtype, reshape_to=shape)
     return variable_type(value, **metadata)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from nnx.module import Module
 from nnx.nn import dtypes, initializers
+from nnx.nn._eager_init import init_value
 from nnx.nn._params import NO_METADATA
 from nnx.nn.dtypes import check_last_axis
 from nnx.nn.linear import Linear, default_kernel_init
@@ -105,7 +106,7 @@ class RNNCellBase(Module):
         stream = self._carry_stream(rngs)
         batch_dims = tuple(input_shape)[: len(input_shape) - self.num_feature_axes]
         shape = (*batch_dims, self.hidden_features)
-        return [init(stream(), shape, self.param_dtype) for _ in range(count)]
+        return [init_value(init, stream(), shape, self.param_dtype) for _ in range(count)]
 
 
 class _DenseCell(RNNCellBase):
