@@ -4,14 +4,16 @@ for functional training loops under ``jax.jit``."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from nnx.graph import GraphDef, clone, merge, split
 from nnx.statelib import State
+
+if TYPE_CHECKING:  # optax is imported when it is used: it adds ~50 ms to `import nnx`
+    import optax
 
 _STATIC_FIELDS = ("graphdef", "tx")
 
@@ -130,6 +132,8 @@ class TrainState:
           **kwargs: other fields to replace at the same time.
         """
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        import optax
+
         params = optax.apply_updates(self.params, updates)
         return self.replace(params=params, opt_state=opt_state, step=self.step + 1, **kwargs)
 
