@@ -37,6 +37,15 @@ def steps_per_execution(value: Any) -> int | str:
     return int(value)
 
 
+def optional_count(name: str, value: Any) -> int | None:
+    """None or a positive int (``name`` is the argument, for the message)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or int(value) < 1:
+        raise ValueError(f"{name} must be None or an int >= 1, got {value!r}.")
+    return int(value)
+
+
 def fit_counts(epochs: int, steps_per_epoch: int | None) -> None:
     if int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}.")

@@ -154,10 +154,19 @@ def build(
         return jax.jit(lambda metrics, counters: in_context(TrainState(None, (), None, metrics, counters)))
     if kind == "predict":
         return jax.jit(_on_flat_state(_predicting(in_context, program, ctx.keys), treedef, False))
-    pure = _stateful(in_context, program, ctx.keys)
-    # evaluation reads the live parameters, which must survive the call: no donation
-    donated = (0,) if donate and kind == "train" else ()
-    return jax.jit(_on_flat_state(pure, treedef, True), donate_argnums=donated)
+    run = _on_flat_state(_stateful(in_context, program, ctx.keys), treedef, True)
+    if not (donate and kind == "train"):
+        # evaluation reads the live parameters, which must survive the call: no donation
+        return jax.jit(run)
+    # The counters (the state's last leaf) are not donated: the host reads earlier ones once
+    # they are ready (see ``loop.NonfiniteWatch``) without waiting for the device.
+    split = jax.jit(lambda head, counters, *args: run([*head, counters], *args), donate_argnums=(0,))
+
+    def donated(leaves: list[Any], *args: Any) -> Any:
+        return split(leaves[:-1], leaves[-1], *args)
+
+    donated.jitted = split  # type: ignore[attr-defined]
+    return donated
 
 
 class StepCompiler:

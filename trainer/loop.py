@@ -7,7 +7,9 @@ hooks and the progress counters); ``FusionTuner`` picks the steps per dispatch f
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import logging
 import time
 from typing import Any
 
@@ -18,7 +20,7 @@ from trainer import model_state
 from trainer.compiled import StepCompiler
 from trainer.data import IterData
 from trainer.hooks import Hooks
-from trainer.model_state import TrainState
+from trainer.model_state import FIRST_NONFINITE, LONGEST, TrainState
 from trainer.plan import BatchPlan, Unit
 from trainer.session import Session
 from trainer.steps import StepContext
@@ -37,6 +39,55 @@ class Progress:
     stop: bool = False
     interrupted: bool = False
     shuffle_key: Any = None
+    stop_reason: str | None = None
+
+
+logger = logging.getLogger("trainer")
+
+
+class NonfiniteWatch:
+    """Stops training after ``limit`` non-finite steps in a row, without waiting for the device.
+
+    After each call the loop hands over the new counters (never donated); every ``every`` steps
+    the newest of them that the device has finished is read. ``LONGEST`` only grows, so a streak
+    is seen even when the counters of the steps inside it were never read.
+    """
+
+    def __init__(self, limit: int | None, every: int = 16):
+        self.limit, self.every = limit, every
+        self._pending: collections.deque[Any] = collections.deque(maxlen=64)
+        self._since = 0
+
+    def add(self, counters: jax.Array, steps: int) -> bool:
+        """True when the limit was reached (as far as the finished steps tell)."""
+        if self.limit is None:
+            return False
+        self._pending.append(counters)
+        self._since += steps
+        if self._since < self.every:
+            return False
+        ready = None
+        while self._pending and self._pending[0].is_ready():
+            ready = self._pending.popleft()
+        if ready is None:
+            return False
+        self._since = 0
+        return self.tripped(ready)
+
+    def tripped(self, counters: jax.Array) -> bool:
+        """Whether ``counters`` show ``limit`` non-finite steps in a row (reads them: a sync)."""
+        if self.limit is None:
+            return False
+        c = np.asarray(counters)
+        if int(c[LONGEST]) < self.limit:
+            return False
+        self._pending.clear()
+        logger.error(
+            "Trainer: %d steps in a row had a non-finite loss or gradients (the first non-finite "
+            "step was %d); training stopped. Those steps were skipped: the model holds the last "
+            "finite state.", int(c[LONGEST]), int(c[FIRST_NONFINITE]),
+        )
+        return True
 
 
 class FusionTuner:
@@ -106,15 +157,24 @@ class Loop:
       progress: the counters a fit advances.
       donate: train steps donate the state's buffers.
       tuner: chooses ``fused`` per pass (``steps_per_execution="auto"``), or None.
+      max_consecutive_nonfinite: stop after this many non-finite train steps in a row (None:
+        never).
     """
 
     def __init__(
         self, compiler: StepCompiler, ctx: StepContext, eval_ctx: StepContext, session: Session,
         hooks: Hooks, progress: Progress, *, donate: bool, tuner: FusionTuner | None,
+        max_consecutive_nonfinite: int | None = None,
     ):
         self.compiler, self.ctx, self.eval_ctx = compiler, ctx, eval_ctx
         self.session, self.hooks, self.progress = session, hooks, progress
         self.donate, self.tuner = donate, tuner
+        self.watch = NonfiniteWatch(max_consecutive_nonfinite)
+
+    def check_nonfinite(self) -> None:
+        """Read the live counters now (a sync) and stop at the streak limit."""
+        if not self.progress.stop and self.watch.tripped(self.session.state.counters):
+            self.progress.stop, self.progress.stop_reason = True, "nonfinite"
 
     def _probe(self, plan: BatchPlan, ctx: StepContext, mode: str) -> _Probe | None:
         if self.tuner is None:
@@ -154,6 +214,8 @@ class Loop:
             hooks.after_steps("train", i - unit.steps, unit.steps, logs, plan.with_logs)
             if probe is not None and probe.observe(unit, leaves):
                 probe = None
+            if self.watch.add(leaves[-1], unit.steps):
+                p.stop, p.stop_reason = True, "nonfinite"
         if i == 0 and budget != 0 and not p.stop:
             raise ValueError(
                 "The dataset yielded no batch in this epoch; with a one-shot iterator, pass "
@@ -161,6 +223,7 @@ class Loop:
             )
         if max_steps is not None and p.step >= max_steps:
             p.stop = True
+            p.stop_reason = p.stop_reason or "max_steps"
 
     # -- evaluate ----------------------------------------------------------------------
     def evaluate(self, plan: BatchPlan, metrics: dict, in_fit: bool) -> TrainState:

@@ -38,8 +38,9 @@ class TrainState(NamedTuple):
         running (total, weight) rows, "objects": {name: metric-object leaves}}``; ``{}`` before
         the first batch is seen.
       counters: one int32 vector indexed by ``STEP``, ``POS`` (batch index in the epoch),
-        ``NONFINITE`` (steps with a non-finite loss) and ``FIRST_NONFINITE`` (the first such
-        step, or -1).
+        ``NONFINITE`` (steps with a non-finite loss or gradients), ``FIRST_NONFINITE`` (the first
+        such step, or -1), ``STREAK`` (such steps in a row, up to now) and ``LONGEST`` (the
+        longest such streak so far).
     """
 
     params: Any
@@ -51,13 +52,14 @@ class TrainState(NamedTuple):
 
 # Each buffer a compiled step takes and returns costs dispatch time on every call, so the
 # scalars are packed: the counters into one int32 vector, the running means into one array.
-STEP, POS, NONFINITE, FIRST_NONFINITE = range(4)
-NEXT_POS = np.array([0, 1, 0, 0], np.int32)  # an elementwise add fuses; .at[POS].add does not
+STEP, POS, NONFINITE, FIRST_NONFINITE, STREAK, LONGEST = range(6)
+NEXT_POS = np.array([0, 1, 0, 0, 0, 0], np.int32)  # an elementwise add fuses; .at[POS].add does not
+NEXT_STEP = np.array([1, 0, 0, 0, 0, 0], np.int32)
 
 
 def new_counters(step: int = 0, pos: int = 0) -> jax.Array:
     """Fresh counters on the device."""
-    return copy_arrays([np.array([step, pos, 0, -1], np.int32)])[0]
+    return copy_arrays([np.array([step, pos, 0, -1, 0, 0], np.int32)])[0]
 
 
 @jax.jit

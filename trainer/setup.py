@@ -39,9 +39,11 @@ class StepSetup:
         self.aux_keys: tuple[str, ...] | None = None  # known once a first batch was seen
         self._checked: Any = None  # what ``prepare`` last checked
 
-    def contexts(self, spec: ModelSpec, tx: optax.GradientTransformation | None) -> tuple[StepContext, StepContext]:
+    def contexts(
+        self, spec: ModelSpec, tx: optax.GradientTransformation | None, skip_nonfinite: bool = True
+    ) -> tuple[StepContext, StepContext]:
         """The train and eval contexts of ``spec``."""
-        train = StepContext(spec, True, tx, self.loss.fn, self.metrics, self.aux_keys or (), self.keys)
+        train = StepContext(spec, True, tx, self.loss.fn, self.metrics, self.aux_keys or (), self.keys, skip_nonfinite)
         return train, dataclasses.replace(train, training=False, tx=None)
 
     def log_order(self) -> list[str]:

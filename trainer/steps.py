@@ -21,7 +21,15 @@ import optax
 from trainer import data as datalib
 from trainer import metrics as metriclib
 from trainer import model_state
-from trainer.model_state import FIRST_NONFINITE, NONFINITE, STEP, ModelSpec, TrainState
+from trainer.model_state import (
+    FIRST_NONFINITE,
+    LONGEST,
+    NONFINITE,
+    STEP,
+    STREAK,
+    ModelSpec,
+    TrainState,
+)
 
 ComputeLoss = Callable[[Any, Any], tuple[jax.Array, dict[str, Any]]]
 
@@ -40,6 +48,8 @@ class StepContext:
       metrics: the resolved metrics.
       aux_keys: the scalar aux entries of ``compute_loss`` kept as running means.
       keys: the names of the parts of dict batches.
+      skip_nonfinite: a train step whose loss or gradients are not finite leaves the state
+        unchanged (but the counters).
     """
 
     spec: ModelSpec
@@ -49,6 +59,7 @@ class StepContext:
     metrics: tuple[metriclib.MetricSpec, ...]
     aux_keys: tuple[str, ...]
     keys: datalib.BatchKeys
+    skip_nonfinite: bool = True
 
     def merge(self, params: Any, others: tuple) -> Any:
         """A model (inside the trace) from the state's arrays, in this context's mode."""
@@ -98,7 +109,12 @@ def apply_gradients(
 ) -> tuple[TrainState, jax.Array, dict[str, Any]]:
     """One optimizer step: the gradients of ``loss_of_model(model, batch)`` with respect to
     the trained leaves, ``ctx.tx``'s update, and the new values of the other leaves (BatchNorm
-    statistics, RNG counters) as the merged model left them. Returns ``(state, loss, aux)``."""
+    statistics, RNG counters) as the merged model left them. Returns ``(state, loss, aux)``.
+
+    A step whose loss or gradients are not finite is counted (``count_nonfinite``) and, with
+    ``ctx.skip_nonfinite``, leaves parameters, statistics and optimizer state as they were:
+    decided on the device, so no host sync is added.
+    """
 
     def loss_of(params: Any) -> tuple[jax.Array, tuple[dict, tuple]]:
         model = ctx.merge(params, state.others)
@@ -108,14 +124,51 @@ def apply_gradients(
     (loss, (aux, others)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return state._replace(params=params, others=others, opt_state=opt_state), loss, aux
+    finite = jnp.isfinite(loss) & all_finite(grads)
+    new = state._replace(params=params, others=others, opt_state=opt_state)
+    if ctx.skip_nonfinite:
+        new = keep_unless(finite, new, state)
+    return count_nonfinite(new, ~finite), loss, aux
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every element of every floating-point leaf is finite (a scalar bool)."""
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
+def keep_unless(ok: jax.Array, new: TrainState, old: TrainState) -> TrainState:
+    """``new``'s params, others and optimizer state where ``ok``, else ``old``'s."""
+
+    def pick(a: Any, b: Any) -> Any:
+        return jnp.where(ok, a, b)
+
+    return new._replace(
+        params=jax.tree.map(pick, new.params, old.params),
+        others=jax.tree.map(pick, new.others, old.others),
+        opt_state=jax.tree.map(pick, new.opt_state, old.opt_state),
+    )
+
+
+def count_nonfinite(state: TrainState, bad: jax.Array) -> TrainState:
+    """Count a non-finite step: the total, the first one, the streak and the longest streak."""
+    c = state.counters
+    bad_i = bad.astype(jnp.int32)
+    first = jnp.where(bad & (c[FIRST_NONFINITE] < 0), c[STEP], c[FIRST_NONFINITE])
+    streak = (c[STREAK] + 1) * bad_i
+    counters = jnp.stack([
+        c[STEP], c[model_state.POS], c[NONFINITE] + bad_i, first, streak, jnp.maximum(c[LONGEST], streak)
+    ])
+    return state._replace(counters=counters)
 
 
 def evaluate_loss(
     ctx: StepContext, state: TrainState, batch: Any, loss_of_model: ComputeLoss
-) -> tuple[jax.Array, dict[str, Any]]:
-    """The loss and aux of one batch in the context's mode, parameters unchanged."""
-    return loss_of_model(ctx.merge(state.params, state.others), batch)
+) -> tuple[TrainState, jax.Array, dict[str, Any]]:
+    """The loss and aux of one batch in the context's mode, parameters unchanged; a
+    non-finite loss is counted."""
+    loss, aux = loss_of_model(ctx.merge(state.params, state.others), batch)
+    return count_nonfinite(state, ~jnp.isfinite(loss)), loss, aux
 
 
 def predict(ctx: StepContext, state: TrainState, batch: Any, call: Callable[[Any, Any], Any]) -> Any:
@@ -124,17 +177,19 @@ def predict(ctx: StepContext, state: TrainState, batch: Any, call: Callable[[Any
 
 
 def update_metrics(ctx: StepContext, state: TrainState, batch: Any, loss: jax.Array, aux: dict) -> TrainState:
-    """Add a batch to the running metrics and count a non-finite loss."""
+    """Add a batch to the running metrics and count the step; a batch whose loss is not
+    finite adds nothing (it is counted by ``count_nonfinite``)."""
     _, targets, weights = datalib.batch_parts(batch, ctx.keys)
     if weights is not None:
         weight_total = jnp.sum(jnp.asarray(weights, jnp.float32))
     else:
         weight_total = jnp.asarray(datalib.batch_size_of(batch), jnp.float32)
+    finite = jnp.isfinite(loss)
     metrics = metriclib.update_state(
         ctx.metrics,
         state.metrics,
         aux_keys=ctx.aux_keys,
-        loss=loss,
+        loss=jnp.where(finite, loss, 0.0),
         weight_total=weight_total,
         aux=aux,
         predictions=aux.get("predictions"),
@@ -142,11 +197,8 @@ def update_metrics(ctx: StepContext, state: TrainState, batch: Any, loss: jax.Ar
         weights=weights,
         per_example_loss=aux.get("per_example_loss"),
     )
-    c = state.counters
-    bad = ~jnp.isfinite(loss)
-    first = jnp.where(bad & (c[FIRST_NONFINITE] < 0), c[STEP], c[FIRST_NONFINITE])
-    counters = jnp.stack([c[STEP] + 1, c[model_state.POS], c[NONFINITE] + bad.astype(jnp.int32), first])
-    return state._replace(metrics=metrics, counters=counters)
+    metrics = jax.tree.map(lambda a, b: jnp.where(finite, a, b), metrics, state.metrics)
+    return state._replace(metrics=metrics, counters=state.counters + model_state.NEXT_STEP)
 
 
 def compute_logs(ctx: StepContext, state: TrainState) -> dict[str, jax.Array]:

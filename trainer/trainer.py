@@ -56,6 +56,11 @@ class Trainer:
         results are the same as with 1.
       wrt: a filter choosing the Variables to train; the rest are frozen.
       donate: donate the state buffers to each step (the Trainer owns copies).
+      skip_nonfinite: a train step whose loss or gradients are not finite (NaN, inf) leaves
+        parameters, statistics and optimizer state as they were; such steps are counted in the
+        logs (``nonfinite_steps``, ``first_nonfinite_step``).
+      max_consecutive_nonfinite: stop training after this many non-finite steps in a row
+        (``stop_reason`` is then ``"nonfinite"``); None never stops.
       input_keys, target_key, weight_key: the parts of dict batches.
 
     Example::
@@ -67,7 +72,8 @@ class Trainer:
     def __init__(
         self, model: Any, optimizer: Any, *, loss: Any = None, metrics: Any = None,
         callbacks: Any = None, seed: int = 0, steps_per_execution: int | str = "auto",
-        wrt: Any = nnx.Param, donate: bool = True, input_keys: Any = "x", target_key: str = "y",
+        wrt: Any = nnx.Param, donate: bool = True, skip_nonfinite: bool = True,
+        max_consecutive_nonfinite: int | None = 10, input_keys: Any = "x", target_key: str = "y",
         weight_key: str = "sample_weight",
     ):
         if not isinstance(model, nnx.Module):
@@ -76,6 +82,8 @@ class Trainer:
         self._opt = optlib.OptimizerState(optimizer, model, wrt)
         self.steps_per_execution = args.steps_per_execution(steps_per_execution)
         self.donate = bool(donate)
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.max_consecutive_nonfinite = args.optional_count("max_consecutive_nonfinite", max_consecutive_nonfinite)
         inputs = input_keys if isinstance(input_keys, str) else tuple(input_keys)
         self._setup = StepSetup(loss, metrics, datalib.BatchKeys(inputs, target_key, weight_key))
         self._callbacks = list(callbacks or [])
@@ -104,8 +112,27 @@ class Trainer:
                     doc="Optimizer steps taken so far.")
     epoch = property(lambda self: self._progress.epoch, lambda self, v: setattr(self._progress, "epoch", int(v)),
                      doc="The epoch in progress (or the next one).")
-    stop_training = property(lambda self: self._progress.stop, lambda self, v: setattr(self._progress, "stop", bool(v)),
-                             doc="Set to True (by a callback) to stop after the current step.")
+    @property
+    def stop_training(self) -> bool:
+        """Set to True (by a callback) to stop after the current step."""
+        return self._progress.stop
+
+    @stop_training.setter
+    def stop_training(self, value: bool) -> None:
+        p = self._progress
+        p.stop = bool(value)
+        p.stop_reason = (p.stop_reason or "callback") if p.stop else None
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the last ``fit`` stopped early: None (it ran its epochs), ``"interrupted"``
+        (Ctrl-C), ``"nonfinite"`` (``max_consecutive_nonfinite``), ``"max_steps"``, or the
+        reason a callback gave (``"callback"`` when it only set ``stop_training``)."""
+        return self._progress.stop_reason
+
+    @stop_reason.setter
+    def stop_reason(self, value: str | None) -> None:
+        self._progress.stop_reason = value
     interrupted = property(lambda self: self._progress.interrupted,
                            doc="Whether the last ``fit`` / ``evaluate`` / ``predict`` was stopped by Ctrl-C.")
 
@@ -190,7 +217,7 @@ class Trainer:
 
     def eval_step(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
         """One evaluation step (pure, compiled): the loss and metrics in eval mode."""
-        loss, aux = steplib.evaluate_loss(self.context, state, batch, self.compute_loss)
+        state, loss, aux = steplib.evaluate_loss(self.context, state, batch, self.compute_loss)
         state = self.update_metrics(state, batch, loss, aux)
         return state, self.compute_logs(state)
 
@@ -255,7 +282,7 @@ class Trainer:
             plan.with_logs = hooks.wants_logs("train")
             p = self._progress
             self._running, self._fit_data = cbs, data
-            p.stop, p.interrupted = False, False
+            p.stop, p.interrupted, p.stop_reason = False, False, None
             p.epoch, p.batch, p.epoch_complete = int(initial_epoch), 0, False
             try:
                 self._checkpoints.resume(cbs, resume)
@@ -282,6 +309,7 @@ class Trainer:
             loop.train_epoch(plan, perm, max_steps)
             if p.interrupted:
                 break
+            loop.check_nonfinite()
             state = session.state
             logs = self._setup.host_logs(self._compiler.get("logs", loop.eval_ctx)(state.metrics, state.counters))
             if val is not None and args.validate_now(epoch, val_freq):
@@ -415,13 +443,16 @@ class Trainer:
             self._session = outer
 
     def _contexts(self, session: Session) -> tuple[StepContext, StepContext]:
-        return self._setup.contexts(session.spec, self._opt.full_tx)
+        return self._setup.contexts(session.spec, self._opt.full_tx, self.skip_nonfinite)
 
     def _loop(self, session: Session, hooks: Hooks) -> Loop:
         train_ctx, eval_ctx = self._contexts(session)
         ctx = train_ctx if session.training else eval_ctx
         tuner = self._tuner if self.steps_per_execution == "auto" else None
-        return Loop(self._compiler, ctx, eval_ctx, session, hooks, self._progress, donate=self.donate, tuner=tuner)
+        return Loop(
+            self._compiler, ctx, eval_ctx, session, hooks, self._progress, donate=self.donate, tuner=tuner,
+            max_consecutive_nonfinite=self.max_consecutive_nonfinite,
+        )
 
     def _plan(self, data: Any, kind: str, bs: int, **options: Any) -> BatchPlan:
         fused = self.steps_per_execution if isinstance(self.steps_per_execution, int) else 1
@@ -438,6 +469,7 @@ class Trainer:
 
         def stop() -> None:
             self._progress.interrupted = self._progress.stop = True
+            self._progress.stop_reason = "interrupted"
 
         return stop_on_interrupt(stop, lambda: (
             f"Trainer: interrupted; stopped after step {self.step} (epoch {self.epoch}). "

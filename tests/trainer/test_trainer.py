@@ -266,11 +266,11 @@ def test_learning_rate_via_inject_hyperparams_and_lr_scale():
     assert hist2.history["lr_scale"] == [0.0]
 
 
-def test_non_finite_loss_is_counted_and_reported():
+def test_non_finite_loss_is_counted_and_reported_without_skipping():
     x, y = _regression(16)
     y = y.copy()
     y[5] = np.nan
-    t = Trainer(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), optax.sgd(0.01))
+    t = Trainer(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), optax.sgd(0.01), skip_nonfinite=False)
     hist = t.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
     # row 5 is in batch 1; the NaN then poisons the parameters, so steps 1, 2 and 3 are bad
     assert hist.history["nonfinite_steps"] == [3.0]

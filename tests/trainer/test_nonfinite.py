@@ -1,0 +1,94 @@
+"""Non-finite steps: skipped on the device, counted, and a streak stops training."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nnx
+from trainer import Trainer
+
+
+class Net(nnx.Module):
+    def __init__(self):
+        rngs = nnx.Rngs(params=0, dropout=1)
+        self.l1 = nnx.Linear(3, 8, rngs=rngs)
+        self.bn = nnx.BatchNorm(8, rngs=rngs)
+        self.drop = nnx.Dropout(0.3, rngs=rngs)
+        self.l2 = nnx.Linear(8, 1, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(self.drop(jax.nn.relu(self.bn(self.l1(x)))))
+
+
+def _data(n=16):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    return x, (x @ np.array([[1.0], [-2.0], [0.5]], np.float32)).astype(np.float32)
+
+
+def _values(model):
+    out = []
+    for v in jax.tree.leaves(nnx.state(model)):
+        out.append(np.asarray(jax.random.key_data(v) if jnp.issubdtype(v.dtype, jax.dtypes.prng_key) else v))
+    return out
+
+
+def test_a_non_finite_batch_is_skipped_and_leaves_no_trace():
+    x, y = _data(16)
+    bad = y.copy()
+    bad[5] = np.nan  # batch 1 of 4
+    skipped = Trainer(Net(), optax.adam(0.05), loss="mse")
+    hist = skipped.fit(x, bad, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    # the same run without batch 1: parameters, BatchNorm statistics, Dropout's RNG counter and
+    # Adam's state are as if the batch had never been there
+    keep = np.r_[0:4, 8:16]
+    clean = Trainer(Net(), optax.adam(0.05), loss="mse")
+    clean_hist = clean.fit(x[keep], y[keep], batch_size=4, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(_values(skipped.model), _values(clean.model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert hist.history["nonfinite_steps"] == [1.0] and hist.history["first_nonfinite_step"] == [1.0]
+    assert skipped.step == 4 and skipped.stop_reason is None
+    # the epoch's loss is the mean over the finite batches
+    assert hist.history["loss"] == pytest.approx(clean_hist.history["loss"], rel=1e-6)
+    assert np.isfinite(skipped.optimizer_state()[0][0].mu["l1"]["kernel"]).all()
+
+
+def test_non_finite_gradients_with_a_finite_loss_are_skipped_too():
+    x, y = _data(8)
+
+    def loss(predictions, targets):  # finite value, NaN gradient (sqrt at 0)
+        return jnp.mean((predictions - targets) ** 2, axis=-1) + jnp.sqrt(jnp.abs(predictions - predictions))[:, 0]
+
+    model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+    before = np.asarray(model.kernel.value).copy()
+    hist = Trainer(model, optax.sgd(0.1), loss=loss).fit(x, y, batch_size=4, epochs=1, verbose=0)
+    np.testing.assert_array_equal(np.asarray(model.kernel.value), before)
+    assert hist.history["nonfinite_steps"] == [2.0] and np.isfinite(hist.history["loss"][0])
+
+
+def test_a_streak_of_non_finite_steps_stops_training(caplog):
+    x, y = _data(64)
+    bad = y.copy()
+    bad[8:] = np.inf  # every batch from step 2 on
+    model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+    trainer = Trainer(model, optax.sgd(0.01), loss="mse", max_consecutive_nonfinite=3)
+    with caplog.at_level(logging.ERROR, logger="trainer"):
+        hist = trainer.fit(x, bad, batch_size=4, epochs=5, shuffle=False, verbose=0)
+    assert trainer.stop_reason == "nonfinite" and trainer.stop_training
+    assert trainer.step < 5 * 16 and len(hist.history["loss"]) <= 1
+    assert "3 steps in a row" in caplog.text or "in a row" in caplog.text
+    assert np.isfinite(np.asarray(model.kernel.value)).all()
+
+
+def test_no_limit_keeps_going_and_bad_arguments_are_refused():
+    x, y = _data(16)
+    bad = np.full_like(y, np.nan)
+    trainer = Trainer(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), optax.sgd(0.01), loss="mse", max_consecutive_nonfinite=None)
+    trainer.fit(x, bad, batch_size=4, epochs=2, verbose=0)
+    assert trainer.step == 8 and trainer.stop_reason is None
+    with pytest.raises(ValueError, match="max_consecutive_nonfinite must be None or an int >= 1"):
+        Trainer(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), optax.sgd(0.01), max_consecutive_nonfinite=0)
