@@ -47,10 +47,13 @@ from nnx.variablelib import VariableMetadata
 # are drawn at their own size (a bucket would double the memory for the draw).
 _BUCKET_MIN = 1 << 12
 _BUCKET_MAX = 1 << 16
+# Above this many entries the draw costs more than its compilation, and the host route would
+# hold one more copy of the value: the plain call.
+_HOST_MAX = 1 << 24
 
-# sha256 (first 16 hex digits) of the code lines (``_eager.fingerprint``) of each jax function mirrored
-# here, from jax 0.10.2; a jax whose source differs uses the plain calls until this module has
-# been checked against it and the fingerprints updated.
+# sha256 (first 16 hex digits) of the code lines (``_eager.fingerprint``) of each jax function
+# mirrored here, from jax 0.10.2; a jax whose source differs uses the plain calls until this
+# module has been checked against it and the fingerprints updated.
 _FINGERPRINTS = {
     "zeros": "987e6a925a8166fb",
     "ones": "4abbffae45de2df2",
@@ -100,7 +103,9 @@ def has_fast_path(initializer: Callable[..., Any]) -> bool:
 def _find_recipe(initializer: Any) -> Callable[..., Any] | None:
     """The recipe for ``initializer`` itself (by identity) or for the code of the closure it
     is (by identity of the code object: a user function is never taken for jax's)."""
-    code = getattr(initializer, "__code__", None) if getattr(initializer, "__closure__", None) else None
+    code = None
+    if getattr(initializer, "__closure__", None):
+        code = getattr(initializer, "__code__", None)
     for key, recipe in _recipe_table():
         if key is initializer or (code is not None and key is code):
             return recipe
@@ -146,13 +151,20 @@ def _fast_value(
     if recipe is None or not _eager.host_placement_ok():
         return None
     if not isinstance(shape, tuple | list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
+        isinstance(d, int | np.integer) and not isinstance(d, bool) and d > 0 for d in shape
     ):
+        return None
+    shape = tuple(int(d) for d in shape)
+    if math.prod(shape) > _HOST_MAX:
         return None
     dt = _eager.canonical_dtype(dtype)
     if dt is None:
         return None
-    value = recipe(initializer, key, tuple(shape), dt)
+    try:
+        with np.errstate(all="ignore"):  # what numpy would warn about is refused by _scaled
+            value = recipe(initializer, key, shape, dt)
+    except (OverflowError, ValueError, TypeError):  # e.g. a setting too large for the dtype
+        return None  # the plain call raises its own error
     if value is None:
         return None
     if reshape_to is not None:
@@ -181,16 +193,20 @@ def _ones(initializer: Any, key: Any, shape: tuple[int, ...], dtype: np.dtype) -
 def _settings(initializer: Any) -> dict[str, Any]:
     """The values an initializer closure captured, by name (read on every call)."""
     cells = initializer.__closure__ or ()
-    return dict(zip(initializer.__code__.co_freevars, (c.cell_contents for c in cells), strict=True))
+    names = initializer.__code__.co_freevars
+    return dict(zip(names, (c.cell_contents for c in cells), strict=True))
 
 
 def _is_real_number(x: Any) -> bool:
     return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
 
 
-def _threefry_scalar_key(key: Any) -> bool:
+def _host_draw_ok(key: Any, dtype: np.dtype) -> bool:
+    """Whether a draw with ``key`` can be scaled on the host: the dtype's arithmetic is
+    numpy's, and the key is a concrete, scalar, uncommitted threefry key."""
     return (
-        _eager.concrete_array(key)
+        _eager.host_arithmetic_ok(dtype)
+        and _eager.concrete_array(key)
         and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
         and key.shape == ()
         and str(jax.random.key_impl(key)) == "threefry2x32"
@@ -235,27 +251,26 @@ def _truncated_normal_sampler(key: Any, shape: tuple, dtype: np.dtype, lower: An
 def _uniform(initializer: Any, key: Any, shape: tuple[int, ...], dtype: np.dtype) -> Any:
     # jax: random.uniform(key, shape, dtype) * jnp.array(scale, dtype)
     scale = _settings(initializer).get("scale")
-    if not (_is_real_number(scale) and _eager.host_arithmetic_ok(dtype) and _threefry_scalar_key(key)):
+    if not (_is_real_number(scale) and _host_draw_ok(key, dtype)):
         return None
-    return _scaled(_draw(_uniform_sampler, key, shape, dtype), np.array(scale, dtype), shape, dtype)
+    sample = _draw(_uniform_sampler, key, shape, dtype)
+    return _scaled(sample, np.array(scale, dtype), shape, dtype)
 
 
 def _normal(initializer: Any, key: Any, shape: tuple[int, ...], dtype: np.dtype) -> Any:
     # jax: random.normal(key, shape, dtype) * jnp.array(stddev, dtype)
     stddev = _settings(initializer).get("stddev")
-    if not (_is_real_number(stddev) and _eager.host_arithmetic_ok(dtype) and _threefry_scalar_key(key)):
+    if not (_is_real_number(stddev) and _host_draw_ok(key, dtype)):
         return None
-    return _scaled(_draw(_normal_sampler, key, shape, dtype), np.array(stddev, dtype), shape, dtype)
+    sample = _draw(_normal_sampler, key, shape, dtype)
+    return _scaled(sample, np.array(stddev, dtype), shape, dtype)
 
 
 def _truncated_normal(initializer: Any, key: Any, shape: tuple[int, ...], dtype: np.dtype) -> Any:
     # jax: random.truncated_normal(key, lower, upper, shape, dtype) * jnp.array(stddev, dtype)
     s = _settings(initializer)
     stddev, lower, upper = s.get("stddev"), s.get("lower"), s.get("upper")
-    if not (
-        all(_is_real_number(x) for x in (stddev, lower, upper))
-        and _eager.host_arithmetic_ok(dtype) and _threefry_scalar_key(key)
-    ):
+    if not (all(_is_real_number(x) for x in (stddev, lower, upper)) and _host_draw_ok(key, dtype)):
         return None
     sample = _draw(_truncated_normal_sampler, key, shape, dtype, lower, upper)
     return _scaled(sample, np.array(stddev, dtype), shape, dtype)
@@ -267,11 +282,13 @@ def _variance_scaling(initializer: Any, key: Any, shape: tuple[int, ...], dtype:
     if not (
         _is_real_number(scale)
         and distribution in ("truncated_normal", "normal", "uniform")
-        and _eager.host_arithmetic_ok(dtype) and _threefry_scalar_key(key)
+        and _host_draw_ok(key, dtype)
     ):
         return None
     try:  # jax's own fan computation; its errors come from the plain call
-        fan_in, fan_out = jax_init._compute_fans(shape, s["in_axis"], s["out_axis"], s["batch_axis"])
+        fan_in, fan_out = jax_init._compute_fans(
+            shape, s["in_axis"], s["out_axis"], s["batch_axis"]
+        )
         denominator = {
             "fan_in": lambda: fan_in,
             "fan_out": lambda: fan_out,

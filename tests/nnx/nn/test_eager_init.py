@@ -228,6 +228,14 @@ def test_subnormal_values_mean_the_plain_call():
     assert _same(init_value(init, _key(), (16,), jnp.float32), init(_key(), (16,), jnp.float32))
 
 
+def test_invalid_settings_warn_nothing_and_give_the_plain_call_value():
+    init = jinit.variance_scaling(-1.0, "fan_in", "normal")  # sqrt of a negative variance
+    assert _eager_init._fast_value(init, _key(), (4, 4), jnp.float32, None) is None
+    assert _same(init_value(init, _key(), (4, 4), jnp.float32), init(_key(), (4, 4), jnp.float32))
+    huge = jinit.normal(1e300)  # overflows float32
+    assert _eager_init._fast_value(huge, _key(), (4,), jnp.float32, None) is None
+
+
 def test_errors_are_those_of_the_plain_call():
     with pytest.raises(ValueError, match="Can't compute input and output sizes"):
         init_value(jinit.lecun_normal(), _key(), (5,), jnp.float32)
