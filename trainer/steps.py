@@ -122,12 +122,20 @@ def apply_gradients(
         return loss, (aux, model_state.read_others(ctx.spec, model))
 
     (loss, (aux, others)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+
+    def update(_: Any) -> tuple[Any, tuple, Any]:
+        updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates), others, opt_state
+
     finite = jnp.isfinite(loss) & all_finite(grads)
-    new = state._replace(params=params, others=others, opt_state=opt_state)
     if ctx.skip_nonfinite:
-        new = keep_unless(finite, new, state)
+        # a conditional runs one branch: cheaper than selecting between both results
+        params, others, opt_state = jax.lax.cond(
+            finite, update, lambda _: (state.params, state.others, state.opt_state), None
+        )
+    else:
+        params, others, opt_state = update(None)
+    new = state._replace(params=params, others=others, opt_state=opt_state)
     return count_nonfinite(new, ~finite), loss, aux
 
 
@@ -135,19 +143,6 @@ def all_finite(tree: Any) -> jax.Array:
     """Whether every element of every floating-point leaf is finite (a scalar bool)."""
     checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
     return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
-
-
-def keep_unless(ok: jax.Array, new: TrainState, old: TrainState) -> TrainState:
-    """``new``'s params, others and optimizer state where ``ok``, else ``old``'s."""
-
-    def pick(a: Any, b: Any) -> Any:
-        return jnp.where(ok, a, b)
-
-    return new._replace(
-        params=jax.tree.map(pick, new.params, old.params),
-        others=jax.tree.map(pick, new.others, old.others),
-        opt_state=jax.tree.map(pick, new.opt_state, old.opt_state),
-    )
 
 
 def count_nonfinite(state: TrainState, bad: jax.Array) -> TrainState:

@@ -92,3 +92,15 @@ def test_no_limit_keeps_going_and_bad_arguments_are_refused():
     assert trainer.step == 8 and trainer.stop_reason is None
     with pytest.raises(ValueError, match="max_consecutive_nonfinite must be None or an int >= 1"):
         Trainer(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), optax.sgd(0.01), max_consecutive_nonfinite=0)
+
+
+def test_skipping_works_with_low_precision_parameters_and_injected_hyperparameters():
+    x, y = _data(8)
+    bad = y.copy()
+    bad[0] = np.nan
+    # (inject_hyperparams casts Adam's b2 to bfloat16, where 0.999 rounds to 1: not for bf16)
+    for dtype, tx in ((jnp.bfloat16, optax.adam(0.1)), (jnp.float32, optax.inject_hyperparams(optax.adam)(learning_rate=0.1))):
+        model = nnx.Linear(3, 1, param_dtype=dtype, rngs=nnx.Rngs(0))
+        hist = Trainer(model, tx, loss="mse").fit(x, bad, batch_size=4, epochs=1, shuffle=False, verbose=0)
+        assert hist.history["nonfinite_steps"] == [1.0] and model.kernel.value.dtype == dtype
+        assert np.isfinite(np.asarray(model.kernel.value, np.float32)).all()
