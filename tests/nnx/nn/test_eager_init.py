@@ -80,6 +80,15 @@ def test_values_are_the_bits_of_the_plain_call(name):
             assert _same(init_value(init, key, shape, jnp.float32), expected), (name, shape)
 
 
+def test_without_partitionable_threefry_the_flat_draw_has_the_bits():
+    with jax.threefry_partitionable(False):
+        for name in ("lecun_normal", "glorot_uniform", "normal"):
+            init = INITIALIZERS[name]
+            for shape in SHAPES:
+                expected = init(_key(), shape, jnp.float32)
+                assert _same(init_value(init, _key(), shape, jnp.float32), expected), shape
+
+
 def test_float64_under_x64_is_the_plain_call_bits():
     with jax.enable_x64(True):
         for name in ("lecun_normal", "he_uniform", "normal", "zeros"):
@@ -130,6 +139,8 @@ def test_linear_parameters_are_the_plain_call_bits():
 
 
 def test_layers_of_a_small_model_compile_one_sampler():
+    if not jax.config.jax_threefry_partitionable:
+        pytest.skip("size buckets need jax_threefry_partitionable (the default)")
     jax.clear_caches()
     with _compilations() as names:
         nnx.Linear(64, 32, rngs=nnx.Rngs(0))
