@@ -41,16 +41,44 @@ def optional_count(name: str, value: Any) -> int | None:
     """None or a positive int (``name`` is the argument, for the message)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or int(value) < 1:
+    if not _is_int(value) or int(value) < 1:
         raise ValueError(f"{name} must be None or an int >= 1, got {value!r}.")
     return int(value)
 
 
-def fit_counts(epochs: int, steps_per_epoch: int | None) -> None:
-    if int(epochs) < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}.")
-    if steps_per_epoch is not None and steps_per_epoch <= 0:
-        raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch}.")
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def count(name: str, value: Any, least: int = 1) -> int:
+    """An int >= ``least`` (not a float, a string or a bool), or a ValueError naming ``name``."""
+    if not _is_int(value) or int(value) < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value!r}.")
+    return int(value)
+
+
+def fit_counts(
+    epochs: Any, steps_per_epoch: Any, initial_epoch: Any, max_steps: Any, validation_steps: Any,
+    validation_freq: Any,
+) -> None:
+    """Check fit's counting arguments (Keras's rules, with clear errors instead of surprises)."""
+    count("epochs", epochs)
+    count("initial_epoch", initial_epoch, least=0)
+    optional_count("steps_per_epoch", steps_per_epoch)
+    optional_count("max_steps", max_steps)
+    optional_count("validation_steps", validation_steps)
+    if isinstance(validation_freq, list | tuple):
+        if not validation_freq or not all(_is_int(e) and e >= 1 for e in validation_freq):
+            raise ValueError(f"validation_freq as a list holds the (1-based) epochs to validate, got {validation_freq!r}.")
+    else:
+        count("validation_freq", validation_freq)
+
+
+def seed(value: Any) -> int:
+    """The Trainer's seed: an int."""
+    if not _is_int(value):
+        raise ValueError(f"Trainer(seed=...) must be an int, got {value!r}.")
+    return int(value)
 
 
 def check_one_shot(data: ArrayData | IterData, epochs: int, initial_epoch: int, steps_per_epoch: int | None) -> None:
@@ -61,6 +89,20 @@ def check_one_shot(data: ArrayData | IterData, epochs: int, initial_epoch: int, 
             f"epochs={epochs}: it would be exhausted after the first epoch. Pass "
             "steps_per_epoch=... (epochs then continue from the same iterator), or a "
             "re-iterable dataset."
+        )
+
+
+def check_one_shot_validation(val: ArrayData | IterData, epochs: int, steps: int | None, freq: int | list[int]) -> None:
+    """A one-shot validation iterator read more than once needs ``validation_steps``."""
+    if not isinstance(val, IterData) or not val.one_shot or steps is not None:
+        return
+    validations = sum(validate_now(e, freq) for e in range(epochs))
+    if validations > 1:
+        raise ValueError(
+            f"validation_data is a one-shot iterator ({type(val.source).__name__}) and fit "
+            f"validates {validations} times: it would be exhausted after the first. Pass "
+            "validation_steps=... (each validation then reads that many batches from the same "
+            "iterator), or a re-iterable dataset."
         )
 
 
@@ -93,6 +135,6 @@ def single_batch(x: Any, y: Any, sample_weight: Any, keys: datalib.BatchKeys, ne
 
 def validate_now(epoch: int, freq: int | list[int]) -> bool:
     """Keras's ``validation_freq``: every ``freq`` epochs, or the listed (1-based) epochs."""
-    if isinstance(freq, int):
+    if not isinstance(freq, list | tuple):
         return (epoch + 1) % freq == 0
     return (epoch + 1) in freq

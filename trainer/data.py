@@ -51,8 +51,16 @@ def _check_lengths(parts: dict[str, Any]) -> int:
         if tree is None:
             continue
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            where = f"{name}{jax.tree_util.keystr(path)}"
             if np.ndim(leaf) == 0:
-                raise ValueError(f"{name}{jax.tree_util.keystr(path)} is a scalar; expected an array with a batch axis.")
+                raise ValueError(f"{where} is a scalar; expected an array with a batch axis.")
+            kind = np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype)).kind
+            if kind in "OUSV":
+                what = "strings" if kind in "US" else "Python objects"
+                raise TypeError(
+                    f"{where} holds {what} (dtype {np.asarray(leaf).dtype}); arrays of numbers are "
+                    "needed: encode labels as integers (e.g. with numpy.unique(..., return_inverse=True))."
+                )
             sizes[f"{name}{jax.tree_util.keystr(path)}"] = int(np.shape(leaf)[0])
     if len(set(sizes.values())) > 1:
         shown = ", ".join(f"{k} has {v}" for k, v in sizes.items())
@@ -265,6 +273,11 @@ def class_weights(targets: Any, table: dict[int, float]) -> np.ndarray:
     t = np.asarray(jax.device_get(targets))
     if t.ndim == 2 and t.shape[1] > 1:
         t = t.argmax(axis=1)
+    elif np.issubdtype(t.dtype, np.floating) and not np.all(t == np.round(t)):
+        raise ValueError(
+            "class_weight needs class labels as targets (integers or one-hot rows); these "
+            "targets are non-integer floats (a regression?). Use sample_weight instead."
+        )
     t = t.reshape(t.shape[0], -1)[:, 0].astype(np.int64)
     size = max(int(t.max(initial=0)), max(table)) + 1
     lookup = np.ones(size, np.float32)

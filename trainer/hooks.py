@@ -9,7 +9,8 @@ when they need numbers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -18,6 +19,8 @@ import numpy as np
 from callbacks.base import Callback, CallbackList
 from callbacks.progress import ProgressBar
 from trainer.session import Session
+
+logger = logging.getLogger("trainer")
 
 
 def host_logs(logs: dict[str, Any], order: Sequence[str], index: int | None = None) -> dict[str, float]:
@@ -42,15 +45,17 @@ def host_logs(logs: dict[str, Any], order: Sequence[str], index: int | None = No
 
 
 def callback_list(callbacks: list[Any], verbose: int, trainer: Any, history: Callback | None) -> CallbackList:
-    """The callbacks of a call in the order they run: ``history`` first (fit), then the given
-    ones with the checkpointing callbacks last (so that a checkpoint holds the others' state as
-    of its step), and a ProgressBar when ``verbose`` (none when 0)."""
+    """The callbacks of a call in the order they run: the given ones, then ``history`` (fit;
+    after the others, as in Keras, so that keys they add to the logs are recorded), then the
+    checkpointing callbacks (so that a checkpoint holds the others' state as of its step), and
+    a ProgressBar when ``verbose`` (none when 0)."""
     for c in callbacks:
         if not isinstance(c, Callback):
             raise TypeError(f"callbacks must be callbacks.Callback instances, got {type(c).__name__}.")
-    ordered = [c for c in callbacks if not c.saves_checkpoints] + [c for c in callbacks if c.saves_checkpoints]
+    ordered = [c for c in callbacks if not c.saves_checkpoints]
     if history is not None:
-        ordered.insert(0, history)
+        ordered.append(history)
+    ordered += [c for c in callbacks if c.saves_checkpoints]
     if verbose and not any(isinstance(c, ProgressBar) for c in ordered):
         ordered.append(ProgressBar(verbose=verbose))
     if not verbose:
@@ -66,10 +71,17 @@ class Hooks:
       session: the live state the hooks see through the model.
       order: the log keys in display order.
       copy: take back changed model values as copies (the steps donate their buffers).
+      model: the user's model; ``model.stop_training = True`` (Keras's spelling) set by a
+        callback is taken off the model again and calls ``stop``.
+      stop: requests the stop of the fit (a no-op outside ``fit``).
     """
 
-    def __init__(self, callbacks: CallbackList, session: Session, order: Sequence[str], copy: bool):
+    def __init__(
+        self, callbacks: CallbackList, session: Session, order: Sequence[str], copy: bool,
+        model: Any = None, stop: Callable[[], None] | None = None,
+    ):
         self.callbacks, self.session, self.order, self.copy = callbacks, session, order, copy
+        self.model, self.stop = model, stop
 
     def call(self, hook: str, *args: Any) -> None:
         """An epoch-level hook, with the model current; take back what callbacks changed."""
@@ -78,6 +90,20 @@ class Hooks:
         self.session.sync()
         self.callbacks.call(hook, *args)
         self.session.pull_changes(self.copy)
+        self._model_stop()
+
+    def _model_stop(self) -> None:
+        model = self.model
+        if model is None or "stop_training" not in vars(model):
+            return
+        value = vars(model)["stop_training"]
+        delattr(model, "stop_training")  # the attribute must not become part of the model
+        if value and self.stop is not None:
+            logger.warning(
+                "Trainer: a callback set model.stop_training (Keras's spelling); training stops. "
+                "Set self.trainer.stop_training = True instead."
+            )
+            self.stop()
 
     def wants_logs(self, mode: str) -> bool:
         """Whether a batch hook of ``mode`` takes per-step logs (a host sync per step)."""
@@ -105,6 +131,7 @@ class Hooks:
             self.session.pull_changes(self.copy)
         else:
             self.callbacks.call(hook, batch, logs)
+        self._model_stop()
 
     def after_steps(self, mode: str, first: int, k: int, logs: Any, with_logs: bool) -> None:
         """The batch hooks of ``k`` steps that just ran (a fused block: begin and end hooks of

@@ -249,6 +249,14 @@ class Loop:
                 probe = None
             if self.progress.interrupted and not in_fit:
                 break
+        if i == 0:
+            raise ValueError(
+                "The evaluation ran over no batch: " + (
+                    "its data iterator is exhausted (a one-shot iterator used for validation "
+                    "needs validation_steps, and enough batches for every validation)."
+                    if isinstance(plan.data, IterData) else "steps=0."
+                )
+            )
         return jax.tree.unflatten(treedef, leaves)
 
     # -- predict -----------------------------------------------------------------------
@@ -270,8 +278,9 @@ class Loop:
             for j in range(k) if has_end or (has_begin and k > 1) else ():
                 if has_begin and k > 1:
                     hooks.batch("on_predict_batch_begin", i + j, None, True)
-                if has_end:
-                    one = out if k == 1 else jax.tree.map(lambda a, j=j: a[j], out)
+                if has_end:  # the batch's real rows, without the padding
+                    rows = unit.rows[j]
+                    one = jax.tree.map(lambda a, j=j, r=rows, k=k: (a if k == 1 else a[j])[:r], out)
                     hooks.batch("on_predict_batch_end", i + j, {"outputs": one}, True)
             i += k
             if probe is not None and probe.observe(unit, out):

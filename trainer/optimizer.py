@@ -48,6 +48,12 @@ class OptimizerState:
             self.tx = optimizer.tx
         elif hasattr(optimizer, "init") and hasattr(optimizer, "update"):
             self.tx = optimizer
+        elif callable(optimizer) and getattr(optimizer, "__module__", "").startswith("optax"):
+            name = getattr(optimizer, "__name__", "the optimizer")
+            raise TypeError(
+                f"Trainer(optimizer=...) got the function optax.{name} itself; did you mean "
+                f"optax.{name}(learning_rate), e.g. optax.{name}(1e-3)?"
+            )
         else:
             raise TypeError(
                 f"Trainer(optimizer=...) expects an optax GradientTransformation or an "

@@ -9,6 +9,7 @@ overridable methods below are the steps; their defaults are the pure functions o
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -36,6 +37,8 @@ from trainer.session import Session
 from trainer.setup import StepSetup
 from trainer.steps import StepContext
 from trainer.summary import parameter_table
+
+logger = logging.getLogger("trainer")
 
 
 class Trainer:
@@ -88,7 +91,7 @@ class Trainer:
         self._setup = StepSetup(loss, metrics, datalib.BatchKeys(inputs, target_key, weight_key))
         self._callbacks = list(callbacks or [])
         self._progress = Progress()
-        self.seed = int(seed)
+        self.seed = seed
         self._slot = ContextSlot()
         self._compiler = StepCompiler(
             {"train": lambda: self.train_step, "eval": lambda: self.eval_step,
@@ -106,6 +109,16 @@ class Trainer:
         self._fit_data: Any = None  # the training source of the fit in progress
         self._last_batch: Any = None
         self.history: History | None = None
+
+    def __repr__(self) -> str:
+        tx = self._opt.user
+        optimizer = type(tx).__name__ if self._opt.nnx_optimizer is not None else _optax_name(tx)
+        loss = self._setup.loss.name or "inferred on the first batch"
+        metrics = [s.name for s in self._setup.metrics]
+        return (
+            f"Trainer(model={type(self._model).__name__}, optimizer={optimizer}, loss={loss!r}, "
+            f"metrics={metrics}, steps_per_execution={self.steps_per_execution!r})"
+        )
 
     # -- public attributes -------------------------------------------------------------
     step = property(lambda self: self._progress.step, lambda self, v: setattr(self._progress, "step", int(v)),
@@ -143,14 +156,14 @@ class Trainer:
 
     @seed.setter
     def seed(self, value: int) -> None:
-        self._seed = int(value)
+        self._seed = args.seed(value)
         # the shuffle order of each epoch derives from this key; checkpoints hold it
         self._progress.shuffle_key = jax.random.key(self._seed)
 
     @property
     def callbacks(self) -> list[Callback]:
-        """The callbacks of the ``fit`` in progress, in the order they are called (History
-        first, the ProgressBar and the checkpointing callbacks last); outside ``fit``, the
+        """The callbacks of the ``fit`` in progress, in the order they are called (the given
+        ones, History, the checkpointing callbacks, the ProgressBar); outside ``fit``, the
         callbacks given to the Trainer. Checkpoints save and restore their ``state_dict``."""
         return list(self._running if self._running is not None else self._callbacks)
 
@@ -265,7 +278,7 @@ class Trainer:
             restored whenever one exists, with or without ``resume``.
         """
         verbose, bs = args.verbosity(verbose), args.batch_size(batch_size)
-        args.fit_counts(epochs, steps_per_epoch)
+        args.fit_counts(epochs, steps_per_epoch, initial_epoch, max_steps, validation_steps, validation_freq)
         data = datalib.from_user(x, y, sample_weight, class_weight, keys=self._setup.keys)
         val = None
         if validation_split:
@@ -273,12 +286,14 @@ class Trainer:
         if validation_data is not None:
             val = args.validation_source(validation_data, self._setup.keys)
         args.check_one_shot(data, epochs, initial_epoch, steps_per_epoch)
+        if val is not None:
+            args.check_one_shot_validation(val, epochs - initial_epoch, validation_steps, validation_freq)
         plan = self._plan(data, "train", bs, steps=steps_per_epoch, drop_remainder=drop_remainder)
         self._last_batch = plan.first_batch()
         with self._call(True, self._last_batch, verbose) as session:
             cbs = self._callback_list(callbacks, verbose, "fit")
             cbs.set_params({"epochs": epochs, "steps": plan.steps, "verbose": verbose})
-            hooks = Hooks(cbs, session, self._setup.log_order(), copy=self.donate)
+            hooks = Hooks(cbs, session, self._setup.log_order(), copy=self.donate, model=self._model, stop=self._stop_by_model)
             plan.with_logs = hooks.wants_logs("train")
             p = self._progress
             self._running, self._fit_data = cbs, data
@@ -325,15 +340,19 @@ class Trainer:
 
     def evaluate(
         self, x: Any = None, y: Any = None, *, batch_size: int | None = None, steps: int | None = None,
-        sample_weight: Any = None, callbacks: Any = None, verbose: Any = "auto",
-    ) -> dict[str, float]:
+        sample_weight: Any = None, callbacks: Any = None, verbose: Any = "auto", return_dict: bool = True,
+    ) -> Any:
         """Loss and metrics over the data in eval mode; returns ``{"loss": ..., ...}``.
+
+        With ``return_dict=False`` (Keras's default; here the dict is) it returns Keras's form:
+        the values in log order (loss first), or the loss alone when there is nothing else.
 
         The partial last batch is padded and masked: the result is exact and no new shape is
         compiled (unless the loss is a scalar-returning callable or ``compute_loss`` is
         overridden; then it runs at its true size).
         """
         verbose, bs = args.verbosity(verbose), args.batch_size(batch_size)
+        steps = args.optional_count("evaluate(steps=...)", steps)
         data = datalib.from_user(x, y, sample_weight, keys=self._setup.keys)
         self._last_batch = BatchPlan(data, "eval", bs, steps=steps, pad=True).first_batch()
         with self._call(False, self._last_batch, verbose) as session:
@@ -341,13 +360,21 @@ class Trainer:
             cbs.set_params({"epochs": 1, "steps": steps_of(data, bs, steps), "verbose": verbose})
             hooks = Hooks(cbs, session, self._setup.log_order(), copy=False)
             with self._interruptible():
-                return self._evaluate_source(self._loop(session, hooks), data, bs, steps, in_fit=False)
+                results = self._evaluate_source(self._loop(session, hooks), data, bs, steps, in_fit=False)
+        if return_dict:
+            return results
+        values = list(results.values())
+        return values[0] if len(values) == 1 else values
 
     def _evaluate_source(self, loop: Loop, data: Any, bs: int, steps: int | None, in_fit: bool) -> dict[str, float]:
         plan = self._plan(data, "eval", bs, steps=steps, pad=self._setup.loss.maskable)
         plan.with_logs = loop.hooks.wants_logs("test")
         state = loop.evaluate(plan, self._setup.fresh_metrics(), in_fit)
         results = self._setup.host_logs(self._compiler.get("logs", loop.eval_ctx)(state.metrics, state.counters))
+        if self._progress.interrupted and not in_fit:
+            # a partial result: not handed to the callbacks as the evaluation's
+            logger.warning("Trainer: evaluate was interrupted; the results cover only the batches it reached.")
+            return results
         loop.hooks.call("on_test_end", results)
         return results
 
@@ -463,6 +490,10 @@ class Trainer:
             self.history = History()
         return callback_list([*self._callbacks, *(extra or [])], verbose, self, self.history if mode == "fit" else None)
 
+    def _stop_by_model(self) -> None:
+        self._progress.stop = True
+        self._progress.stop_reason = self._progress.stop_reason or "callback"
+
     def _interruptible(self) -> Any:
         if self._running is None:  # a call nested in a fit's callback keeps the fit's flag
             self._progress.interrupted = False
@@ -521,3 +552,11 @@ class Trainer:
             first = datalib.batch_parts(self._last_batch, self._setup.keys)[0]
             inputs = first if isinstance(first, tuple) else (first,)
         print(nnx.tabulate(self._model, *inputs) if inputs else parameter_table(self._model))
+
+
+def _optax_name(tx: Any) -> str:
+    """The optax function that built ``tx`` (e.g. ``adam``), from its ``init``'s qualified name."""
+    qualname = getattr(getattr(tx, "init", None), "__qualname__", "")
+    if ".<locals>" not in qualname:
+        return type(tx).__name__
+    return f"optax.{qualname.split('.<locals>')[0]}(...)"

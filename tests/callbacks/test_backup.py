@@ -168,9 +168,9 @@ def test_callback_states_learning_rate_and_history_come_back_with_the_backup(tmp
     seen = []
     during = callbacks.LambdaCallback(on_train_begin=lambda logs: seen.extend(second.callbacks))
     history = second.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[during])  # nothing left to run
-    # while fit runs: History first, the checkpointing callbacks after the others
+    # while fit runs: History after the user's callbacks, the checkpointing callbacks last
     assert [type(c).__name__ for c in seen] == [
-        "History", "ReduceLROnPlateau", "EarlyStopping", "LambdaCallback", "BackupAndRestore"
+        "ReduceLROnPlateau", "EarlyStopping", "LambdaCallback", "History", "BackupAndRestore"
     ]
     assert second.step == first.step == 6 and second.learning_rate == pytest.approx(0.025)
     assert (reduce2.wait, reduce2.best, reduce2.cooldown_counter) == (reduce.wait, reduce.best, reduce.cooldown_counter)

@@ -103,3 +103,75 @@ def test_fusion_tuner_picks_a_block_that_tiles_the_pass():
     assert tuner.choose(1e-4, _plan(600 * 8 + 3, 8)) == 200  # the partial batch runs alone
     assert tuner.choose(0.02, _plan(256 * 8, 8)) == 5  # 5 steps per 0.1 s (256 = 51 * 5 + 1)
     assert tuner.choose(1.0, _plan(256 * 8, 8)) == 1  # slow steps are not fused
+
+
+class PredictBatches(callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.rows.append(logs["outputs"].shape[0])
+
+
+class KerasStop(callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = True  # Keras's spelling
+
+
+class AddsKey(callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_custom"] = float(epoch)
+
+
+def test_predict_batch_hooks_see_real_rows_and_keras_stop_and_added_keys_work(caplog):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=20).astype(np.int32)
+    model = Net()
+    trainer = Trainer(model, optax.adam(1e-2))
+    seen = PredictBatches()
+    for spe in (1, 2):
+        seen.rows.clear()
+        trainer.steps_per_execution = spe
+        trainer.predict(x, batch_size=8, verbose=0, callbacks=[seen])
+        assert seen.rows == [8, 8, 4]
+    with caplog.at_level("WARNING", logger="trainer"):
+        history = trainer.fit(x, y, batch_size=8, epochs=5, verbose=0, callbacks=[KerasStop(), AddsKey()])
+    assert history.epoch == [0] and trainer.stop_reason == "callback" and "stop_training" in caplog.text
+    assert "stop_training" not in vars(model)
+    assert history.history["val_custom"] == [0.0]  # History runs after the user's callbacks
+
+
+class CtrlCInEvaluate(callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.ended = False
+
+    def on_test_batch_end(self, batch, logs=None):
+        if batch == 0:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_test_end(self, logs=None):
+        self.ended = True
+
+
+def test_an_interrupted_evaluate_warns_and_is_not_handed_to_callbacks(caplog):
+    import signal
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=32).astype(np.int32)
+    trainer = Trainer(Net(), optax.adam(1e-2))
+    probe = CtrlCInEvaluate()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with caplog.at_level("WARNING", logger="trainer"):
+            partial = trainer.evaluate(x, y, batch_size=8, verbose=0, callbacks=[probe])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert trainer.interrupted and not probe.ended and "interrupted" in caplog.text
+    assert set(partial) == {"loss"}
