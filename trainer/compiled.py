@@ -41,7 +41,9 @@ class Program:
       kind: ``"train"``, ``"eval"`` or ``"predict"``.
       gather: how the batch is taken from on-device data; None when the batch is fed.
       fused: steps per call (``lax.scan`` when > 1; fed batches are then stacked).
-      with_logs: return the logs after each step (else None: nothing to fetch).
+      with_logs: return the logs after each step (else None). The Trainer sets it for fused
+        blocks only, whoever listens: a single step's logs are the running values of the state
+        it returns, so the callbacks attached never change the compiled program.
     """
 
     kind: str

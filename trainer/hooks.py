@@ -133,14 +133,17 @@ class Hooks:
             self.callbacks.call(hook, batch, logs)
         self._model_stop()
 
-    def after_steps(self, mode: str, first: int, k: int, logs: Any, with_logs: bool) -> None:
+    def after_steps(
+        self, mode: str, first: int, k: int, logs: Any, with_logs: bool, current: Callable[[], Any]
+    ) -> None:
         """The batch hooks of ``k`` steps that just ran (a fused block: begin and end hooks of
-        each of its steps, after it)."""
+        each of its steps, after it). ``logs`` are a block's stacked per-step logs;
+        ``current()`` gives the running logs now (those of a single step)."""
         begin, end = f"on_{mode}_batch_begin", f"on_{mode}_batch_end"
         has_begin, has_end = self.has(begin), self.has(end)
         if not has_end and not (has_begin and k > 1):
             return
-        host = jax.device_get(logs) if with_logs else None
+        host = jax.device_get(logs if k > 1 else current()) if with_logs else None
         for j in range(k):
             step_logs = host_logs(host, self.order, j if k > 1 else None) if with_logs else None
             if has_begin and k > 1:

@@ -171,6 +171,12 @@ class Loop:
         self.donate, self.tuner = donate, tuner
         self.watch = NonfiniteWatch(max_consecutive_nonfinite)
 
+    def _logs_of(self, state: TrainState) -> Any:
+        return self.compiler.get("logs", self.eval_ctx)(state.metrics, state.counters)
+
+    def _current_logs(self) -> Any:
+        return self._logs_of(self.session.state)
+
     def check_nonfinite(self) -> None:
         """Read the live counters now (a sync) and stop at the streak limit."""
         if not self.progress.stop and self.watch.tripped(self.session.state.counters):
@@ -211,7 +217,7 @@ class Loop:
             p.batch = i
             if isinstance(plan.data, IterData):
                 plan.data.advance(unit.steps)
-            hooks.after_steps("train", i - unit.steps, unit.steps, logs, plan.with_logs)
+            hooks.after_steps("train", i - unit.steps, unit.steps, logs, plan.with_logs, self._current_logs)
             if probe is not None and probe.observe(unit, leaves):
                 probe = None
             if self.watch.add(leaves[-1], unit.steps):
@@ -243,7 +249,10 @@ class Loop:
                 hooks.batch("on_test_batch_begin", i, None, plan.with_logs)
             fn = self.compiler.get("eval", ctx, unit.program, treedef)
             leaves, logs = fn(leaves, *unit.args)
-            hooks.after_steps("test", i, unit.steps, logs, plan.with_logs)
+            hooks.after_steps(
+                "test", i, unit.steps, logs, plan.with_logs,
+                lambda leaves=leaves: self._logs_of(jax.tree.unflatten(treedef, leaves)),
+            )
             i += unit.steps
             if probe is not None and probe.observe(unit, leaves):
                 probe = None

@@ -58,7 +58,7 @@ class BatchPlan:
       pad: the partial last batch is padded to the batch size and masked (evaluate with a
         per-example loss, predict); else it runs at its true size.
       fused: steps per block.
-      with_logs: the calls return per-step logs (a batch hook needs them).
+      with_logs: a batch hook takes per-step logs (they are fetched from the device).
     """
 
     def __init__(
@@ -96,10 +96,10 @@ class BatchPlan:
 
     def program(self, gather: Gather | None, fused: int = 1) -> Program:
         """The (memoized) Program of a call: the compiled-step cache hashes it on every call."""
-        key = (gather, fused, self.with_logs)
+        key = (gather, fused)
         program = self._programs.get(key)
-        if program is None:
-            program = self._programs[key] = Program(self.kind, gather, fused, self.with_logs)
+        if program is None:  # fused blocks return their steps' logs (see Program.with_logs)
+            program = self._programs[key] = Program(self.kind, gather, fused, fused > 1)
         return program
 
     def units(self, start: int = 0, perm: jax.Array | None = None, budget: int | None = None) -> Iterator[Unit]:

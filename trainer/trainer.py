@@ -425,12 +425,14 @@ class Trainer:
                 state = TrainState(state.params, state.others, None, state.metrics, model_state.new_counters())
                 leaves, treedef = jax.tree.flatten(state)
             ctx = self._contexts(session)[0 if training else 1]
-            fn = self._compiler.get(kind, ctx, Program(kind, with_logs=True), treedef, self.donate and training)
+            fn = self._compiler.get(kind, ctx, Program(kind), treedef, self.donate and training)
             if kind == "predict":
                 return jax.device_get(fn(leaves, jax.device_put(batch), None, None, None))
-            leaves, logs = fn(leaves, jax.device_put(batch), None, None)
+            leaves, _ = fn(leaves, jax.device_put(batch), None, None)
             if training:
                 session.set_flat(leaves)
+            state = jax.tree.unflatten(treedef, leaves)
+            logs = self._compiler.get("logs", self._contexts(session)[1])(state.metrics, state.counters)
             return self._setup.host_logs(logs)
 
     def batch_logs(self) -> dict[str, float]:

@@ -175,3 +175,27 @@ def test_an_interrupted_evaluate_warns_and_is_not_handed_to_callbacks(caplog):
         signal.signal(signal.SIGINT, previous)
     assert trainer.interrupted and not probe.ended and "interrupted" in caplog.text
     assert set(partial) == {"loss"}
+
+
+class CountingTrainer(Trainer):
+    traces = 0
+
+    def train_step(self, state, batch):
+        CountingTrainer.traces += 1
+        return super().train_step(state, batch)
+
+
+def test_attaching_or_removing_callbacks_does_not_recompile():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=32).astype(np.int32)
+    for spe in (1, 2):
+        CountingTrainer.traces = 0
+        trainer = CountingTrainer(Net(), optax.adam(1e-2), steps_per_execution=spe)
+        trainer.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        compiled = CountingTrainer.traces
+        logs = StepLogs()
+        trainer.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[logs, ReadsModel()])
+        trainer.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=1)
+        assert CountingTrainer.traces == compiled
+        assert [b for b, _ in logs.logs] == [0, 1, 2, 3] and all("loss" in entry for _, entry in logs.logs)
