@@ -130,7 +130,7 @@ def single_batch(x: Any, y: Any, sample_weight: Any, keys: datalib.BatchKeys, ne
     data = datalib.from_user(x, y, sample_weight, keys=keys, need_targets=need_targets)
     if not isinstance(data, ArrayData):
         raise TypeError("train_on_batch / test_on_batch take arrays, not a dataset.")
-    return data.batch
+    return data.real()
 
 
 def validate_now(epoch: int, freq: int | list[int]) -> bool:

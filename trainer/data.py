@@ -71,15 +71,55 @@ def _check_lengths(parts: dict[str, Any]) -> int:
     return n
 
 
+# Arrays are placed on the device with their rows padded to a bucket size: the compiled steps
+# take the whole array, so datasets whose lengths share a bucket share the compiled steps. Small
+# data (up to SMALL_BYTES once padded) is padded to the next power of two; larger data to the next
+# multiple of a sixteenth of its power of two (at most 1/16 more memory).
+SMALL_BYTES = 64 << 20
+
+
+def bucket_rows(n: int, row_bytes: int) -> int:
+    """The padded number of rows for ``n`` rows of ``row_bytes`` bytes each."""
+    power = 1 << max(n - 1, 0).bit_length()
+    if power * row_bytes <= SMALL_BYTES:
+        return power
+    step = max(power // 16, 1)
+    return -(-n // step) * step
+
+
+def _row_bytes(tree: Any) -> int:
+    return sum(int(np.prod(np.shape(a)[1:])) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree))
+
+
+def place(batch: Any, n: int) -> Any:
+    """The arrays on the device, each padded with zero rows to ``bucket_rows(n, ...)``."""
+    rows = bucket_rows(n, _row_bytes(batch))
+
+    def padded(a: Any) -> Any:
+        a = _as_array(a)
+        if rows == n:
+            return a
+        tail = ((0, rows - n),) + ((0, 0),) * (a.ndim - 1)
+        return jnp.pad(a, tail) if isinstance(a, jax.Array) else np.pad(a, tail)
+
+    return jax.device_put(jax.tree.map(padded, batch))
+
+
 @dataclasses.dataclass
 class ArrayData:
-    """In-memory arrays, on the device, with ``n`` examples along axis 0 of every leaf."""
+    """In-memory arrays on the device: ``n`` examples along axis 0 of every leaf of ``batch``,
+    followed by zero rows up to the bucket size (see ``place``)."""
 
     batch: Any
     n: int
 
+    def real(self) -> Any:
+        """The arrays without the padding rows."""
+        return jax.tree.map(lambda a: a[: self.n], self.batch)
+
     def take(self, start: int, stop: int) -> ArrayData:
-        return ArrayData(jax.tree.map(lambda a: a[start:stop], self.batch), stop - start)
+        """Rows ``start:stop`` (placed again, padded to their own bucket)."""
+        return ArrayData(place(jax.tree.map(lambda a: a[start:stop], self.batch), stop - start), stop - start)
 
 
 class _Tracked:
@@ -343,7 +383,7 @@ def from_user(
         _, targets, weights = batch_parts(batch, keys)
         cw = class_weights(targets, class_weight)
         batch = with_weights(batch, cw if weights is None else np.asarray(weights) * cw, keys)
-    return ArrayData(jax.device_put(jax.tree.map(_as_array, batch)), n)
+    return ArrayData(place(batch, n), n)
 
 
 def _named_parts(batch: Any, keys: BatchKeys) -> dict[str, Any]:

@@ -208,13 +208,17 @@ def permuted(batch: Any, perm: jax.Array) -> Any:
     return datalib.gather(batch, perm)
 
 
-def permutation(key: jax.Array, epoch: int, n: int) -> jax.Array:
+def permutation(key: jax.Array, epoch: int, n: int, rows: int | None = None) -> jax.Array:
     """The epoch's shuffle order of ``n`` rows, on the device: a pure function of ``(key,
-    epoch)``. It is drawn on the host (numpy's PCG64 seeded by the key's data and the epoch):
-    XLA's sort-based shuffle takes milliseconds per epoch on a CPU, numpy's a tenth of one."""
+    epoch)``, followed by the padding rows ``n .. rows`` in place. It is drawn on the host
+    (numpy's PCG64 seeded by the key's data and the epoch): XLA's sort-based shuffle takes
+    milliseconds per epoch on a CPU, numpy's a tenth of one."""
     words = np.asarray(jax.random.key_data(key)).ravel().tolist()
     rng = np.random.default_rng(np.random.SeedSequence([*words, int(epoch)]))
-    return jax.device_put(rng.permutation(n).astype(np.int32))
+    order = rng.permutation(n)
+    if rows is not None and rows > n:
+        order = np.concatenate([order, np.arange(n, rows)])
+    return jax.device_put(order.astype(np.int32))
 
 
 def steps_of(data: ArrayData | IterData, batch_size: int, steps: int | None) -> int | None:

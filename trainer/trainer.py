@@ -320,7 +320,10 @@ class Trainer:
                 session.state = session.state._replace(metrics=self._setup.fresh_metrics())
             hooks.call("on_epoch_begin", epoch, None)
             arrays = isinstance(plan.data, ArrayData)
-            perm = permutation(self._progress.shuffle_key, epoch, plan.data.n) if shuffle and arrays else None
+            perm = None
+            if shuffle and arrays:
+                rows = jax.tree.leaves(plan.data.batch)[0].shape[0]
+                perm = permutation(self._progress.shuffle_key, epoch, plan.data.n, rows)
             loop.train_epoch(plan, perm, max_steps)
             if p.interrupted:
                 break

@@ -142,3 +142,37 @@ def test_batch_helpers():
     np.testing.assert_array_equal(w, [1, 2, 2, 1])
     stacked = datalib.stack([batch, batch])
     assert jax.tree.map(np.shape, stacked) == ((2, 3, 1), (2, 3))
+
+
+def test_datasets_of_similar_lengths_share_the_compiled_steps():
+    from trainer.data import bucket_rows
+
+    assert [bucket_rows(n, 16) for n in (1, 100, 120, 128, 129)] == [1, 128, 128, 128, 256]
+    assert bucket_rows(10**7, 64) == 10 * 2**20  # large data: a sixteenth of 2**24 at most
+    traces = {"train": 0, "eval": 0, "predict": 0}
+
+    class Counting(Trainer):
+        def train_step(self, state, batch):
+            traces["train"] += 1
+            return super().train_step(state, batch)
+
+        def eval_step(self, state, batch):
+            traces["eval"] += 1
+            return super().eval_step(state, batch)
+
+        def predict_step(self, state, batch):
+            traces["predict"] += 1
+            return super().predict_step(state, batch)
+
+    x, y = _xy(120)
+    t = Counting(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), optax.sgd(0.1), steps_per_execution=1)
+    t.fit(x[:100], y[:100], batch_size=20, epochs=1, verbose=0)
+    t.evaluate(x[:50], y[:50], batch_size=20, verbose=0)
+    t.predict(x[:50], batch_size=20, verbose=0)
+    first = dict(traces)
+    t.fit(x, y, batch_size=20, epochs=1, verbose=0)  # 120 rows: the same bucket as 100
+    t.evaluate(x[:60], y[:60], batch_size=20, verbose=0)
+    t.predict(x[:60], batch_size=20, verbose=0)
+    assert traces == first
+    # the padding rows are never trained on or predicted
+    assert t.predict(x[:50], batch_size=20, verbose=0).shape == (50, 1)
