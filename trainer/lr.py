@@ -8,11 +8,13 @@ float32 multiplier (``trainer.lr_scale``).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
+
+if TYPE_CHECKING:
+    import optax
 
 
 class LrScaleState(NamedTuple):
@@ -32,6 +34,8 @@ def scale_by_lr_scale() -> optax.GradientTransformation:
         del params
         scaled = jax.tree.map(lambda u: u * state.scale.astype(u.dtype), updates)
         return scaled, state
+
+    import optax
 
     return optax.GradientTransformation(init, update)
 

@@ -3,15 +3,17 @@ learning-rate control (``lr.py``) without recompiling."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 import nnx
 from trainer import lr as lrlib
 from trainer import model_state
+
+if TYPE_CHECKING:
+    import optax
 
 
 def _unwrap(tree: Any) -> Any:
@@ -80,6 +82,8 @@ class OptimizerState:
         if lrlib.find_hyperparams(base_state) is not None:
             self.full_tx, state = self.tx, base_state
         else:
+            import optax
+
             self.full_tx = optax.chain(self.tx, lrlib.scale_by_lr_scale())
             state = (base_state, lrlib.scale_by_lr_scale().init(params))
         # distinct buffers everywhere, so that donation never sees one buffer twice

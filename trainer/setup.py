@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
-import optax
 
 from trainer import data as datalib
 from trainer import losses as losslib
@@ -20,6 +19,9 @@ from trainer.model_state import ModelSpec
 from trainer.prepare import LossChoice, choose_loss, scalar_aux_keys
 from trainer.session import Session
 from trainer.steps import StepContext
+
+if TYPE_CHECKING:
+    import optax
 
 
 class StepSetup:

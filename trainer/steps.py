@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from trainer import data as datalib
 from trainer import metrics as metriclib
@@ -30,6 +29,9 @@ from trainer.model_state import (
     ModelSpec,
     TrainState,
 )
+
+if TYPE_CHECKING:
+    import optax
 
 ComputeLoss = Callable[[Any, Any], tuple[jax.Array, dict[str, Any]]]
 
@@ -125,6 +127,8 @@ def apply_gradients(
 
     def update(_: Any) -> tuple[Any, tuple, Any]:
         updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
+        import optax  # imported when the first step is traced (a tenth of a second)
+
         return optax.apply_updates(state.params, updates), others, opt_state
 
     finite = jnp.isfinite(loss) & all_finite(grads)
