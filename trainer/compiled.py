@@ -18,7 +18,7 @@ import jax
 
 from trainer import data as datalib
 from trainer.model_state import NEXT_POS, POS, TrainState
-from trainer.steps import StepContext
+from trainer.steps import StepContext, add_step_logs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,25 @@ class Program:
     with_logs: bool = False
 
 
+class NewStepKeys(Exception):
+    """Raised while a step is traced when its logs hold scalars beyond ``compute_logs``'s that
+    the context has no running means for: the caller adds them (``StepContext.step_keys``) and
+    calls again. Nothing ran: the exception leaves the trace before any compilation."""
+
+    def __init__(self, keys: tuple[str, ...]):
+        super().__init__(f"the step returns new scalar logs {keys}")
+        self.keys = keys
+
+
+def _new_keys(logs: Any, running: Any, known: tuple[str, ...]) -> tuple[str, ...]:
+    if not isinstance(logs, dict):
+        return ()
+    return tuple(sorted(
+        k for k, v in logs.items()
+        if k not in running and k not in known and not k.startswith("_") and getattr(v, "shape", None) == ()
+    ))
+
+
 class ContextSlot:
     """The ``StepContext`` of the compiled call being traced (None outside a trace)."""
 
@@ -78,14 +97,23 @@ def take_batch(data: Any, perm: Any, n: Any, pos: jax.Array, gather: Gather, key
     return datalib.gather(data, idx)
 
 
-def _stateful(step: Callable[..., Any], program: Program, keys: datalib.BatchKeys) -> Callable[..., Any]:
+def _stateful(
+    step: Callable[..., Any], program: Program, ctx: StepContext, running: Callable[[TrainState], Any]
+) -> Callable[..., Any]:
     """``(state, data, perm, n) -> (state, logs)`` for train and eval steps: the position is
-    the state's ``counters[POS]``, advanced by each step."""
-    gather, with_logs = program.gather, program.with_logs
+    the state's ``counters[POS]``, advanced by each step. ``running(state)`` is the state's
+    running logs (``compute_logs``): the scalars a step returns beyond them are averaged
+    (``ctx.step_keys``; a new one raises ``NewStepKeys``)."""
+    gather, with_logs, keys, step_keys = program.gather, program.with_logs, ctx.keys, ctx.step_keys
 
     def one(state: TrainState, data: Any, perm: Any, n: Any) -> tuple[TrainState, Any]:
         batch = data if gather is None else take_batch(data, perm, n, state.counters[POS], gather, keys)
         state, logs = step(state, batch)
+        new = _new_keys(logs, running(state), step_keys)
+        if new:
+            raise NewStepKeys(new)
+        if step_keys:
+            state = add_step_logs(ctx, state, logs)
         state = state._replace(counters=state.counters + NEXT_POS)
         return state, (logs if with_logs else None)
 
@@ -140,12 +168,13 @@ def _on_flat_state(pure: Callable[..., Any], treedef: Any, returns_state: bool) 
 
 def build(
     kind: str, step: Callable[..., Any], ctx: StepContext, program: Program | None, treedef: Any,
-    donate: bool, slot: ContextSlot,
+    donate: bool, slot: ContextSlot, logs_step: Callable[..., Any] | None = None,
 ) -> Callable[..., Any]:
     """The jitted form of ``step`` (traced with ``ctx`` in ``slot``).
 
     ``kind`` ``"logs"`` compiles ``step(state) -> logs`` on ``(metrics, counters)``; the others
-    take the flat leaves of a state of structure ``treedef`` and the data arguments.
+    take the flat leaves of a state of structure ``treedef`` and the data arguments; train and
+    eval steps also trace ``logs_step`` (``compute_logs``) for the keys of the running logs.
     """
 
     def in_context(*args: Any) -> Any:
@@ -156,7 +185,11 @@ def build(
         return jax.jit(lambda metrics, counters: in_context(TrainState(None, (), None, metrics, counters)))
     if kind == "predict":
         return jax.jit(_on_flat_state(_predicting(in_context, program, ctx.keys), treedef, False))
-    run = _on_flat_state(_stateful(in_context, program, ctx.keys), treedef, True)
+    def running(state: TrainState) -> Any:
+        with slot.use(ctx):
+            return logs_step(state)
+
+    run = _on_flat_state(_stateful(in_context, program, ctx, running), treedef, True)
     if not (donate and kind == "train"):
         # evaluation reads the live parameters, which must survive the call: no donation
         return jax.jit(run)
@@ -188,10 +221,11 @@ class StepCompiler:
     def get(self, kind: str, ctx: StepContext, program: Program | None = None, treedef: Any = None,
             donate: bool = False) -> Callable[..., Any]:
         step = self._steps[kind]()
-        key = (kind, step, ctx, program, treedef, donate)
+        logs_step = self._steps["logs"]() if kind in ("train", "eval") else None
+        key = (kind, step, logs_step, ctx, program, treedef, donate)
         fn = self._cache.get(key)
         if fn is None:
-            fn = self._cache[key] = build(kind, step, ctx, program, treedef, donate, self._slot)
+            fn = self._cache[key] = build(kind, step, ctx, program, treedef, donate, self._slot, logs_step)
         return fn
 
     def compiled(self, kind: str) -> list[Callable[..., Any]]:

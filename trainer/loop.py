@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from trainer import model_state
-from trainer.compiled import StepCompiler
+from trainer.compiled import NewStepKeys, StepCompiler
 from trainer.data import IterData
 from trainer.hooks import Hooks
 from trainer.model_state import FIRST_NONFINITE, LONGEST, TrainState
@@ -159,17 +159,27 @@ class Loop:
       tuner: chooses ``fused`` per pass (``steps_per_execution="auto"``), or None.
       max_consecutive_nonfinite: stop after this many non-finite train steps in a row (None:
         never).
+      learn_keys: called with the new scalar logs a step returns (``NewStepKeys``); it keeps
+        running means for them and returns the new ``(ctx, eval_ctx)``.
+      fresh_metrics: zeroed running metrics (of the layout after ``learn_keys``).
     """
 
     def __init__(
         self, compiler: StepCompiler, ctx: StepContext, eval_ctx: StepContext, session: Session,
         hooks: Hooks, progress: Progress, *, donate: bool, tuner: FusionTuner | None,
         max_consecutive_nonfinite: int | None = None,
+        learn_keys: Any = None, fresh_metrics: Any = None,
     ):
         self.compiler, self.ctx, self.eval_ctx = compiler, ctx, eval_ctx
         self.session, self.hooks, self.progress = session, hooks, progress
         self.donate, self.tuner = donate, tuner
         self.watch = NonfiniteWatch(max_consecutive_nonfinite)
+        self._learn_keys, self._fresh_metrics = learn_keys, fresh_metrics
+
+    def _learn(self, keys: tuple[str, ...]) -> None:
+        if self._learn_keys is None:
+            raise NewStepKeys(keys)
+        self.ctx, self.eval_ctx = self._learn_keys(keys)
 
     def _logs_of(self, state: TrainState) -> Any:
         return self.compiler.get("logs", self.eval_ctx)(state.metrics, state.counters)
@@ -210,7 +220,15 @@ class Loop:
             fn = fns.get(id(unit.program))
             if fn is None:
                 fn = fns[id(unit.program)] = self.compiler.get("train", self.ctx, unit.program, treedef, self.donate)
-            leaves, logs = fn(session.flat()[0], *unit.args)
+            try:
+                leaves, logs = fn(session.flat()[0], *unit.args)
+            except NewStepKeys as new:  # raised while tracing: nothing ran
+                self._learn(new.keys)
+                session.state = session.state._replace(metrics=self._fresh_metrics())
+                treedef = session.flat()[1]
+                fns.clear()
+                fn = fns[id(unit.program)] = self.compiler.get("train", self.ctx, unit.program, treedef, self.donate)
+                leaves, logs = fn(session.flat()[0], *unit.args)
             session.set_flat(leaves)
             p.step += unit.steps
             i += unit.steps
@@ -247,11 +265,17 @@ class Loop:
         for unit in plan.units():
             if has_begin and unit.steps == 1:
                 hooks.batch("on_test_batch_begin", i, None, plan.with_logs)
-            fn = self.compiler.get("eval", ctx, unit.program, treedef)
-            leaves, logs = fn(leaves, *unit.args)
+            try:
+                leaves, logs = self.compiler.get("eval", ctx, unit.program, treedef)(leaves, *unit.args)
+            except NewStepKeys as new:  # raised while tracing: nothing ran
+                self._learn(new.keys)
+                ctx = self.eval_ctx
+                state = jax.tree.unflatten(treedef, leaves)._replace(metrics=self._fresh_metrics())
+                leaves, treedef = jax.tree.flatten(state)
+                leaves, logs = self.compiler.get("eval", ctx, unit.program, treedef)(leaves, *unit.args)
             hooks.after_steps(
                 "test", i, unit.steps, logs, plan.with_logs,
-                lambda leaves=leaves: self._logs_of(jax.tree.unflatten(treedef, leaves)),
+                lambda leaves=leaves, treedef=treedef: self._logs_of(jax.tree.unflatten(treedef, leaves)),
             )
             i += unit.steps
             if probe is not None and probe.observe(unit, leaves):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jax
+import numpy as np
 
 from trainer import data as datalib
 from trainer import losses as losslib
@@ -39,13 +40,17 @@ class StepSetup:
         self.metrics = metriclib.resolve_metrics(metrics)
         self.keys = keys
         self.aux_keys: tuple[str, ...] | None = None  # known once a first batch was seen
+        self.step_keys: tuple[str, ...] = ()  # scalar logs an overridden step adds (averaged)
         self._checked: Any = None  # what ``prepare`` last checked
 
     def contexts(
         self, spec: ModelSpec, tx: optax.GradientTransformation | None, skip_nonfinite: bool = True
     ) -> tuple[StepContext, StepContext]:
         """The train and eval contexts of ``spec``."""
-        train = StepContext(spec, True, tx, self.loss.fn, self.metrics, self.aux_keys or (), self.keys, skip_nonfinite)
+        train = StepContext(
+            spec, True, tx, self.loss.fn, self.metrics, self.aux_keys or (), self.keys, skip_nonfinite,
+            self.step_keys,
+        )
         return train, dataclasses.replace(train, training=False, tx=None)
 
     def log_order(self) -> list[str]:
@@ -53,11 +58,18 @@ class StepSetup:
         return ["loss", *(s.name for s in self.metrics)]
 
     def host_logs(self, logs: dict[str, Any], index: int | None = None) -> dict[str, float]:
-        return host_logs(logs, self.log_order(), index)
+        """Device logs as floats; a step key with nothing averaged yet is left out."""
+        out = host_logs(logs, self.log_order(), index)
+        for key in self.step_keys:
+            if key in out and out[key] != out[key]:
+                del out[key]
+        return out
 
     def fresh_metrics(self) -> dict[str, Any]:
         """Zeroed running metrics on the device."""
         state = metriclib.init_state(self.metrics, self.aux_keys or ())
+        if self.step_keys:
+            state["step_means"] = np.zeros((len(self.step_keys), 2), np.float32)
         leaves, treedef = jax.tree.flatten(state)
         return jax.tree.unflatten(treedef, model_state.copy_arrays(leaves))
 
@@ -83,6 +95,10 @@ class StepSetup:
             self._check(session, batch, model, tx, slot, verbose, call_model, compute_loss)
             self._checked = checked
         session.state = session.state._replace(metrics=self.fresh_metrics())
+
+    def learn_step_keys(self, keys: tuple[str, ...]) -> None:
+        """Keep running means for ``keys`` too (scalars a step returned; see ``NewStepKeys``)."""
+        self.step_keys = tuple(sorted(set(self.step_keys) | set(keys)))
 
     def _check(self, session: Session, batch: Any, model: Any, tx: Any, slot: ContextSlot, verbose: int,
                call_model: Callable[[Any, Any], Any], compute_loss: Callable[[Any, Any], Any] | None) -> None:

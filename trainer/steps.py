@@ -52,6 +52,8 @@ class StepContext:
       keys: the names of the parts of dict batches.
       skip_nonfinite: a train step whose loss or gradients are not finite leaves the state
         unchanged (but the counters).
+      step_keys: scalar logs an overridden step returns beyond ``compute_logs``'s: each is
+        averaged over the steps of the epoch (non-finite values left out) and logged.
     """
 
     spec: ModelSpec
@@ -62,6 +64,7 @@ class StepContext:
     aux_keys: tuple[str, ...]
     keys: datalib.BatchKeys
     skip_nonfinite: bool = True
+    step_keys: tuple[str, ...] = ()
 
     def merge(self, params: Any, others: tuple) -> Any:
         """A model (inside the trace) from the state's arrays, in this context's mode."""
@@ -196,13 +199,30 @@ def update_metrics(ctx: StepContext, state: TrainState, batch: Any, loss: jax.Ar
         weights=weights,
         per_example_loss=aux.get("per_example_loss"),
     )
+    metrics = {**state.metrics, **metrics}  # (step means are added by add_step_logs)
     metrics = jax.tree.map(lambda a, b: jnp.where(finite, a, b), metrics, state.metrics)
     return state._replace(metrics=metrics, counters=state.counters + model_state.NEXT_STEP)
+
+
+def add_step_logs(ctx: StepContext, state: TrainState, logs: dict[str, Any]) -> TrainState:
+    """Add the ``ctx.step_keys`` values a step returned to their running means."""
+    rows = []
+    for key in ctx.step_keys:
+        value = jnp.asarray(logs[key], jnp.float32) if key in logs else jnp.asarray(jnp.nan, jnp.float32)
+        ok = jnp.isfinite(value)
+        rows.append(jnp.stack([jnp.where(ok, value, 0.0), ok.astype(jnp.float32)]))
+    metrics = {**state.metrics, "step_means": state.metrics["step_means"] + jnp.stack(rows)}
+    return state._replace(metrics=metrics)
 
 
 def compute_logs(ctx: StepContext, state: TrainState) -> dict[str, jax.Array]:
     """The running values of the loss and metrics, and the non-finite step counters."""
     logs = metriclib.results(ctx.metrics, state.metrics, ctx.aux_keys)
+    if ctx.step_keys and "step_means" in state.metrics:
+        means = state.metrics["step_means"]
+        # NaN where nothing was added (a key of the train step during evaluation): not logged
+        values = jnp.where(means[:, 1] == 0, jnp.nan, means[:, 0] / jnp.where(means[:, 1] == 0, 1.0, means[:, 1]))
+        logs.update({key: values[i] for i, key in enumerate(ctx.step_keys)})
     logs["_nonfinite"] = state.counters[NONFINITE]
     logs["_first_nonfinite"] = state.counters[FIRST_NONFINITE]
     return logs

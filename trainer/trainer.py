@@ -26,7 +26,7 @@ from trainer import model_state
 from trainer import optimizer as optlib
 from trainer import steps as steplib
 from trainer.checkpoints import Checkpoints
-from trainer.compiled import ContextSlot, Program, StepCompiler
+from trainer.compiled import ContextSlot, NewStepKeys, Program, StepCompiler
 from trainer.data import ArrayData
 from trainer.hooks import Hooks, callback_list
 from trainer.interrupt import stop_on_interrupt
@@ -431,7 +431,11 @@ class Trainer:
             fn = self._compiler.get(kind, ctx, Program(kind), treedef, self.donate and training)
             if kind == "predict":
                 return jax.device_get(fn(leaves, jax.device_put(batch), None, None, None))
-            leaves, _ = fn(leaves, jax.device_put(batch), None, None)
+            try:
+                leaves, _ = fn(leaves, jax.device_put(batch), None, None)
+            except NewStepKeys as new:  # raised while tracing: nothing ran
+                self._setup.learn_step_keys(new.keys)
+                return self._one_batch(kind, batch)
             if training:
                 session.set_flat(leaves)
             state = jax.tree.unflatten(treedef, leaves)
@@ -484,7 +488,12 @@ class Trainer:
         return Loop(
             self._compiler, ctx, eval_ctx, session, hooks, self._progress, donate=self.donate, tuner=tuner,
             max_consecutive_nonfinite=self.max_consecutive_nonfinite,
+            learn_keys=lambda keys: self._learn_step_keys(session, keys), fresh_metrics=self._setup.fresh_metrics,
         )
+
+    def _learn_step_keys(self, session: Session, keys: tuple[str, ...]) -> tuple[StepContext, StepContext]:
+        self._setup.learn_step_keys(keys)
+        return self._contexts(session)
 
     def _plan(self, data: Any, kind: str, bs: int, **options: Any) -> BatchPlan:
         fused = self.steps_per_execution if isinstance(self.steps_per_execution, int) else 1

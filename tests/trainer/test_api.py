@@ -136,3 +136,29 @@ def test_stop_training_takes_effect_at_the_next_block_boundary():
     t.fit(x, y, batch_size=4, epochs=2, callbacks=[stopper], verbose=0)
     # the hooks of the first block of 4 run after it; the stop request ends the fit there
     assert t.step == 4 and stopper.ends == [0, 1, 2, 3]
+
+
+class NormLogging(Trainer):
+    def train_step(self, state, batch):
+        old = state.params
+        state, logs = super().train_step(state, batch)
+        change = jax.tree.map(lambda a, b: jnp.sum((a - b) ** 2), state.params, old)
+        return state, {**logs, "update_norm": jnp.sqrt(sum(jax.tree.leaves(change))), "one": 1.0}
+
+
+def test_scalars_a_custom_step_returns_are_averaged_over_the_epoch_and_logged(tmp_path):
+    import callbacks
+
+    x, y = _data(16)
+    seen = []
+    batch_logs = callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(logs))
+    csv = callbacks.CSVLogger(tmp_path / "log.csv")
+    trainer = NormLogging(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), optax.sgd(0.1), steps_per_execution=1)
+    hist = trainer.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, validation_data=(x, y),
+                       callbacks=[batch_logs, csv])
+    assert hist.history["one"] == [1.0, 1.0] and len(hist.history["update_norm"]) == 2
+    assert "val_update_norm" not in hist.history and "val_one" not in hist.history
+    # the epoch value is the mean of the steps' values (batch logs are running means)
+    assert hist.history["update_norm"][0] == pytest.approx(seen[3]["update_norm"], rel=1e-6)
+    first_epoch = [logs["update_norm"] for logs in seen[:4]]
+    assert first_epoch[0] > 0 and "update_norm" in (tmp_path / "log.csv").read_text()
