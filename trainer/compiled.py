@@ -62,12 +62,16 @@ class NewStepKeys(Exception):
         self.keys = keys
 
 
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, int | float) or getattr(value, "shape", None) == ()
+
+
 def _new_keys(logs: Any, running: Any, known: tuple[str, ...]) -> tuple[str, ...]:
     if not isinstance(logs, dict):
         return ()
     return tuple(sorted(
         k for k, v in logs.items()
-        if k not in running and k not in known and not k.startswith("_") and getattr(v, "shape", None) == ()
+        if k not in running and k not in known and not k.startswith("_") and _is_scalar(v)
     ))
 
 
