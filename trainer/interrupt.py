@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+
+logger = logging.getLogger("trainer")
 
 
 @contextlib.contextmanager
@@ -15,8 +17,8 @@ def stop_on_interrupt(request_stop: Callable[[], None], message: Callable[[], st
     """Turn the first SIGINT into ``request_stop()``; a second one interrupts at once.
 
     Only in the main thread, and only where SIGINT has Python's default handler (a handler the
-    user installed, or an ignored SIGINT, stays as it is). ``message()`` is printed to stderr
-    when the call was stopped this way.
+    user installed, or an ignored SIGINT, stays as it is). ``message()`` is logged (a warning of
+    the ``trainer`` logger) when the call was stopped this way.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -39,4 +41,4 @@ def stop_on_interrupt(request_stop: Callable[[], None], message: Callable[[], st
     finally:
         signal.signal(signal.SIGINT, previous)
         if hit:
-            print(message(), file=sys.stderr)
+            logger.warning(message())

@@ -421,7 +421,7 @@ class Trainer:
 
     def _one_batch(self, kind: str, batch: Any) -> Any:
         training = kind == "train"
-        with self._call(training, batch if kind != "predict" else None, 1) as session:
+        with self._call(training, batch if kind != "predict" else None, 0) as session:
             leaves, treedef = session.flat()
             if kind == "eval":  # fresh metrics and counters
                 state = session.state
