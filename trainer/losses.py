@@ -3,10 +3,15 @@
 Every built-in loss maps ``(predictions, targets)`` (optax's order; Keras uses the reverse) to one
 value per example, shape ``(N,)``, so the Trainer can weight and mask it. Extra axes after the
 batch axis (a sequence, say) are averaged.
+
+A callable loss in Keras's order, ``loss(y_true, y_pred)``, is wrapped with ``keras_order``, or
+recognised by its parameter names (``y_true`` and ``y_pred``, in either position) and called by
+name (see ``in_our_order``).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -86,16 +91,86 @@ LOSSES: dict[str, LossFn] = {
 
 _DESCRIPTIONS = {
     "sparse_categorical_crossentropy": "softmax cross-entropy with integer labels",
+    "categorical_crossentropy": "softmax cross-entropy with one-hot targets",
     "binary_crossentropy": "sigmoid binary cross-entropy (from logits)",
     "mse": "mean squared error",
 }
+
+
+class KerasOrder:
+    """A loss or metric ``fn(y_true, y_pred)`` called as ``(predictions, targets)``.
+
+    Args:
+      fn: the Keras-order callable.
+      by_name: call ``fn(y_true=targets, y_pred=predictions)`` (its parameters have those
+        names) instead of ``fn(targets, predictions)``.
+      announced: whether ``note`` (how it is called) needs no saying: True when the user
+        wrapped it; the Trainer says it once otherwise and sets it.
+    """
+
+    def __init__(self, fn: Callable[..., Any], by_name: bool = False, announced: bool = False):
+        self.fn, self.by_name, self.announced = fn, by_name, announced
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+        self.note = (
+            f"{self.__name__!r} names its parameters y_true and y_pred (Keras): called as "
+            f"{self.__name__}(y_true=targets, y_pred=predictions)"
+            if by_name
+            else f"{self.__name__!r} is in Keras's order: called as {self.__name__}(targets, predictions)"
+        )
+
+    def __call__(self, predictions: Any, targets: Any) -> Any:
+        if self.by_name:
+            return self.fn(y_true=targets, y_pred=predictions)
+        return self.fn(targets, predictions)
+
+    def __repr__(self) -> str:
+        return f"keras_order({self.fn!r})"
+
+
+def keras_order(fn: Callable[[Any, Any], Any]) -> KerasOrder:
+    """Wrap a Keras-order ``fn(y_true, y_pred)`` as ``fn(predictions, targets)`` (optax's order).
+
+    Args:
+      fn: a loss or metric taking the targets first.
+
+    >>> import jax.numpy as jnp
+    >>> loss = keras_order(lambda y_true, y_pred: (y_pred - y_true) ** 2)
+    >>> float(loss(jnp.array(3.0), jnp.array(1.0)))
+    4.0
+    """
+    if isinstance(fn, KerasOrder):
+        return fn
+    return KerasOrder(fn, announced=True)
+
+
+def in_our_order(fn: Callable[..., Any]) -> Callable[[Any, Any], Any]:
+    """``fn`` as ``fn(predictions, targets)``: a callable whose parameters are named
+    ``y_true`` and ``y_pred`` (in either position) is wrapped to pass them by name.
+
+    Args:
+      fn: a loss or metric callable.
+    """
+    if isinstance(fn, KerasOrder):
+        return fn
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn
+    if "y_true" not in params or "y_pred" not in params:
+        return fn
+    kinds = (params["y_true"].kind, params["y_pred"].kind)
+    if inspect.Parameter.POSITIONAL_ONLY in kinds:  # cannot pass by name: by position
+        names = list(params)
+        return KerasOrder(fn) if names.index("y_true") < names.index("y_pred") else fn
+    return KerasOrder(fn, by_name=True)
 
 
 def get_loss(loss: str | LossFn) -> tuple[str, LossFn]:
     """Resolve ``loss`` (a built-in name or a callable) to ``(name, fn)``.
 
     Args:
-      loss: one of ``LOSSES`` or a callable ``loss(predictions, targets)``.
+      loss: one of ``LOSSES`` or a callable ``loss(predictions, targets)``; a callable whose
+        parameters are named ``y_true`` and ``y_pred`` is called by name (``in_our_order``).
     """
     if isinstance(loss, str):
         key = loss.lower()
@@ -106,7 +181,7 @@ def get_loss(loss: str | LossFn) -> tuple[str, LossFn]:
             )
         return _canonical(key), LOSSES[key]
     if callable(loss):
-        return getattr(loss, "__name__", type(loss).__name__), loss
+        return getattr(loss, "__name__", type(loss).__name__), in_our_order(loss)
     raise TypeError(
         f"Trainer(loss=...) expects None, a loss name or a callable loss(predictions, targets); "
         f"got {type(loss).__name__}."
@@ -137,9 +212,24 @@ def _is_column(shape: tuple[int, ...]) -> bool:
     return len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
 
 
+def _host_values(targets: Any) -> np.ndarray:
+    return np.asarray(jax.device_get(targets))
+
+
 def _binary_values(targets: Any) -> bool:
-    values = np.unique(np.asarray(jax.device_get(targets)))
+    values = np.unique(_host_values(targets))
     return bool(np.all((values == 0) | (values == 1)))
+
+
+def _zeros_and_ones(targets: Any) -> bool:
+    """Values 0 and 1, both present (a float column of zeros alone reads as regression)."""
+    values = np.unique(_host_values(targets))
+    return values.size == 2 and bool(np.all(values == [0, 1]))
+
+
+def _one_hot_rows(targets: Any) -> bool:
+    values = _host_values(targets)
+    return _binary_values(values) and bool(np.all(values.sum(axis=-1) == 1))
 
 
 def infer_loss(predictions: Any, targets: Any) -> str:
@@ -147,11 +237,14 @@ def infer_loss(predictions: Any, targets: Any) -> str:
 
     | predictions | targets | loss |
     |---|---|---|
-    | (N, C), C > 1 | integer (N,) or (N, 1) | sparse_categorical_crossentropy |
-    | (N,) or (N, 1) | integer or bool with values 0/1 | binary_crossentropy |
+    | (N, C) or (N, T, C), C > 1 | integer (N[, T]) or (N[, T], 1) | sparse_categorical_crossentropy |
+    | (N, C) or (N, T, C), C > 1 | float one-hot, same shape | categorical_crossentropy |
+    | (N,) or (N, 1) | integer or bool, values 0/1 | binary_crossentropy |
+    | (N,) or (N, 1) | float, values 0 and 1 (both present) | binary_crossentropy |
     | any | float, same shape | mse |
 
-    Anything else raises, naming both shapes.
+    A (N, T, C) sequence is a per-token cross-entropy, averaged over the tokens of each example
+    (one value per example). Anything else raises, naming both shapes.
     """
     hint = (
         "Pass loss=... to the Trainer (a name such as 'mse', "
@@ -164,27 +257,38 @@ def infer_loss(predictions: Any, targets: Any) -> str:
             f"and targets of type {type(targets).__name__}: the table covers single arrays. {hint}"
         )
     p, t = tuple(predictions.shape), tuple(targets.shape)
+    classes = len(p) >= 2 and p[-1] > 1
+    column = _is_column(p) and _is_column(t) and t[0] == p[0]
     if _is_int(targets.dtype):
-        if len(p) == 2 and p[1] > 1 and _is_column(t) and t[0] == p[0]:
+        if classes and t in (p[:-1], (*p[:-1], 1)):
             return "sparse_categorical_crossentropy"
-        if _is_column(p) and _is_column(t) and t[0] == p[0]:
+        if column:
             if _binary_values(targets):
                 return "binary_crossentropy"
             raise ValueError(
                 f"Trainer cannot infer a loss: predictions {_desc(predictions)} have one column "
                 f"but the integer targets {_desc(targets)} are not all 0 or 1. {hint}"
             )
-    elif _is_float(targets.dtype) and (p == t or (_is_column(p) and _is_column(t) and p[0] == t[0])):
-        return "mse"
+    elif _is_float(targets.dtype):
+        if classes and p == t and _one_hot_rows(targets):
+            return "categorical_crossentropy"
+        if column and _zeros_and_ones(targets):
+            return "binary_crossentropy"
+        if p == t or column:
+            return "mse"
     raise ValueError(
         f"Trainer cannot infer a loss for predictions {_desc(predictions)} and targets "
         f"{_desc(targets)}. {hint}"
     )
 
 
-def describe(name: str) -> str:
-    """A short human description of a built-in loss name."""
-    return _DESCRIPTIONS.get(name, name)
+def describe(name: str, predictions: Any = None) -> str:
+    """A short human description of a built-in loss name (per token when ``predictions`` are
+    a sequence of class scores, (N, T, C))."""
+    text = _DESCRIPTIONS.get(name, name)
+    if name.endswith("categorical_crossentropy") and len(getattr(predictions, "shape", ())) > 2:
+        text += ", per token, averaged over the tokens of each example"
+    return text
 
 
 def check_targets(name: str, predictions: Any, targets: Any) -> None:

@@ -1,4 +1,6 @@
-"""Built-in losses, the inference table, target checks, and running metrics."""
+"""Built-in losses, the inference table, target checks, Keras-order callables, running means."""
+
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +35,92 @@ def test_inference_table():
     assert losses.infer_loss(f32(8, 1), np.array([0, 1] * 4)) == "binary_crossentropy"
     assert losses.infer_loss(f32(8), np.array([True, False] * 4)) == "binary_crossentropy"
     assert losses.infer_loss(f32(8, 3), np.zeros((8, 3), np.float32)) == "mse"
-    assert losses.infer_loss(f32(8, 1), np.zeros(8, np.float32)) == "mse"
+    assert losses.infer_loss(f32(8, 1), np.zeros(8, np.float32)) == "mse"  # zeros alone: regression
+    assert losses.infer_loss(f32(8, 1), np.linspace(0, 1, 8, dtype=np.float32)) == "mse"
+    # float 0/1 targets with one logit: binary cross-entropy, not mse
+    assert losses.infer_loss(f32(8, 1), np.array([0.0, 1.0] * 4, np.float32)) == "binary_crossentropy"
+    assert losses.infer_loss(f32(8), np.array([[1.0], [0.0]] * 4, np.float32)) == "binary_crossentropy"
+    # float one-hot targets: softmax cross-entropy; rows that are not one-hot stay mse
+    onehot = np.eye(3, dtype=np.float32)[[0, 2, 1, 1, 0, 2, 2, 0]]
+    assert losses.infer_loss(f32(8, 3), onehot) == "categorical_crossentropy"
+    assert losses.infer_loss(f32(8, 3), onehot * 0.5) == "mse"
+    assert losses.infer_loss(f32(8, 3), np.ones((8, 3), np.float32)) == "mse"
+    # (N, T, V) logits with (N, T) integer targets: per-token cross-entropy
+    assert losses.infer_loss(f32(4, 5, 7), np.zeros((4, 5), np.int32)) == "sparse_categorical_crossentropy"
+    assert losses.infer_loss(f32(4, 5, 7), np.zeros((4, 5, 1), np.int32)) == "sparse_categorical_crossentropy"
+    tokens_onehot = np.eye(7, dtype=np.float32)[np.arange(20).reshape(4, 5) % 7]
+    assert losses.infer_loss(f32(4, 5, 7), tokens_onehot) == "categorical_crossentropy"
+    with pytest.raises(ValueError, match=r"\(4, 5, 7\).*\(4, 6\)"):
+        losses.infer_loss(f32(4, 5, 7), np.zeros((4, 6), np.int32))
     with pytest.raises(ValueError, match=r"\(8, 1\).*\(8,\).*loss="):
         losses.infer_loss(f32(8, 1), np.arange(8))
     with pytest.raises(ValueError, match=r"\(8, 10\) float32.*\(8, 3\) float32"):
         losses.infer_loss(f32(8, 10), np.zeros((8, 3), np.float32))
+
+
+def _log_softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def test_per_token_cross_entropy_is_one_value_per_example_matching_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, size=(3, 4))
+    # numpy reference: -log softmax at the label, averaged over the 4 tokens of each example
+    picked = np.take_along_axis(_log_softmax(logits.astype(np.float64)), labels[..., None], -1)[..., 0]
+    expected = -picked.mean(axis=1)
+    got = losses.LOSSES[losses.infer_loss(jnp.asarray(logits), labels.astype(np.int32))](jnp.asarray(logits), labels)
+    assert got.shape == (3,)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    onehot = np.eye(5, dtype=np.float32)[labels]
+    np.testing.assert_allclose(losses.categorical_crossentropy(jnp.asarray(logits), onehot), expected, rtol=1e-5)
+    assert "per token" in losses.describe("sparse_categorical_crossentropy", logits)
+    assert "per token" not in losses.describe("sparse_categorical_crossentropy", logits[:, 0])
+
+
+def test_binary_crossentropy_on_float_targets_matches_the_formula():
+    logits = np.array([[-1.5], [0.3], [2.0], [0.0]], np.float32)
+    targets = np.array([0.0, 1.0, 0.0, 1.0], np.float32)
+    p = 1 / (1 + np.exp(-logits[:, 0].astype(np.float64)))
+    expected = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
+    np.testing.assert_allclose(losses.binary_crossentropy(jnp.asarray(logits), targets), expected, rtol=1e-5)
+
+
+def _keras_mse(y_true, y_pred):
+    return jnp.mean((y_pred - y_true) ** 2 + y_true, axis=-1)  # "+ y_true": the order shows
+
+
+def _keras_named_reversed(y_pred, y_true):
+    return jnp.mean((y_pred - y_true) ** 2 + y_true, axis=-1)
+
+
+def pos_only(y_true, y_pred, /):
+    return y_pred - y_true
+
+
+def test_keras_order_callables_are_called_with_targets_and_predictions_in_place():
+    predictions = jnp.array([[1.0, 2.0], [0.0, -1.0]])
+    targets = jnp.array([[0.0, 2.0], [1.0, 1.0]])
+    p, t = np.asarray(predictions), np.asarray(targets)
+    expected = ((p - t) ** 2 + t).mean(axis=-1)  # the numpy formula with y_true = targets
+    wrapped = losses.keras_order(lambda a, b: jnp.mean((b - a) ** 2 + a, axis=-1))
+    np.testing.assert_allclose(wrapped(predictions, targets), expected, rtol=1e-6)
+    assert wrapped.announced and losses.keras_order(wrapped) is wrapped
+    # detected by the parameter names, in either position, and called by name
+    for fn in (_keras_mse, _keras_named_reversed):
+        name, loss = losses.get_loss(fn)
+        assert name == fn.__name__ and isinstance(loss, losses.KerasOrder)
+        np.testing.assert_allclose(loss(predictions, targets), expected, rtol=1e-6)
+        assert not loss.announced and "y_true=targets, y_pred=predictions" in loss.note
+    # optax's order and names are left alone
+    name, loss = losses.get_loss(optax.l2_loss)
+    assert loss is optax.l2_loss and name == "l2_loss"
+    # positional-only y_true/y_pred: by position
+    loss = losses.in_our_order(pos_only)
+    assert not loss.by_name and "pos_only(targets, predictions)" in loss.note
+    np.testing.assert_allclose(loss(predictions, targets), p - t)
+    assert list(inspect.signature(loss).parameters) == ["predictions", "targets"]
 
 
 def test_target_checks_and_names():
