@@ -1,11 +1,18 @@
 """Checks made on the first batch before anything compiles: the loss (given, ``model.loss``, or
 inferred from the shapes of predictions and targets), the targets it needs, whether the last
 batch can be padded and masked, and the scalar aux entries of an overridden ``compute_loss``.
-Only shapes are traced (``jax.eval_shape``): nothing runs or compiles."""
+Only shapes are traced (``jax.eval_shape``): nothing runs or compiles.
+
+What is decided here is said once (``announce``): printed to stdout when ``verbose`` is not 0,
+beside the progress lines (as Keras prints), and logged at DEBUG on the ``"trainer"`` logger in
+any case, for applications that collect it. ``verbose=0`` prints nothing. (Not logged at INFO:
+Python's default handler drops INFO records, so a ``verbose=1`` user would see nothing without
+configuring logging.)"""
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -25,6 +32,29 @@ class LossChoice(NamedTuple):
     name: str | None
     fn: Callable[..., jax.Array] | None
     maskable: bool
+
+
+LOGGER = logging.getLogger("trainer")
+
+
+def announce(message: str, verbose: int) -> None:
+    """Print ``message`` when ``verbose`` is not 0; log it at DEBUG on the "trainer" logger.
+
+    Args:
+      message: what was decided.
+      verbose: the call's verbosity; 0 prints nothing.
+    """
+    LOGGER.debug(message)
+    if verbose:
+        print(message)
+
+
+def _announce_orders(fns: list[Any], verbose: int) -> None:
+    """Say once how each Keras-order loss or metric is called."""
+    for fn in fns:
+        if isinstance(fn, losslib.KerasOrder) and not fn.announced:
+            announce(f"Trainer: {fn.note}.", verbose)
+            fn.announced = True
 
 
 def _update_params(spec: metriclib.MetricSpec) -> set[str]:
@@ -48,7 +78,7 @@ def choose_loss(
       keys: the names of the parts of dict batches.
       metrics: the Trainer's metrics (their ``update`` must take ``mask=`` for masking).
       predictions_of: ``inputs -> predictions`` traced with ``jax.eval_shape``.
-      verbose: print the inferred loss when not 0.
+      verbose: say the inferred loss (and how Keras-order callables are called) when not 0.
     """
     inputs, targets, _ = datalib.batch_parts(batch, keys)
     if inputs is None and isinstance(batch, dict):
@@ -75,13 +105,15 @@ def choose_loss(
         else:
             name = losslib.infer_loss(predictions, targets)
             fn = losslib.LOSSES[name]
-            if verbose:
-                print(
-                    f"Trainer: loss={name!r} ({losslib.describe(name)}), inferred from "
-                    f"predictions {tuple(predictions.shape)} and targets "
-                    f"{tuple(np.shape(targets))} {np.dtype(targets.dtype).name}; pass "
-                    "loss=... to choose another."
-                )
+            announce(
+                f"Trainer: loss={name!r} ({losslib.describe(name, predictions)}), inferred from "
+                f"predictions {tuple(predictions.shape)} and targets "
+                f"{tuple(np.shape(targets))} {np.dtype(targets.dtype).name}; pass "
+                "loss=... to choose another.",
+                verbose,
+            )
+    _announce_orders([fn, *(s.fn for s in metrics)], verbose)
+    metriclib.bind_classes(metrics, predictions)
     if fn is losslib.LOSSES.get(name):
         losslib.check_targets(name, predictions, targets)
     target_spec = jax.ShapeDtypeStruct(np.shape(targets), targets.dtype)
