@@ -181,7 +181,19 @@ class Nothing:
 
 
 def to_predicate(filter: object) -> Predicate:
-    """Turn a filter into a predicate ``(path, value) -> bool``; unknown kinds raise."""
+    """Turn a filter into a predicate ``(path, value) -> bool``; unknown kinds raise.
+
+    ``nnx.Everything`` / ``nnx.Nothing`` given as classes (a common slip: they are filters to
+    instantiate) mean ``Everything()`` / ``Nothing()``; the other filter classes, which need
+    arguments, raise a TypeError saying so.
+    """
+    if filter is Everything or filter is Nothing:
+        return filter()
+    if isinstance(filter, type) and filter in _FILTER_CLASSES:
+        raise TypeError(
+            f"nnx.{filter.__name__} is a filter class, not a filter: call it, e.g. "
+            f"nnx.{filter.__name__}(...)."
+        )
     if isinstance(filter, type):
         return OfType(filter)
     if isinstance(filter, str):
@@ -199,6 +211,9 @@ def to_predicate(filter: object) -> Predicate:
         "a string, ..., True/False/None, a list or tuple of filters, or a callable "
         "(path, value) -> bool."
     )
+
+
+_FILTER_CLASSES = (OfType, PathContains, WithTag, Any, All, Not)
 
 
 def filters_to_predicates(filters: tuple[object, ...]) -> tuple[Predicate, ...]:

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
 from nnx.nn import initializers
 from nnx.nn._eager_init import init_value
 from nnx.variablelib import Param, Variable
@@ -48,6 +50,13 @@ def create_param(
         raise TypeError(
             f"{layer}: {name}_metadata must be a mapping of metadata names to values, got "
             f"{type(metadata).__name__}"
+        )
+    bad = [d for d in shape if isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 1]
+    if bad:
+        raise ValueError(
+            f"{layer}: its {name} would have shape {tuple(shape)}; the sizes come from the "
+            f"layer's arguments (features, kernel size, ...) and must be positive integers, got "
+            f"{', '.join(repr(d) for d in bad)}."
         )
     if init_shape is None:
         value = init_value(initializer, key, shape, dtype)

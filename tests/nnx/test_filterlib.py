@@ -113,3 +113,15 @@ def test_with_tag_matches_objects_with_a_tag_attribute():
     stream = nnx.RngStream(0, tag="dropout")
     assert nnx.WithTag("dropout")((), stream) and not nnx.WithTag("params")((), stream)
     assert nnx.WithTag("dropout")(("key",), stream.key)
+
+
+def test_filter_classes_given_uncalled():
+    import pytest
+
+    import nnx
+
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    assert len(nnx.state(model, nnx.Everything)) == 2  # as Everything()
+    assert len(nnx.state(model, nnx.Nothing)) == 0
+    with pytest.raises(TypeError, match=r"nnx.Not is a filter class, not a filter: call it"):
+        nnx.state(model, nnx.Not)

@@ -276,3 +276,12 @@ def test_embed_out_of_range_negative_and_single_row():
     )
     half = nnx.Embed(3, 2, param_dtype=jnp.float16, rngs=nnx.Rngs(0))
     assert half.dtype == jnp.float16 and half.attend(jnp.ones((1, 2))).dtype == jnp.float16
+
+
+@pytest.mark.parametrize("size", [-1, 0, 2.5, True])
+def test_bad_sizes_name_the_layer_and_the_parameter(size):
+    with pytest.raises(ValueError, match=r"Linear: its kernel would have shape .* must be positive integers"):
+        nnx.Linear(size, 3, rngs=nnx.Rngs(0))
+    if size in (-1, 0):
+        with pytest.raises(ValueError, match=r"Conv: its kernel would have shape"):
+            nnx.Conv(2, size, kernel_size=3, rngs=nnx.Rngs(0))
