@@ -1,5 +1,6 @@
 """Built-in losses, the inference table, target checks, Keras-order callables, running means."""
 
+import doctest
 import inspect
 
 import jax
@@ -160,3 +161,12 @@ def test_running_metrics_accumulate_weighted_means():
     assert float(out["accuracy"]) == pytest.approx(1 / 3)  # 1 of 2, then 0 of 1
     assert float(out["loss"]) == pytest.approx(1.0)
     assert metrics.accuracy(jnp.array([[0.3], [-0.2]]), jnp.array([1, 1])).tolist() == [1.0, 0.0]
+
+
+def test_docstring_examples_run():
+    runner = doctest.DocTestRunner()
+    globs = {"CountMetric": metrics.CountMetric, "keras_order": losses.keras_order}
+    for obj in (losses.keras_order, metrics.CountMetric):
+        for test in doctest.DocTestFinder().find(obj, globs=globs):
+            runner.run(test)
+    assert runner.summarize(verbose=False) == doctest.TestResults(failed=0, attempted=4)
