@@ -37,6 +37,8 @@ def is_array(x: Any) -> bool:
 
 
 def _all_arrays(tree: Any) -> bool:
+    if not isinstance(tree, list | tuple | dict) and not is_array(tree):
+        return False  # a generator, a dataset: not a pytree of arrays (and jax would warn)
     leaves = jax.tree.leaves(tree)
     return bool(leaves) and all(is_array(v) for v in leaves)
 

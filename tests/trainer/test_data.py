@@ -176,3 +176,15 @@ def test_datasets_of_similar_lengths_share_the_compiled_steps():
     assert traces == first
     # the padding rows are never trained on or predicted
     assert t.predict(x[:50], batch_size=20, verbose=0).shape == (50, 1)
+
+
+def test_predict_on_a_generator_warns_nothing():
+    x, _ = _xy(10)
+    t = Trainer(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), optax.sgd(0.1))
+
+    def batches():
+        for i in range(0, 10, 4):
+            yield x[i : i + 4]
+
+    out = t.predict(batches(), verbose=0)  # filterwarnings=error: jax's pytree warning would fail
+    np.testing.assert_allclose(out, t.predict(x, verbose=0), rtol=1e-6)
