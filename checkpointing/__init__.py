@@ -15,13 +15,23 @@ from checkpointing.state import (
     decode_iterator_state,
     encode_iterator_state,
     model_tree,
+    nonfinite_paths,
     read,
+    tree_problems,
 )
-from checkpointing.store import CheckpointStore
+from checkpointing.store import (
+    CheckpointReadError,
+    CheckpointStore,
+    CheckpointWriteError,
+    NonFiniteStateError,
+)
 
 __all__ = [
     "CHECKPOINTED",
+    "CheckpointReadError",
     "CheckpointStore",
+    "CheckpointWriteError",
+    "NonFiniteStateError",
     "Restored",
     "collect",
     "read",
@@ -30,4 +40,6 @@ __all__ = [
     "decode_iterator_state",
     "encode_iterator_state",
     "model_tree",
+    "nonfinite_paths",
+    "tree_problems",
 ]
