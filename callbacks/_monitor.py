@@ -1,7 +1,9 @@
-"""Shared by EarlyStopping and ReduceLROnPlateau: which direction of a monitored log improves."""
+"""Shared by EarlyStopping, ReduceLROnPlateau and ModelCheckpoint: which direction of a
+monitored log improves (a NaN never does)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -28,8 +30,14 @@ def resolve_mode(owner: str, monitor: str, mode: str) -> str:
 
 
 def improves(mode: str, current: float, reference: float | None, min_delta: float) -> bool:
-    """Whether ``current`` beats ``reference`` by more than ``min_delta`` (None: always)."""
-    if reference is None:
+    """Whether ``current`` beats ``reference`` by more than ``min_delta``.
+
+    A NaN ``current`` never improves (so a NaN first epoch never becomes the best); any other
+    value improves on a missing (None) or NaN ``reference``.
+    """
+    if math.isnan(current):
+        return False
+    if reference is None or math.isnan(reference):
         return True
     if mode == "min":
         return current < reference - abs(min_delta)
@@ -37,7 +45,8 @@ def improves(mode: str, current: float, reference: float | None, min_delta: floa
 
 
 def monitored_value(logs: dict[str, float] | None, monitor: str) -> float | None:
-    """The float under ``monitor`` in ``logs``, or None when absent (NaN never improves)."""
+    """The float under ``monitor`` in ``logs``, or None when absent (a NaN is returned as it
+    is: ``improves`` never counts it)."""
     if not logs or monitor not in logs:
         return None
     return float(logs[monitor])

@@ -25,6 +25,7 @@ class EarlyStopping(ResumableCallback):
     With ``restore_best_weights=True`` the model's Variables (all but RNG state) are copied at the
     best epoch, on the device and independent of the Trainer's donated buffers, and written back
     with ``nnx.update`` at the end of training, whether or not it stopped early.
+    A NaN value of ``monitor`` never counts as an improvement (nor becomes the best).
 
     Args:
       monitor: the log key to watch, e.g. ``"val_loss"``.

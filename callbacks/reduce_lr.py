@@ -17,6 +17,8 @@ class ReduceLROnPlateau(ResumableCallback):
     start), and ``min_lr`` then bounds that multiplier: ``min_lr=1e-3`` allows at most a
     1000-fold reduction of the optimizer's own rate.
 
+    A NaN value of ``monitor`` never counts as an improvement (nor becomes the best).
+
     Args:
       monitor: the log key to watch, e.g. ``"val_loss"``.
       factor: the multiplier applied to the rate, in (0, 1).

@@ -160,3 +160,15 @@ def test_fit_stops_and_restores_the_parameters_of_the_best_epoch():
     # the Trainer takes the restored weights back: evaluating uses them
     expected = float(np.mean((x @ seen[0] + seen[("bias", 0)] - y) ** 2))
     assert trainer.evaluate(x, y, batch_size=8, verbose=0)["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_nan_epoch_never_counts_as_an_improvement():
+    trainer = StandInTrainer(TinyModel())
+    stop = EarlyStopping(monitor="val_loss", patience=2)
+    # a NaN first epoch must not become the best forever; a NaN later is no improvement either
+    ran = run_epochs(trainer, [stop], _logs([np.nan, 1.0, 0.8, np.nan, 0.7, np.nan, np.nan]))
+    assert ran == 7 and stop.best == 0.7 and stop.best_epoch == 4
+    assert stop.stopped_epoch == 6 and trainer.stop_training is True
+    stop.load_state_dict({"wait": 0, "best": float("nan"), "best_epoch": 0})  # an old checkpoint's NaN best
+    run_epochs(trainer, [stop], _logs([2.0]))
+    assert stop.best == 2.0

@@ -150,3 +150,12 @@ def test_setting_the_learning_rate_replaces_the_array_instead_of_mutating_held_s
     trainer.learning_rate = 0.5
     assert lrlib.find_hyperparams(held)["learning_rate"] is old and float(old) == pytest.approx(0.1)
     assert trainer.learning_rate == 0.5
+
+
+def test_reduce_lr_never_counts_a_nan_as_an_improvement():
+    trainer = StandInTrainer(TinyModel(), learning_rate=1.0)
+    reduce = ReduceLROnPlateau(factor=0.5, patience=2, min_delta=0)
+    run_epochs(trainer, [reduce], _val([float("nan"), 1.0, float("nan"), 0.5]))
+    # a NaN first epoch would be "best" forever (nothing compares below NaN): the rate would
+    # drop at epoch 3. It is no improvement: 1.0 then 0.5 are, and the rate stays
+    assert reduce.best == 0.5 and reduce.wait == 0 and trainer.learning_rate == 1.0
