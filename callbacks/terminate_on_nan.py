@@ -1,4 +1,4 @@
-"""TerminateOnNaN: stop training as soon as the loss is NaN or infinite."""
+"""TerminateOnNaN: stop training as soon as a step's loss is NaN or infinite."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from callbacks.base import Callback
 
 
 class TerminateOnNaN(Callback):
-    """Sets ``trainer.stop_training`` when ``loss`` in batch or epoch logs is NaN or infinite.
+    """Stops training at the first non-finite loss (Keras semantics), and says why.
 
-    It reads the loss after every training batch, so it makes the Trainer fetch batch logs.
+    It stops when ``loss`` in the batch or epoch logs is NaN or infinite, or when the logs count
+    a non-finite step (``nonfinite_steps``: the Trainer skips such steps and leaves them out of
+    the running loss, so the loss itself stays finite). It sets ``trainer.stop_training`` and
+    ``trainer.stop_reason = "terminate_on_nan"`` (``BackupAndRestore`` then keeps its backup).
+    It reads the logs after every training batch, so it makes the Trainer fetch batch logs.
     """
 
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
@@ -20,7 +24,15 @@ class TerminateOnNaN(Callback):
         self._check(f"Epoch {epoch + 1}", logs)
 
     def _check(self, where: str, logs: dict[str, float] | None) -> None:
-        loss = (logs or {}).get("loss")
+        logs = logs or {}
+        loss = logs.get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             print(f"{where}: invalid loss {float(loss)}, terminating training")
-            self.trainer.stop_training = True
+        elif logs.get("nonfinite_steps"):
+            first = logs.get("first_nonfinite_step")
+            at = "" if first is None else f" (first_nonfinite_step={int(first)})"
+            print(f"{where}: {int(logs['nonfinite_steps'])} non-finite step(s){at}, terminating training")
+        else:
+            return
+        self.trainer.stop_training = True
+        self.trainer.stop_reason = "terminate_on_nan"

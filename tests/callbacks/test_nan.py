@@ -30,3 +30,16 @@ def test_finite_losses_and_missing_loss_keep_training():
 
 def test_asks_for_batch_logs():
     assert CallbackList([TerminateOnNaN()]).needs_batch_logs("train")
+
+
+def test_a_counted_non_finite_step_stops_training_with_a_reason(capsys):
+    # the Trainer skips a non-finite step and leaves it out of the running loss: the loss stays
+    # finite, the logs count the step
+    trainer = StandInTrainer(TinyModel())
+    cb = TerminateOnNaN()
+    cb.set_trainer(trainer)
+    cb.on_train_batch_end(0, {"loss": 1.0})
+    assert trainer.stop_training is False and getattr(trainer, "stop_reason", None) is None
+    cb.on_train_batch_end(1, {"loss": 1.0, "nonfinite_steps": 1.0, "first_nonfinite_step": 1.0})
+    assert trainer.stop_training is True and trainer.stop_reason == "terminate_on_nan"
+    assert "Batch 1: 1 non-finite step(s) (first_nonfinite_step=1), terminating training" in capsys.readouterr().out
