@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from callbacks._monitor import improves, monitored_value, resolve_mode, warn_missing_monitor
 from callbacks.base import Callback
-from checkpointing import CheckpointStore
+from checkpointing import CheckpointStore, CheckpointWriteError, NonFiniteStateError
+
+logger = logging.getLogger("callbacks")
 
 
 class ModelCheckpoint(Callback):
@@ -16,11 +19,22 @@ class ModelCheckpoint(Callback):
     Each checkpoint is a numbered subdirectory of ``directory`` (numbered by optimizer step)
     written by orbax-checkpoint's ``CheckpointManager``: in the background where orbax allows,
     into a temporary directory renamed when complete, so an interrupted write never replaces
-    the last good checkpoint. ``restore`` reads the newest readable one back, skipping with a
-    warning any that fail to load. Unlike Keras, ``directory`` is a directory, not a file name.
-    Saving step N first deletes checkpoints numbered N or higher (left by an abandoned run).
-    Checkpointing callbacks run after the other callbacks of a ``fit``, so a checkpoint holds
-    their state as of the end of the epoch or batch.
+    the last good checkpoint. ``restore`` reads the newest usable one back, skipping with a
+    warning any that fail to load or to check. Unlike Keras, ``directory`` is a directory, not a
+    file name. Checkpointing callbacks run after the other callbacks of a ``fit``, so a
+    checkpoint holds their state as of the end of the epoch or batch.
+
+    A directory holding checkpoints that this callback did not write makes ``fit`` raise
+    ``FileExistsError`` before training, unless the run continues from them (``fit(...,
+    resume=True)``, or a ``BackupAndRestore`` backup restored in this ``fit``) or ``overwrite``
+    is True. A continued run that saves step N deletes the checkpoints numbered N or higher
+    (the future of the run it continues, abandoned).
+
+    A state holding NaN or infinite values is never saved: the save is skipped with a warning
+    (logger ``"callbacks"``) naming the step, and the newest checkpoint stays the last finite
+    one. A NaN monitored value never counts as an improvement for ``save_best_only``. A failed
+    write (a full disk) raises ``checkpointing.CheckpointWriteError`` naming the path, at that
+    save or the next one; the checkpoints before it are kept.
 
     Args:
       directory: where the checkpoints are written.
@@ -30,6 +44,9 @@ class ModelCheckpoint(Callback):
       save_best_only: save only when ``monitor`` improves on the best value seen so far.
       save_freq: ``"epoch"`` (at the end of every epoch) or an int: every that many batches.
       max_to_keep: keep only the newest this many checkpoints (None: all).
+      overwrite: replace the checkpoints found in ``directory`` by another run: they are deleted
+        when this run writes its first checkpoint (without ``resume=True``, ``fit`` otherwise
+        refuses such a directory).
     """
 
     def __init__(
@@ -41,6 +58,7 @@ class ModelCheckpoint(Callback):
         save_best_only: bool = False,
         save_freq: str | int = "epoch",
         max_to_keep: int | None = None,
+        overwrite: bool = False,
     ):
         super().__init__()
         if save_freq != "epoch" and (
@@ -58,8 +76,13 @@ class ModelCheckpoint(Callback):
         self.save_best_only = save_best_only
         self.save_freq = save_freq
         self.max_to_keep = max_to_keep
+        self.overwrite = bool(overwrite)
         self.best: float | None = None
         self._batches_seen = 0
+        self._written: set[int] = set()  # the steps this callback saved
+        self._resumed_step: int | None = None  # the step latest_state() last returned
+        self._replace: list[int] = []  # another run's checkpoints, deleted at the first save
+        self._skipping = False  # a non-finite state was skipped (warned) since the last save
         self._store = CheckpointStore(self.directory, max_to_keep=max_to_keep, owner="ModelCheckpoint")
 
     # A batch-frequency checkpoint reads logs only when it saves (see ``on_train_batch_end``).
@@ -80,6 +103,21 @@ class ModelCheckpoint(Callback):
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         self._batches_seen = 0
+        self._skipping = False
+        resumed = self._resumed_step is not None and self._resumed_step == int(self.trainer.step)
+        self._resumed_step = None
+        foreign = [s for s in self._store.steps() if s not in self._written]
+        self._replace = []
+        if not foreign or resumed or _restored_from_backup(self.trainer):
+            return
+        if self.overwrite:
+            self._replace = foreign
+            return
+        raise FileExistsError(
+            f"ModelCheckpoint: {self.directory} already holds checkpoints {foreign} of another run; "
+            "saving into it would delete or mix with them. Use fit(..., resume=True) to continue "
+            "from the newest, ModelCheckpoint(..., overwrite=True) to replace them, or another directory."
+        )
 
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         self._batches_seen += 1
@@ -96,6 +134,18 @@ class ModelCheckpoint(Callback):
     def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         self._store.wait()
 
+    def on_train_exception(self, error: BaseException) -> None:
+        """``fit`` is leaving by ``error``: finish the write in flight (a failure of that write
+        is logged, not raised, so that ``error`` is what ``fit`` raises)."""
+        try:
+            self._store.wait()
+        except CheckpointWriteError as failure:
+            logger.error("%s", failure)
+
+    def close(self) -> None:
+        """Finish the write in flight and release orbax's resources (re-created on next use)."""
+        self._store.close()
+
     def _maybe_save(self, logs: dict[str, float] | None) -> None:
         if self.save_best_only:
             current = monitored_value(logs, self.monitor)
@@ -109,25 +159,38 @@ class ModelCheckpoint(Callback):
             self.best = current
         self.save()
 
-    def save(self) -> int:
-        """Write a checkpoint of the Trainer now; returns its number (the optimizer step)."""
+    def save(self) -> int | None:
+        """Write a checkpoint of the Trainer now; returns its number (the optimizer step), or
+        None when the state holds NaN or infinite values (nothing is written; a warning, once
+        until the next save, names the step and the arrays)."""
         step = int(self.trainer.step)
-        self._store.save(step, self.trainer.checkpoint_state())
+        try:
+            self._store.save(step, self.trainer.checkpoint_state(), replace=self._replace)
+        except NonFiniteStateError as error:
+            if not self._skipping:
+                logger.warning("%s Later non-finite states are skipped silently.", error)
+            self._skipping = True
+            return None
+        self._skipping, self._replace = False, []
+        self._written.add(step)
         if self.verbose > 0:
             print(f"ModelCheckpoint: saved step {step} to {self.directory}")
         return step
 
     def latest_state(self, step: int | None = None) -> dict[str, Any] | None:
-        """The newest readable checkpoint (or ``step``) as ``trainer.load_checkpoint_state`` takes it.
+        """The newest usable checkpoint (or ``step``) as ``trainer.load_checkpoint_state`` takes it.
 
         Returns None, and says so in one line, when ``directory`` holds no checkpoint. A
-        checkpoint that fails to load is skipped with a warning and the one before it is tried.
-        ``fit(resume=True)`` calls this.
+        checkpoint that fails to load or to check is skipped with a warning and the one before
+        it is tried; ``checkpointing.CheckpointReadError`` names each failure when none can be
+        used. ``fit(resume=True)`` calls this; the ``fit`` that loads the tree may then save
+        into ``directory``.
         """
         found = self._store.load(step)
         if found is None:
             print(f"ModelCheckpoint: no checkpoint in {self.directory}; starting fresh.")
             return None
+        self._resumed_step = found[0]
         return found[1]
 
     def restore(self, step: int | None = None) -> int | None:
@@ -146,3 +209,13 @@ class ModelCheckpoint(Callback):
         """Restore what ``state_dict`` returned."""
         best = state.get("best")
         self.best = None if best is None else float(best)
+
+
+def _restored_from_backup(trainer: Any) -> bool:
+    """Whether a callback that restores automatically (``BackupAndRestore``) loaded a backup
+    when this ``fit`` started (its ``restored_step`` is set): the run continues its own
+    checkpoints."""
+    return any(
+        cb.restores_automatically and getattr(cb, "restored_step", None) is not None
+        for cb in getattr(trainer, "callbacks", ())
+    )

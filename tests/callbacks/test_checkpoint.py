@@ -149,3 +149,94 @@ def test_restoring_another_architecture_names_the_paths_and_shapes_and_changes_n
             Trainer(model, optax.adam(0.05), loss="mse").restore(tmp_path)
         for a, b in zip(before, jax.tree.leaves(nnx.state(model)), strict=True):
             np.testing.assert_array_equal(a, np.asarray(b))  # checked first: nothing was loaded
+
+
+def test_a_directory_of_another_run_is_refused_before_training_unless_resumed_or_overwritten(tmp_path):
+    x, y = regression_data(16)
+    trainer = Trainer(Regressor(), optax.adam(0.05), loss="mse")
+    trainer.save(tmp_path / "initial")
+    directory = tmp_path / "run"
+    first = ModelCheckpoint(directory)
+    trainer.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[first])
+    # the same callback continuing its own run (Keras's fit(initial_epoch=...)) is not refused
+    trainer.fit(x, y, batch_size=8, epochs=3, initial_epoch=2, verbose=0, callbacks=[first])
+    assert first._store.steps() == [2, 4, 6]
+
+    trainer.restore(tmp_path / "initial")  # a new run from step 0 into the same directory
+    with pytest.raises(FileExistsError, match=r"ModelCheckpoint: .*run already holds checkpoints \[2, 4, 6\] of "
+                       r"another run; .* fit\(\.\.\., resume=True\) .* ModelCheckpoint\(\.\.\., overwrite=True\)"):
+        trainer.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[ModelCheckpoint(directory)])
+    assert trainer.step == 0 and first._store.steps() == [2, 4, 6]  # refused before training
+
+    resumed = ModelCheckpoint(directory)
+    trainer.fit(x, y, batch_size=8, epochs=4, verbose=0, resume=True, callbacks=[resumed])
+    assert trainer.step == 8 and resumed._store.steps() == [2, 4, 6, 8]
+
+    trainer.restore(tmp_path / "initial")
+    replacing = ModelCheckpoint(directory, overwrite=True)
+    trainer.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[replacing])
+    assert replacing._store.steps() == [2] and replacing.latest_state()["epoch"] == 1
+
+
+def test_a_non_finite_state_is_skipped_with_one_warning_and_trainer_save_refuses_it(tmp_path, caplog):
+    import logging
+
+    from callbacks import Callback
+
+    class Poison(Callback):  # the second epoch trains from a NaN kernel
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.kernel.value = jnp.full((3, 1), jnp.nan)
+
+    x, y = regression_data(16)
+    ckpt = ModelCheckpoint(tmp_path / "run", save_freq=1)
+    trainer = Trainer(Regressor(), optax.sgd(0.1), loss="mse")
+    with caplog.at_level(logging.WARNING, logger="callbacks"):
+        trainer.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[Poison(), ckpt])
+    assert trainer.step == 8 and ckpt._store.steps() == [1, 2, 3, 4]  # steps 5 to 8 were not saved
+    warned = [r.getMessage() for r in caplog.records if r.name == "callbacks"]
+    assert len(warned) == 1
+    assert "ModelCheckpoint: the state at step 5 holds NaN or infinite values in model/kernel" in warned[0]
+    assert ckpt.latest_state()["step"] == 4
+    with pytest.raises(ValueError, match=r"Trainer.save: the state at step 8 holds NaN or infinite values in model/kernel"):
+        trainer.save(tmp_path / "explicit")
+    assert not (tmp_path / "explicit").exists()
+
+
+def test_trainer_restore_of_damaged_metadata_falls_back_or_names_each_failure(tmp_path):
+    import json
+
+    from checkpointing import CheckpointReadError, CheckpointStore
+
+    trainer = Trainer(Regressor(), optax.adam(0.05), loss="mse")
+    store = CheckpointStore(tmp_path)
+    for step in (5, 12):
+        trainer.step = step
+        trainer.model.bias.value = jnp.full((1,), float(step))
+        store.save(step, trainer.checkpoint_state())
+    store.close()
+    for step in (12, 5):
+        with open(tmp_path / str(step) / "meta" / "metadata", "w") as f:
+            f.write(json.dumps({}) if step == 12 else json.dumps({"step": 7, "epoch": 0}))
+        if step == 12:
+            other = Trainer(Regressor(), optax.adam(0.05), loss="mse")
+            with pytest.warns(UserWarning, match=r"checkpoint 12 in .* cannot be used \(it has no 'step'; it has "
+                              r"no 'epoch'\); using checkpoint 5 instead"):
+                assert other.restore(tmp_path) == 5
+            assert other.step == 5 and float(other.model.bias.value[0]) == 5.0
+    with pytest.raises(CheckpointReadError, match=r"Trainer.restore: .* holds checkpoints, but none of the checkpoints "
+                       r"\[5, 12\] can be used: checkpoint 12 .*no 'step'.*; checkpoint 5 cannot be used \(its "
+                       r"metadata says step 7 but it is checkpoint 5\)"):
+        Trainer(Regressor(), optax.adam(0.05), loss="mse").restore(tmp_path)
+
+
+def test_save_best_only_never_counts_a_nan(tmp_path):
+    from _standin import StandInTrainer, TinyModel, run_epochs
+
+    ckpt = ModelCheckpoint(tmp_path, monitor="val_loss", save_best_only=True)
+    saved = []
+    ckpt.save = lambda: saved.append(ckpt.trainer.epoch)
+    ckpt.on_train_begin = lambda logs=None: None  # the stand-in writes no checkpoints
+    trainer = StandInTrainer(TinyModel())
+    run_epochs(trainer, [ckpt], [{"val_loss": v} for v in (float("nan"), 2.0, float("nan"), 1.0)])
+    assert saved == [1, 3] and ckpt.best == 1.0
