@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from callbacks.base import Callback
-from checkpointing import CheckpointStore
+from checkpointing import CheckpointStore, CheckpointWriteError, NonFiniteStateError
+
+logger = logging.getLogger("callbacks")
+
+# The stop reasons (``trainer.stop_reason``) of non-finite steps: the backup is kept and no
+# longer updated (the run did not finish; its state at the stop is no better than the backup).
+_NONFINITE_STOPS = ("nonfinite", "terminate_on_nan")
 
 
 class BackupAndRestore(Callback):
@@ -16,10 +23,16 @@ class BackupAndRestore(Callback):
     it before ``on_train_begin`` (no flag needed) and training continues from the saved epoch and
     step; a run that completes (including one stopped by ``EarlyStopping`` or ``max_steps``)
     deletes the backup when ``delete_checkpoint``. A run stopped by Ctrl-C writes a last backup
-    and keeps it. Backups are orbax checkpoints of ``Trainer.checkpoint_state()``: the model's
-    State (parameters, BatchNorm statistics, the Rngs of Dropout), the optimizer state (with the
-    learning rate or ``lr_scale``), the step, the epoch and the batch inside it, the shuffle key,
-    the running metrics of the epoch, and the state of every callback of the run.
+    and keeps it; a run stopped by non-finite steps (``TerminateOnNaN``, or the Trainer's
+    ``max_consecutive_nonfinite``) keeps its last backup as it was, from before the stop, and
+    a state holding NaN or infinite values is never backed up (the save is skipped with a
+    warning, logger ``"callbacks"``). When ``fit`` dies on an exception, the backup being
+    written is finished (``on_train_exception``; the next ``fit`` also waits for it before
+    reading), so rerunning the same ``fit`` resumes from it. Backups are orbax checkpoints of
+    ``Trainer.checkpoint_state()``: the model's State (parameters, BatchNorm statistics, the
+    Rngs of Dropout), the optimizer state (with the learning rate or ``lr_scale``), the step, the
+    epoch and the batch inside it, the shuffle key, the running metrics of the epoch, and the
+    state of every callback of the run.
 
     What the position in the data means depends on the source:
 
@@ -83,6 +96,7 @@ class BackupAndRestore(Callback):
         )
         self._batches_since_save = 0
         self._saved_step: int | None = None
+        self._skipping = False  # a non-finite state was skipped (warned) since the last backup
 
     def overrides(self, hook: str) -> bool:
         """Batch hooks only when ``save_freq`` is a number of batches."""
@@ -91,10 +105,12 @@ class BackupAndRestore(Callback):
         return super().overrides(hook)
 
     def latest_state(self) -> dict[str, Any] | None:
-        """The newest readable backup as ``trainer.load_checkpoint_state`` takes it, or None.
+        """The newest usable backup as ``trainer.load_checkpoint_state`` takes it, or None.
 
         Sets ``restored_step`` (None when there is no backup). The Trainer calls this when
-        ``fit`` starts.
+        ``fit`` starts. A backup that fails to load or to check is skipped with a warning for
+        the one before (``double_checkpoint``); when none can be used,
+        ``checkpointing.CheckpointReadError`` names the directory and each failure.
         """
         self.restored_step = None
         found = self._store.load()
@@ -110,16 +126,16 @@ class BackupAndRestore(Callback):
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
         self._batches_since_save = 0
-        self._saved_step = None
+        self._saved_step, self._skipping = None, False
 
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         self._batches_since_save += 1
-        if self._batches_since_save >= self.save_freq:
+        if self._batches_since_save >= self.save_freq and not self._stopping_on_nonfinite():
             self._batches_since_save = 0
             self.save()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        if self.save_freq == "epoch":
+        if self.save_freq == "epoch" and not self._stopping_on_nonfinite():
             self.save()
 
     def on_train_end(self, logs: dict[str, float] | None = None) -> None:
@@ -127,16 +143,42 @@ class BackupAndRestore(Callback):
             if self._saved_step != int(self.trainer.step):
                 self.save()  # Ctrl-C: keep a backup of the last completed step
             self._store.wait()
-        elif self.delete_checkpoint:
-            self._store.delete_all()
-        else:
+        elif self._stopping_on_nonfinite() or not self.delete_checkpoint:
             self._store.wait()
+        else:
+            self._store.delete_all()
 
-    def save(self) -> int:
-        """Write a backup of the Trainer now (in the background); returns its step."""
+    def on_train_exception(self, error: BaseException) -> None:
+        """``fit`` is leaving by ``error``: finish the backup being written and keep it (a
+        failure of that write is logged, not raised, so that ``error`` is what ``fit`` raises)."""
+        try:
+            self._store.wait()
+        except CheckpointWriteError as failure:
+            logger.error("%s", failure)
+
+    def close(self) -> None:
+        """Finish the backup in flight and release orbax's resources (re-created on next use)."""
+        self._store.close()
+
+    def _stopping_on_nonfinite(self) -> bool:
+        """Whether the run is stopping because of non-finite steps: ``TerminateOnNaN`` or the
+        Trainer's ``max_consecutive_nonfinite``, read from ``trainer.stop_reason`` (the only
+        place callbacks read it; a Trainer without it never stops for that reason)."""
+        return getattr(self.trainer, "stop_reason", None) in _NONFINITE_STOPS
+
+    def save(self) -> int | None:
+        """Write a backup of the Trainer now (in the background); returns its step, or None
+        when the state holds NaN or infinite values (nothing is written; a warning, once until
+        the next backup, names the step, and the previous backup is kept)."""
         step = int(self.trainer.step)
-        self._store.save(step, self.trainer.checkpoint_state())
-        self._saved_step = step
+        try:
+            self._store.save(step, self.trainer.checkpoint_state())
+        except NonFiniteStateError as error:
+            if not self._skipping:
+                logger.warning("%s Later non-finite states are skipped silently.", error)
+            self._skipping = True
+            return None
+        self._saved_step, self._skipping = step, False
         return step
 
     def wait_until_finished(self) -> None:

@@ -4,6 +4,7 @@ and stores them), for ``Trainer.checkpoint_state`` / ``load_checkpoint_state`` /
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -62,6 +63,8 @@ class Checkpoints:
         session, callbacks, data = self._live()
         metrics = session.state.metrics if session is not None else None
         got = checkpointing.read(tree, model=self.model, opt_state=self._opt_state(), metrics=metrics)
+        if got.data is not None and isinstance(data, IterData):
+            _check_position(data, got.data)  # before anything changes
         for var, value in got.model_values:
             var.set_value(value)
         p = self.progress
@@ -129,3 +132,48 @@ class Checkpoints:
         tree = found[1]
         self.load({k: tree[k] for k in ("model", "optimizer", "step")})
         return int(tree["step"])
+
+
+def _current_position(data: IterData) -> Any:
+    """The state of the source's iterator as it is now (one-shot) or as a new one starts; None
+    when its iterators keep none."""
+    state = data.position_state()
+    if state is None and not data.one_shot:
+        it = iter(data.source)
+        if callable(getattr(it, "get_state", None)) and callable(getattr(it, "set_state", None)):
+            state = it.get_state()
+    return state
+
+
+def _decoded(state: Any) -> Any:
+    if isinstance(state, bytes | bytearray):  # grain's DataLoader: JSON in bytes
+        try:
+            return json.loads(state)
+        except ValueError:
+            return state
+    return state
+
+
+def _check_position(data: IterData, saved: Any) -> None:
+    """A ValueError when the checkpoint's data-iterator state cannot be the state of this
+    source's iterators (another kind, or other keys): it would fail deep inside ``fit``."""
+    current = _current_position(data)
+    if current is None:
+        return
+    have, want = _decoded(saved), _decoded(current)
+    problem = None
+    if isinstance(want, Mapping):
+        if not isinstance(have, Mapping):
+            problem = f"it is a {type(have).__name__}; this source's iterators keep a dict"
+        elif set(have) != set(want):
+            missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+            problem = f"it lacks {missing}" if missing else ""
+            problem += (" and " if missing and extra else "") + (f"has unknown keys {extra}" if extra else "")
+    elif isinstance(want, bytes | bytearray) and not isinstance(have, bytes | bytearray):
+        problem = f"it is a {type(have).__name__}; this source's iterators keep bytes"
+    if problem:
+        raise ValueError(
+            "load_checkpoint_state: the checkpoint's data-iterator state does not fit this data "
+            f"source ({problem}): was it saved with another dataset or pipeline? Resume with the "
+            "pipeline of the run that saved it."
+        )

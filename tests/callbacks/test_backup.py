@@ -178,7 +178,7 @@ def test_callback_states_learning_rate_and_history_come_back_with_the_backup(tmp
     assert history.epoch == [0, 1, 2] and history.history == first.history.history
 
 
-def test_ctrl_c_keeps_a_backup_of_the_last_step_and_the_next_fit_completes_it(tmp_path, capsys):
+def test_ctrl_c_keeps_a_backup_of_the_last_step_and_the_next_fit_completes_it(tmp_path, caplog):
     from _standin import Regressor, regression_data
 
     x, y = regression_data(16)
@@ -194,4 +194,153 @@ def test_ctrl_c_keeps_a_backup_of_the_last_step_and_the_next_fit_completes_it(tm
     assert trainer.interrupted and trainer.step == 3 and backup.steps() == [3]
     trainer.fit(x, y, batch_size=8, epochs=3, verbose=0)
     assert backup.restored_step == 3 and trainer.step == 6 and not (tmp_path / "backup").exists()
-    assert "interrupted" in capsys.readouterr().err
+    assert "interrupted" in caplog.text
+
+
+class Crash(callbacks.Callback):
+    """Raises after step ``step`` at once: the backup of the step before may still be in flight."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.step is not None and self.trainer.step == self.step:
+            raise RuntimeError("crash")
+
+
+def test_a_fit_that_dies_on_an_exception_resumes_from_its_backup_when_run_again(tmp_path):
+    from _standin import Regressor, regression_data
+
+    from callbacks import ModelCheckpoint
+
+    x, y = regression_data(32)
+    backup = BackupAndRestore(tmp_path / "backup", save_freq=2)
+    crash = Crash(3)
+    trainer = Trainer(Regressor(), optax.sgd(0.1), loss="mse", callbacks=[backup, crash])
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer.fit(x, y, batch_size=4, epochs=2, verbose=0,
+                    callbacks=[ModelCheckpoint(tmp_path / "ckpt", save_freq=2)])
+    crash.step = None
+    # Keras's flow: the same fit again; a new ModelCheckpoint over the crashed run's checkpoints
+    # is not refused, since the run continues from its backup
+    again = ModelCheckpoint(tmp_path / "ckpt", save_freq=2)
+    trainer.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[again])
+    assert backup.restored_step == 2 and trainer.step == 16
+    assert not (tmp_path / "backup").exists()  # completed: deleted
+    assert again._store.steps() == [2, 4, 6, 8, 10, 12, 14, 16]
+
+
+def test_a_run_stopped_by_non_finite_steps_keeps_its_last_backup(tmp_path, capsys):
+    from _standin import Regressor, regression_data
+
+    from callbacks import TerminateOnNaN
+
+    x, y = regression_data(16)
+    y[8:12] = np.nan  # the third batch (step 3)
+    backup = BackupAndRestore(tmp_path / "backup", save_freq=1)
+    trainer = Trainer(Regressor(), optax.sgd(0.1), loss="mse")
+    trainer.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[TerminateOnNaN(), backup])
+    assert trainer.step == 3 and trainer.stop_reason == "terminate_on_nan"
+    assert backup.steps() == [2]  # kept, and not replaced by the state at the stop
+    assert "terminating training" in capsys.readouterr().out
+
+
+def test_the_trainers_non_finite_stop_keeps_the_backup_and_a_finished_run_deletes_it(tmp_path):
+    from _standin import StandInTrainer, TinyModel
+
+    for reason, kept in (("nonfinite", True), ("terminate_on_nan", True), ("max_steps", False), (None, False)):
+        directory = tmp_path / str(reason)
+        checkpointing.CheckpointStore(directory).save(1, {"model": {"w": np.zeros(1)}, "optimizer": {}, "step": 1, "epoch": 0})
+        backup = BackupAndRestore(directory)
+        trainer = StandInTrainer(TinyModel())
+        trainer.stop_reason, trainer.interrupted = reason, False  # what the Trainer sets when it stops
+        backup.set_trainer(trainer)
+        backup.on_train_end()
+        assert directory.exists() is kept, reason
+
+
+def test_on_train_exception_finishes_the_backup_and_logs_a_failed_write(tmp_path, monkeypatch, caplog):
+    import errno
+    import logging
+
+    from _standin import Regressor
+    from orbax.checkpoint._src.path import async_path
+
+    trainer = Trainer(Regressor(), optax.sgd(0.1), loss="mse")
+    backup = BackupAndRestore(tmp_path / "backup", double_checkpoint=True)
+    backup.set_trainer(trainer)
+    backup.save()  # in the background
+    backup.on_train_exception(RuntimeError("crash"))
+    assert os.listdir(tmp_path / "backup") == ["0"]  # written and committed
+
+    write_text = async_path.write_text
+
+    async def full(path, text):  # orbax's commit marker cannot be written: a full disk
+        if os.path.basename(str(path)) == "commit_success.txt":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await write_text(path, text)
+
+    monkeypatch.setattr(async_path, "write_text", full)
+    trainer.step = 1
+    with caplog.at_level(logging.ERROR, logger="callbacks"):
+        try:
+            backup.save()
+        except checkpointing.CheckpointWriteError:
+            pass  # raised at once when the disk looks full; else by the hook below, which logs it
+        backup.on_train_exception(RuntimeError("crash"))  # does not raise over the fit's error
+    monkeypatch.undo()
+    assert backup.steps() == [0] and os.listdir(tmp_path / "backup") == ["0"]
+    if not any("writing checkpoint 1" in r.getMessage() for r in caplog.records):
+        pytest.fail("the failed write was neither raised nor logged")
+
+
+def test_a_damaged_data_iterator_state_falls_back_or_is_a_clear_error(tmp_path):
+    import json
+
+    model = _backup_run.Net()
+    trainer = Trainer(model, optax.adam(0.05), loss="mse")
+    directory = tmp_path / "backup"
+    backup = BackupAndRestore(directory, save_freq=2, double_checkpoint=True, delete_checkpoint=False)
+    trainer.fit(_iter_dataset(), epochs=2, steps_per_epoch=5, verbose=0, callbacks=[backup])
+    assert backup.steps() == [8, 10]
+
+    def damage(step, data):
+        path = directory / str(step) / "meta" / "metadata"
+        meta = json.loads(path.read_text())
+        path.write_text(json.dumps({**meta, "data": data}))
+
+    damage(10, "bytes:%%%")
+    with pytest.warns(UserWarning, match=r"checkpoint 10 in .* cannot be used \(the data-iterator state "
+                      r"'bytes:%%%' cannot be decoded .*\); using checkpoint 8 instead"):
+        trainer.fit(_iter_dataset(), epochs=2, steps_per_epoch=5, verbose=0, callbacks=[backup])
+    assert backup.restored_step == 8 and trainer.step == 10
+
+    damage(10, "json:{}")  # decodes, but is no state of this pipeline's iterators
+    before = _backup_run.params(model)
+    with pytest.raises(ValueError, match=r"the checkpoint's data-iterator state does not fit this data source "
+                       r"\(it lacks \["):
+        trainer.fit(_iter_dataset(), epochs=2, steps_per_epoch=5, verbose=0, callbacks=[backup])
+    for got, want in zip(_backup_run.params(model), before, strict=True):
+        np.testing.assert_array_equal(got, want)  # checked before anything changed
+
+
+def test_a_non_finite_state_is_never_backed_up_and_warns_once(tmp_path, caplog):
+    import logging
+
+    import jax.numpy as jnp
+    from _standin import Regressor
+
+    trainer = Trainer(Regressor(), optax.sgd(0.1), loss="mse")
+    backup = BackupAndRestore(tmp_path / "backup")
+    backup.set_trainer(trainer)
+    assert backup.save() == 0
+    trainer.model.bias.value = jnp.array([jnp.inf])
+    with caplog.at_level(logging.WARNING, logger="callbacks"):
+        trainer.step = 1
+        assert backup.save() is None
+        trainer.step = 2
+        assert backup.save() is None  # silent: already said
+    warned = [r.getMessage() for r in caplog.records if r.name == "callbacks"]
+    assert len(warned) == 1 and "BackupAndRestore: the state at step 1 holds NaN or infinite values in model/bias" in warned[0]
+    assert backup.steps() == [0]
