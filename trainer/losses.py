@@ -18,9 +18,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 LossFn = Callable[[Any, Any], jax.Array]
+
+
+def _optax() -> Any:
+    """optax, imported when a loss is first traced (importing it takes a tenth of a second)."""
+    import optax
+
+    return optax
 
 
 def _per_example(values: jax.Array) -> jax.Array:
@@ -41,7 +47,7 @@ def _match_shape(predictions: jax.Array, targets: jax.Array) -> jax.Array:
 def mean_squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     """Per-example mean of ``(predictions - targets) ** 2``."""
     targets = _match_shape(predictions, jnp.asarray(targets, predictions.dtype))
-    return _per_example(optax.squared_error(predictions, targets))
+    return _per_example(_optax().squared_error(predictions, targets))
 
 
 def mean_absolute_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
@@ -53,7 +59,7 @@ def mean_absolute_error(predictions: jax.Array, targets: jax.Array) -> jax.Array
 def huber(predictions: jax.Array, targets: jax.Array, delta: float = 1.0) -> jax.Array:
     """Per-example mean of optax's Huber loss (quadratic below ``delta``, linear above)."""
     targets = _match_shape(predictions, jnp.asarray(targets, predictions.dtype))
-    return _per_example(optax.huber_loss(predictions, targets, delta=delta))
+    return _per_example(_optax().huber_loss(predictions, targets, delta=delta))
 
 
 def sparse_categorical_crossentropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -62,19 +68,19 @@ def sparse_categorical_crossentropy(logits: jax.Array, labels: jax.Array) -> jax
     if labels.ndim == logits.ndim:
         labels = labels[..., 0]
     return _per_example(
-        optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
+        _optax().softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
     )
 
 
 def categorical_crossentropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Softmax cross-entropy of ``logits`` against probability (one-hot) ``targets``, same shape."""
-    return _per_example(optax.softmax_cross_entropy(logits, jnp.asarray(targets, logits.dtype)))
+    return _per_example(_optax().softmax_cross_entropy(logits, jnp.asarray(targets, logits.dtype)))
 
 
 def binary_crossentropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Sigmoid cross-entropy from logits, against 0/1 (or probability) ``targets``."""
     targets = _match_shape(logits, jnp.asarray(targets, logits.dtype))
-    return _per_example(optax.sigmoid_binary_cross_entropy(logits, targets))
+    return _per_example(_optax().sigmoid_binary_cross_entropy(logits, targets))
 
 
 LOSSES: dict[str, LossFn] = {
