@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer import batches as batchlib
 from trainer import data as datalib
 from trainer.data import ArrayData, IterData
 
@@ -106,7 +107,7 @@ def check_one_shot_validation(val: ArrayData | IterData, epochs: int, steps: int
         )
 
 
-def validation_source(validation_data: Any, keys: datalib.BatchKeys) -> ArrayData | IterData:
+def validation_source(validation_data: Any, keys: batchlib.BatchKeys) -> ArrayData | IterData:
     """``(x, y[, w])`` arrays or a dataset, as a source."""
     if isinstance(validation_data, tuple) and datalib._all_arrays(validation_data):
         if len(validation_data) not in (2, 3):
@@ -118,14 +119,14 @@ def validation_source(validation_data: Any, keys: datalib.BatchKeys) -> ArrayDat
     return datalib.from_user(validation_data, keys=keys)
 
 
-def predict_source(x: Any, keys: datalib.BatchKeys) -> ArrayData | IterData:
+def predict_source(x: Any, keys: batchlib.BatchKeys) -> ArrayData | IterData:
     """Inputs for predict: arrays (a tuple is several inputs) or a dataset."""
-    if datalib._all_arrays(x) and not (isinstance(x, list) and not datalib.is_array(x[0])):
+    if datalib._all_arrays(x) and not (isinstance(x, list) and not batchlib.is_array(x[0])):
         return datalib.from_user(x, keys=keys, need_targets=False, inputs_only=True)
     return datalib.from_user(x, keys=keys, need_targets=False)
 
 
-def single_batch(x: Any, y: Any, sample_weight: Any, keys: datalib.BatchKeys, need_targets: bool) -> Any:
+def single_batch(x: Any, y: Any, sample_weight: Any, keys: batchlib.BatchKeys, need_targets: bool) -> Any:
     """The one batch of ``train_on_batch`` / ``test_on_batch``."""
     data = datalib.from_user(x, y, sample_weight, keys=keys, need_targets=need_targets)
     if not isinstance(data, ArrayData):

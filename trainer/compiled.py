@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from trainer import data as datalib
+from trainer import batches as batchlib
 from trainer.model_state import NEXT_POS, POS, TrainState
 from trainer.steps import StepContext, add_step_logs
 
@@ -90,15 +90,15 @@ class ContextSlot:
             self.current = previous
 
 
-def take_batch(data: Any, perm: Any, n: Any, pos: jax.Array, gather: Gather, keys: datalib.BatchKeys) -> Any:
+def take_batch(data: Any, perm: Any, n: Any, pos: jax.Array, gather: Gather, keys: batchlib.BatchKeys) -> Any:
     """The batch at position ``pos`` of on-device ``data`` (traced)."""
     start = pos * gather.stride
     if gather.masked:
-        return datalib.masked_gather(data, start, gather.size, n, keys)
+        return batchlib.masked_gather(data, start, gather.size, n, keys)
     if gather.ordered:
         return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, gather.size), data)
     idx = jax.lax.dynamic_slice(perm, (start,), (gather.size,))
-    return datalib.gather(data, idx)
+    return batchlib.gather(data, idx)
 
 
 def _stateful(
@@ -130,7 +130,7 @@ def _stateful(
     )
 
 
-def _predicting(step: Callable[..., Any], program: Program, keys: datalib.BatchKeys) -> Callable[..., Any]:
+def _predicting(step: Callable[..., Any], program: Program, keys: batchlib.BatchKeys) -> Callable[..., Any]:
     """``(state, data, perm, n, pos) -> outputs`` (stacked on a new axis when fused); the
     state is read, not returned."""
     gather = program.gather

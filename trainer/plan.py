@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainer import data as datalib
+from trainer import batches as batchlib
 from trainer import model_state
 from trainer.compiled import Gather, Program
 from trainer.data import ArrayData, IterData
@@ -64,11 +64,11 @@ class BatchPlan:
     def __init__(
         self, data: ArrayData | IterData, kind: str, batch_size: int, *, steps: int | None = None,
         drop_remainder: bool = False, pad: bool = False, fused: int = 1, with_logs: bool = False,
-        keys: datalib.BatchKeys | None = None,
+        keys: batchlib.BatchKeys | None = None,
     ):
         self.data, self.kind, self.batch_size = data, kind, batch_size
         self.pad, self.fused, self.with_logs = pad, fused, with_logs
-        self.keys = keys or datalib.BatchKeys()
+        self.keys = keys or batchlib.BatchKeys()
         self._pad_to = 0  # iterables: the first batch's size
         self._programs: dict[tuple, Program] = {}
         if isinstance(data, ArrayData):
@@ -167,8 +167,8 @@ class BatchPlan:
             group = [item for _, item in zip(range(k), prepared, strict=False)]
             if not group:
                 return
-            if len(group) == k and len({datalib.shapes_of(b) for b, _ in group}) == 1:
-                stacked = jax.device_put(datalib.stack([b for b, _ in group]))
+            if len(group) == k and len({batchlib.shapes_of(b) for b, _ in group}) == 1:
+                stacked = jax.device_put(batchlib.stack([b for b, _ in group]))
                 yield self._fed(stacked, tuple(r for _, r in group), fused=k)
                 budget = None if budget is None else budget - k
             else:
@@ -185,12 +185,12 @@ class BatchPlan:
     def _shaped(self, batch: Any) -> tuple[Any, int]:
         """A batch as its step takes it (padded to the first batch's size when ``pad``), and
         its real number of rows."""
-        rows = datalib.batch_size_of(batch)
+        rows = batchlib.batch_size_of(batch)
         if not self.pad:
             return batch, rows
         self._pad_to = self._pad_to or rows
         size = max(self._pad_to, rows)
-        return datalib.pad_batch(batch, size, self.keys, add_weights=self.kind != "predict"), rows
+        return batchlib.pad_batch(batch, size, self.keys, add_weights=self.kind != "predict"), rows
 
 
 # Array data up to this size is permuted once per epoch on the device (a second copy while the
@@ -205,7 +205,7 @@ def _nbytes(tree: Any) -> int:
 @jax.jit
 def permuted(batch: Any, perm: jax.Array) -> Any:
     """Every leaf's rows in the order ``perm`` (one dispatch)."""
-    return datalib.gather(batch, perm)
+    return batchlib.gather(batch, perm)
 
 
 def permutation(key: jax.Array, epoch: int, n: int, rows: int | None = None) -> jax.Array:

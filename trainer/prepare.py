@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 import nnx
-from trainer import data as datalib
+from trainer import batches as batchlib
 from trainer import losses as losslib
 from trainer import metrics as metriclib
 
@@ -66,7 +66,7 @@ def _update_params(spec: metriclib.MetricSpec) -> set[str]:
 
 
 def choose_loss(
-    given: LossChoice, model: Any, batch: Any, keys: datalib.BatchKeys,
+    given: LossChoice, model: Any, batch: Any, keys: batchlib.BatchKeys,
     metrics: tuple[metriclib.MetricSpec, ...], predictions_of: Callable[[Any], Any], verbose: int,
 ) -> LossChoice:
     """The loss for ``batch``, checked against its targets.
@@ -80,7 +80,7 @@ def choose_loss(
       predictions_of: ``inputs -> predictions`` traced with ``jax.eval_shape``.
       verbose: say the inferred loss (and how Keras-order callables are called) when not 0.
     """
-    inputs, targets, _ = datalib.batch_parts(batch, keys)
+    inputs, targets, _ = batchlib.batch_parts(batch, keys)
     if inputs is None and isinstance(batch, dict):
         raise KeyError(
             f"The dict batches have no input key {keys.inputs!r} (they have "

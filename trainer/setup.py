@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from trainer import data as datalib
+from trainer import batches as batchlib
 from trainer import losses as losslib
 from trainer import metrics as metriclib
 from trainer import model_state
@@ -34,7 +34,7 @@ class StepSetup:
       keys: the names of the parts of dict batches.
     """
 
-    def __init__(self, loss: Any, metrics: Any, keys: datalib.BatchKeys):
+    def __init__(self, loss: Any, metrics: Any, keys: batchlib.BatchKeys):
         name, fn = losslib.get_loss(loss) if loss is not None else (None, None)
         self.given = self.loss = LossChoice(name, fn, True)
         self.metrics = metriclib.resolve_metrics(metrics)
@@ -90,7 +90,7 @@ class StepSetup:
           call_model: the Trainer's ``call_model``.
           compute_loss: the user's ``compute_loss`` override, or None.
         """
-        checked = (session.spec.key, session.training, datalib.shapes_of(batch))
+        checked = (session.spec.key, session.training, batchlib.shapes_of(batch))
         if checked != self._checked:
             self._check(session, batch, model, tx, slot, verbose, call_model, compute_loss)
             self._checked = checked

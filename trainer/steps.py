@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
-from trainer import data as datalib
+from trainer import batches as batchlib
 from trainer import metrics as metriclib
 from trainer import model_state
 from trainer.model_state import (
@@ -62,7 +62,7 @@ class StepContext:
     loss_fn: Callable[[Any, Any], jax.Array] | None
     metrics: tuple[metriclib.MetricSpec, ...]
     aux_keys: tuple[str, ...]
-    keys: datalib.BatchKeys
+    keys: batchlib.BatchKeys
     skip_nonfinite: bool = True
     step_keys: tuple[str, ...] = ()
 
@@ -102,7 +102,7 @@ def compute_loss(
 ) -> tuple[jax.Array, dict[str, Any]]:
     """The weighted mean of the per-example loss of ``call(model, inputs)``, and the aux dict
     ``{"predictions", "per_example_loss"}``."""
-    inputs, targets, weights = datalib.batch_parts(batch, ctx.keys)
+    inputs, targets, weights = batchlib.batch_parts(batch, ctx.keys)
     predictions = call(model, inputs)
     per_example = ctx.loss_fn(predictions, targets)
     loss, _ = weighted_mean(per_example, weights)
@@ -175,17 +175,17 @@ def evaluate_loss(
 
 def predict(ctx: StepContext, state: TrainState, batch: Any, call: Callable[[Any, Any], Any]) -> Any:
     """The outputs of ``call(model, inputs)`` for one batch."""
-    return call(ctx.merge(state.params, state.others), datalib.batch_parts(batch, ctx.keys)[0])
+    return call(ctx.merge(state.params, state.others), batchlib.batch_parts(batch, ctx.keys)[0])
 
 
 def update_metrics(ctx: StepContext, state: TrainState, batch: Any, loss: jax.Array, aux: dict) -> TrainState:
     """Add a batch to the running metrics and count the step; a batch whose loss is not
     finite adds nothing (it is counted by ``count_nonfinite``)."""
-    _, targets, weights = datalib.batch_parts(batch, ctx.keys)
+    _, targets, weights = batchlib.batch_parts(batch, ctx.keys)
     if weights is not None:
         weight_total = jnp.sum(jnp.asarray(weights, jnp.float32))
     else:
-        weight_total = jnp.asarray(datalib.batch_size_of(batch), jnp.float32)
+        weight_total = jnp.asarray(batchlib.batch_size_of(batch), jnp.float32)
     finite = jnp.isfinite(loss)
     metrics = metriclib.update_state(
         ctx.metrics,

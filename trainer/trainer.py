@@ -21,6 +21,7 @@ import nnx
 from callbacks.base import Callback, CallbackList
 from callbacks.history import History
 from trainer import arguments as args
+from trainer import batches as batchlib
 from trainer import data as datalib
 from trainer import model_state
 from trainer import optimizer as optlib
@@ -88,7 +89,7 @@ class Trainer:
         self.skip_nonfinite = bool(skip_nonfinite)
         self.max_consecutive_nonfinite = args.optional_count("max_consecutive_nonfinite", max_consecutive_nonfinite)
         inputs = input_keys if isinstance(input_keys, str) else tuple(input_keys)
-        self._setup = StepSetup(loss, metrics, datalib.BatchKeys(inputs, target_key, weight_key))
+        self._setup = StepSetup(loss, metrics, batchlib.BatchKeys(inputs, target_key, weight_key))
         self._callbacks = list(callbacks or [])
         self._progress = Progress()
         self.seed = seed
@@ -417,7 +418,7 @@ class Trainer:
 
     def predict_on_batch(self, x: Any) -> Any:
         """The model's outputs for one batch of inputs, in eval mode (numpy)."""
-        return self._one_batch("predict", (datalib.normalize_batch(x),))
+        return self._one_batch("predict", (batchlib.normalize_batch(x),))
 
     def _one_batch(self, kind: str, batch: Any) -> Any:
         training = kind == "train"
@@ -563,7 +564,7 @@ class Trainer:
         the inputs of the first batch seen; parameters only before any)."""
         inputs = example_inputs
         if not inputs and self._last_batch is not None:
-            first = datalib.batch_parts(self._last_batch, self._setup.keys)[0]
+            first = batchlib.batch_parts(self._last_batch, self._setup.keys)[0]
             inputs = first if isinstance(first, tuple) else (first,)
         print(nnx.tabulate(self._model, *inputs) if inputs else parameter_table(self._model))
 

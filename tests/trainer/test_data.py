@@ -8,7 +8,7 @@ import pytest
 
 import nnx
 from trainer import Trainer
-from trainer import data as datalib
+from trainer import batches as batchlib
 
 
 def _xy(n=48, seed=0):
@@ -130,17 +130,17 @@ def test_multi_input_models_get_positional_and_keyword_arguments():
 
 
 def test_batch_helpers():
-    keys = datalib.BatchKeys()
+    keys = batchlib.BatchKeys()
     batch = (np.arange(3.0)[:, None], np.array([0, 1, 2]))
-    padded = datalib.pad_batch(batch, 5, keys)
+    padded = batchlib.pad_batch(batch, 5, keys)
     np.testing.assert_array_equal(padded[2], [1, 1, 1, 0, 0])
     np.testing.assert_array_equal(padded[0][:, 0], [0, 1, 2, 2, 2])
-    assert datalib.batch_parts({"x": 1, "y": 2}, keys) == (1, 2, None)
+    assert batchlib.batch_parts({"x": 1, "y": 2}, keys) == (1, 2, None)
     with pytest.raises(ValueError, match="4 parts"):
-        datalib.batch_parts((1, 2, 3, 4), keys)
-    w = datalib.class_weights(np.array([0, 1, 1, 2]), {1: 2.0})
+        batchlib.batch_parts((1, 2, 3, 4), keys)
+    w = batchlib.class_weights(np.array([0, 1, 1, 2]), {1: 2.0})
     np.testing.assert_array_equal(w, [1, 2, 2, 1])
-    stacked = datalib.stack([batch, batch])
+    stacked = batchlib.stack([batch, batch])
     assert jax.tree.map(np.shape, stacked) == ((2, 3, 1), (2, 3))
 
 

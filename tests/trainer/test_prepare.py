@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainer import data as datalib
+from trainer import batches as batchlib
 from trainer import losses, prepare
 from trainer import metrics as metriclib
 
@@ -17,7 +17,7 @@ def _choose(batch, outputs, given=NO_LOSS, metrics=(), verbose=1):
     def predictions_of(inputs):
         return jnp.zeros((inputs.shape[0], *outputs), jnp.float32)
 
-    return prepare.choose_loss(given, object(), batch, datalib.BatchKeys(), metrics, predictions_of, verbose)
+    return prepare.choose_loss(given, object(), batch, batchlib.BatchKeys(), metrics, predictions_of, verbose)
 
 
 def test_an_inferred_loss_is_printed_when_verbose_logged_at_debug_and_silent_at_0(capsys, caplog):
