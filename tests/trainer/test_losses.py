@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from trainer import losses, metrics, steps
+from trainer import losses, metric_functions, metrics, steps
 
 
 def test_builtin_losses_are_per_example_and_match_optax():
@@ -160,7 +160,7 @@ def test_running_metrics_accumulate_weighted_means():
     out = metrics.results(specs, state)
     assert float(out["accuracy"]) == pytest.approx(1 / 3)  # 1 of 2, then 0 of 1
     assert float(out["loss"]) == pytest.approx(1.0)
-    assert metrics.accuracy(jnp.array([[0.3], [-0.2]]), jnp.array([1, 1])).tolist() == [1.0, 0.0]
+    assert metric_functions.accuracy(jnp.array([[0.3], [-0.2]]), jnp.array([1, 1])).tolist() == [1.0, 0.0]
 
 
 def test_docstring_examples_run():
