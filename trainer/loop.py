@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,10 +19,10 @@ import numpy as np
 
 from trainer import model_state
 from trainer.compiled import NewStepKeys, StepCompiler
-from trainer.data import IterData
+from trainer.data import ArrayData, IterData
 from trainer.hooks import Hooks
 from trainer.model_state import FIRST_NONFINITE, LONGEST, TrainState
-from trainer.plan import BatchPlan, Unit
+from trainer.plan import BatchPlan, Unit, permutation
 from trainer.session import Session
 from trainer.steps import StepContext
 
@@ -202,6 +203,33 @@ class Loop:
         return self.tuner.begin(plan, key)
 
     # -- fit ---------------------------------------------------------------------------
+    def fit(self, plan: BatchPlan, epochs: int, shuffle: bool, max_steps: int | None,
+            epoch_logs: Callable[[int], dict[str, float]]) -> dict[str, float]:
+        """Epochs from ``progress.epoch`` up to ``epochs`` (or a stop); ``epoch_logs(epoch)``
+        gives each finished epoch's logs (validation included). Returns the last logs."""
+        p, session, hooks = self.progress, self.session, self.hooks
+        logs: dict[str, float] = {}
+        while p.epoch < epochs:
+            epoch = p.epoch
+            if p.batch == 0 or not session.state.metrics:
+                session.state = session.state._replace(metrics=self._fresh_metrics())
+            hooks.call("on_epoch_begin", epoch, None)
+            perm = None
+            if shuffle and isinstance(plan.data, ArrayData):
+                rows = jax.tree.leaves(plan.data.batch)[0].shape[0]
+                perm = permutation(p.shuffle_key, epoch, plan.data.n, rows)
+            self.train_epoch(plan, perm, max_steps)
+            if p.interrupted:
+                break
+            self.check_nonfinite()
+            logs = epoch_logs(epoch)
+            p.epoch_complete = True
+            hooks.call("on_epoch_end", epoch, logs)
+            p.epoch, p.batch, p.epoch_complete = epoch + 1, 0, False
+            if p.stop:
+                break
+        return logs
+
     def train_epoch(self, plan: BatchPlan, perm: jax.Array | None, max_steps: int | None) -> None:
         """The epoch's batches from ``progress.batch`` on, while no stop is requested."""
         p, session, hooks = self.progress, self.session, self.hooks

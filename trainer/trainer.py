@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -23,18 +22,16 @@ from callbacks.history import History
 from trainer import arguments as args
 from trainer import batches as batchlib
 from trainer import data as datalib
-from trainer import model_state
 from trainer import optimizer as optlib
 from trainer import steps as steplib
 from trainer.checkpoints import Checkpoints
-from trainer.compiled import ContextSlot, NewStepKeys, Program, StepCompiler
 from trainer.data import ArrayData
 from trainer.hooks import Hooks, callback_list
 from trainer.interrupt import stop_on_interrupt
-from trainer.loop import FusionTuner, Loop, Progress, stitch_outputs
+from trainer.loop import Loop, Progress, stitch_outputs
 from trainer.model_state import TrainState
-from trainer.plan import BatchPlan, permutation, steps_of
-from trainer.session import Session
+from trainer.plan import BatchPlan, steps_of
+from trainer.runtime import Runtime
 from trainer.setup import StepSetup
 from trainer.steps import StepContext
 from trainer.summary import parameter_table
@@ -93,19 +90,11 @@ class Trainer:
         self._callbacks = list(callbacks or [])
         self._progress = Progress()
         self.seed = seed
-        self._slot = ContextSlot()
-        self._compiler = StepCompiler(
-            {"train": lambda: self.train_step, "eval": lambda: self.eval_step,
-             "predict": lambda: self.predict_step, "logs": lambda: self.compute_logs},
-            self._slot,
-        )
-        self._tuner = FusionTuner()
+        self._runtime = Runtime(self, model, self._opt, self._setup, self._progress)
         self._checkpoints = Checkpoints(
             model, self._opt, self._progress, opt_state=self.optimizer_state,
-            live=lambda: (self._session, self.callbacks, self._fit_data), donate=lambda: self.donate,
+            live=lambda: (self._runtime.session, self.callbacks, self._fit_data), donate=lambda: self.donate,
         )
-        self._spec: model_state.ModelSpec | None = None
-        self._session: Session | None = None
         self._running: CallbackList | None = None  # the callbacks of the fit in progress
         self._fit_data: Any = None  # the training source of the fit in progress
         self._last_batch: Any = None
@@ -126,6 +115,9 @@ class Trainer:
                     doc="Optimizer steps taken so far.")
     epoch = property(lambda self: self._progress.epoch, lambda self, v: setattr(self._progress, "epoch", int(v)),
                      doc="The epoch in progress (or the next one).")
+    interrupted = property(lambda self: self._progress.interrupted,
+                           doc="Whether the last ``fit`` / ``evaluate`` / ``predict`` was stopped by Ctrl-C.")
+
     @property
     def stop_training(self) -> bool:
         """Set to True (by a callback) to stop after the current step."""
@@ -147,8 +139,6 @@ class Trainer:
     @stop_reason.setter
     def stop_reason(self, value: str | None) -> None:
         self._progress.stop_reason = value
-    interrupted = property(lambda self: self._progress.interrupted,
-                           doc="Whether the last ``fit`` / ``evaluate`` / ``predict`` was stopped by Ctrl-C.")
 
     @property
     def seed(self) -> int:
@@ -171,8 +161,8 @@ class Trainer:
     @property
     def model(self) -> Any:
         """The user's model object, current whenever a callback runs and after every call."""
-        if self._session is not None:
-            self._session.sync()
+        if self._runtime.session is not None:
+            self._runtime.session.sync()
         return self._model
 
     @property
@@ -183,9 +173,10 @@ class Trainer:
     @property
     def context(self) -> StepContext:
         """The ``StepContext`` of the compiled step being traced (only inside a step)."""
-        if self._slot.current is None:
+        current = self._runtime.slot.current
+        if current is None:
             raise RuntimeError("Trainer.context exists only inside the Trainer's compiled steps.")
-        return self._slot.current
+        return current
 
     @property
     def learning_rate(self) -> float | None:
@@ -194,7 +185,7 @@ class Trainer:
 
     @learning_rate.setter
     def learning_rate(self, value: float) -> None:
-        self._opt.replace(self._session, optlib.with_learning_rate(self.optimizer_state(), value))
+        self._opt.replace(self._runtime.session, optlib.with_learning_rate(self.optimizer_state(), value))
 
     @property
     def lr_scale(self) -> float:
@@ -203,11 +194,11 @@ class Trainer:
 
     @lr_scale.setter
     def lr_scale(self, value: float) -> None:
-        self._opt.replace(self._session, optlib.with_lr_scale(self.optimizer_state(), value))
+        self._opt.replace(self._runtime.session, optlib.with_lr_scale(self.optimizer_state(), value))
 
     def optimizer_state(self) -> Any:
         """The optax state, live during a ``fit`` (initialized on first use)."""
-        return self._opt.live(self._session, self._model)
+        return self._opt.live(self._runtime.session, self._model)
 
     # -- overridable steps (compiled; ``self.context`` is the step's context) ------------
     def call_model(self, model: Any, inputs: Any) -> Any:
@@ -289,7 +280,7 @@ class Trainer:
         args.check_one_shot(data, epochs, initial_epoch, steps_per_epoch)
         if val is not None:
             args.check_one_shot_validation(val, epochs - initial_epoch, validation_steps, validation_freq)
-        plan = self._plan(data, "train", bs, steps=steps_per_epoch, drop_remainder=drop_remainder)
+        plan = self._runtime.plan(data, "train", bs, steps=steps_per_epoch, drop_remainder=drop_remainder)
         self._last_batch = plan.first_batch()
         with self._call(True, self._last_batch, verbose) as session:
             cbs = self._callback_list(callbacks, verbose, "fit")
@@ -304,43 +295,20 @@ class Trainer:
                 self._checkpoints.resume(cbs, resume)
                 with self._interruptible():
                     hooks.call("on_train_begin", None)
-                    loop = self._loop(session, hooks)
-                    logs = self._fit_epochs(loop, plan, epochs, shuffle, val, bs, validation_steps, validation_freq, max_steps)
+                    loop = self._runtime.loop(session, hooks)
+
+                    def epoch_logs(epoch: int) -> dict[str, float]:
+                        logs = self._runtime.logs(session)
+                        if val is not None and args.validate_now(epoch, validation_freq):
+                            val_logs = self._evaluate_source(loop, val, bs, validation_steps, in_fit=True)
+                            logs.update({f"val_{k}": v for k, v in val_logs.items()})
+                        return {**logs, **optlib.lr_logs(self.optimizer_state())}
+
+                    logs = loop.fit(plan, epochs, shuffle, max_steps, epoch_logs)
                     hooks.call("on_train_end", logs)
             finally:
                 self._running, self._fit_data = None, None
         return self.history
-
-    def _fit_epochs(self, loop: Loop, plan: BatchPlan, epochs: int, shuffle: bool, val: Any, bs: int,
-                    val_steps: int | None, val_freq: int | list[int], max_steps: int | None) -> dict[str, float]:
-        p, session, hooks = self._progress, loop.session, loop.hooks
-        logs: dict[str, float] = {}
-        while p.epoch < epochs:
-            epoch = p.epoch
-            if p.batch == 0 or not session.state.metrics:
-                session.state = session.state._replace(metrics=self._setup.fresh_metrics())
-            hooks.call("on_epoch_begin", epoch, None)
-            arrays = isinstance(plan.data, ArrayData)
-            perm = None
-            if shuffle and arrays:
-                rows = jax.tree.leaves(plan.data.batch)[0].shape[0]
-                perm = permutation(self._progress.shuffle_key, epoch, plan.data.n, rows)
-            loop.train_epoch(plan, perm, max_steps)
-            if p.interrupted:
-                break
-            loop.check_nonfinite()
-            state = session.state
-            logs = self._setup.host_logs(self._compiler.get("logs", loop.eval_ctx)(state.metrics, state.counters))
-            if val is not None and args.validate_now(epoch, val_freq):
-                val_logs = self._evaluate_source(loop, val, bs, val_steps, in_fit=True)
-                logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            logs.update(optlib.lr_logs(self.optimizer_state()))
-            p.epoch_complete = True
-            hooks.call("on_epoch_end", epoch, logs)
-            p.epoch, p.batch, p.epoch_complete = epoch + 1, 0, False
-            if p.stop:
-                break
-        return logs
 
     def evaluate(
         self, x: Any = None, y: Any = None, *, batch_size: int | None = None, steps: int | None = None,
@@ -364,17 +332,17 @@ class Trainer:
             cbs.set_params({"epochs": 1, "steps": steps_of(data, bs, steps), "verbose": verbose})
             hooks = Hooks(cbs, session, self._setup.log_order(), copy=False)
             with self._interruptible():
-                results = self._evaluate_source(self._loop(session, hooks), data, bs, steps, in_fit=False)
+                results = self._evaluate_source(self._runtime.loop(session, hooks), data, bs, steps, in_fit=False)
         if return_dict:
             return results
         values = list(results.values())
         return values[0] if len(values) == 1 else values
 
     def _evaluate_source(self, loop: Loop, data: Any, bs: int, steps: int | None, in_fit: bool) -> dict[str, float]:
-        plan = self._plan(data, "eval", bs, steps=steps, pad=self._setup.loss.maskable)
+        plan = self._runtime.plan(data, "eval", bs, steps=steps, pad=self._setup.loss.maskable)
         plan.with_logs = loop.hooks.wants_logs("test")
         state = loop.evaluate(plan, self._setup.fresh_metrics(), in_fit)
-        results = self._setup.host_logs(self._compiler.get("logs", loop.eval_ctx)(state.metrics, state.counters))
+        results = self._runtime.logs(loop.session, state)
         if self._progress.interrupted and not in_fit:
             # a partial result: not handed to the callbacks as the evaluation's
             logger.warning("Trainer: evaluate was interrupted; the results cover only the batches it reached.")
@@ -397,12 +365,12 @@ class Trainer:
             cbs = self._callback_list(callbacks, verbose, "predict")
             cbs.set_params({"epochs": 1, "steps": steps_of(data, bs, steps), "verbose": verbose})
             hooks = Hooks(cbs, session, self._setup.log_order(), copy=False)
-            plan = self._plan(data, "predict", bs, steps=steps, pad=True)
+            plan = self._runtime.plan(data, "predict", bs, steps=steps, pad=True)
             if isinstance(data, ArrayData):
                 self._last_batch = plan.first_batch()
             with self._interruptible():
                 hooks.call("on_predict_begin", None)
-                result = stitch_outputs(self._loop(session, hooks).predict(plan))
+                result = stitch_outputs(self._runtime.loop(session, hooks).predict(plan))
                 hooks.call("on_predict_end", None)
                 return result
 
@@ -421,84 +389,20 @@ class Trainer:
         return self._one_batch("predict", (batchlib.normalize_batch(x),))
 
     def _one_batch(self, kind: str, batch: Any) -> Any:
-        training = kind == "train"
-        with self._call(training, batch if kind != "predict" else None, 0) as session:
-            leaves, treedef = session.flat()
-            if kind == "eval":  # fresh metrics and counters
-                state = session.state
-                state = TrainState(state.params, state.others, None, state.metrics, model_state.new_counters())
-                leaves, treedef = jax.tree.flatten(state)
-            ctx = self._contexts(session)[0 if training else 1]
-            fn = self._compiler.get(kind, ctx, Program(kind), treedef, self.donate and training)
-            if kind == "predict":
-                return jax.device_get(fn(leaves, jax.device_put(batch), None, None, None))
-            try:
-                leaves, _ = fn(leaves, jax.device_put(batch), None, None)
-            except NewStepKeys as new:  # raised while tracing: nothing ran
-                self._setup.learn_step_keys(new.keys)
-                return self._one_batch(kind, batch)
-            if training:
-                session.set_flat(leaves)
-            state = jax.tree.unflatten(treedef, leaves)
-            logs = self._compiler.get("logs", self._contexts(session)[1])(state.metrics, state.counters)
-            return self._setup.host_logs(logs)
+        with self._call(kind == "train", batch if kind != "predict" else None, 0) as session:
+            return self._runtime.one_batch(session, kind, batch)
 
     def batch_logs(self) -> dict[str, float]:
         """The running logs of the call in progress, fetched from the device (a host sync)."""
-        session = self._session
+        session = self._runtime.session
         if session is None or not session.state.metrics:
             return {}
-        state = session.state
-        fn = self._compiler.get("logs", self._contexts(session)[1])
-        return self._setup.host_logs(fn(state.metrics, state.counters))
+        return self._runtime.logs(session)
 
     # -- parts of a call ---------------------------------------------------------------
-    @contextmanager
-    def _call(self, training: bool, first_batch: Any = None, verbose: int = 0) -> Iterator[Session]:
-        """Open a session for a call (nested in a fit's callback: the fit's is kept aside)."""
-        outer = self._session
-        spec, _, saved = model_state.split_model(self._model, self._opt.wrt, previous=self._spec)
-        self._spec = spec
-        params, others = model_state.initial_arrays(spec, copy=self.donate and training)
-        opt_state = self._opt.ensure(params) if training else None
-        state = TrainState(params, others, opt_state, {}, model_state.new_counters(self.step))
-        session = self._session = Session(spec, saved, state, training)
-        (self._model.train if training else self._model.eval)()
-        try:
-            if first_batch is not None:
-                custom = type(self).compute_loss is not Trainer.compute_loss
-                self._setup.prepare(
-                    session, first_batch, model=self._model, tx=self._opt.full_tx, slot=self._slot,
-                    verbose=verbose, call_model=self.call_model, compute_loss=self.compute_loss if custom else None,
-                )
-            yield session
-        finally:
-            session.close()
-            if training:
-                self._opt.state = session.state.opt_state
-                self._opt.write_to_nnx_optimizer(self.step)
-            self._session = outer
-
-    def _contexts(self, session: Session) -> tuple[StepContext, StepContext]:
-        return self._setup.contexts(session.spec, self._opt.full_tx, self.skip_nonfinite)
-
-    def _loop(self, session: Session, hooks: Hooks) -> Loop:
-        train_ctx, eval_ctx = self._contexts(session)
-        ctx = train_ctx if session.training else eval_ctx
-        tuner = self._tuner if self.steps_per_execution == "auto" else None
-        return Loop(
-            self._compiler, ctx, eval_ctx, session, hooks, self._progress, donate=self.donate, tuner=tuner,
-            max_consecutive_nonfinite=self.max_consecutive_nonfinite,
-            learn_keys=lambda keys: self._learn_step_keys(session, keys), fresh_metrics=self._setup.fresh_metrics,
-        )
-
-    def _learn_step_keys(self, session: Session, keys: tuple[str, ...]) -> tuple[StepContext, StepContext]:
-        self._setup.learn_step_keys(keys)
-        return self._contexts(session)
-
-    def _plan(self, data: Any, kind: str, bs: int, **options: Any) -> BatchPlan:
-        fused = self.steps_per_execution if isinstance(self.steps_per_execution, int) else 1
-        return BatchPlan(data, kind, bs, fused=fused, keys=self._setup.keys, **options)
+    def _call(self, training: bool, first_batch: Any = None, verbose: int = 0) -> Any:
+        custom = type(self).compute_loss is not Trainer.compute_loss
+        return self._runtime.open(training, first_batch, verbose, custom_loss=custom)
 
     def _callback_list(self, extra: Any, verbose: int, mode: str) -> CallbackList:
         if mode == "fit":

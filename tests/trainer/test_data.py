@@ -92,7 +92,7 @@ def test_iterable_evaluate_pads_the_partial_batch_without_recompiling():
     batches = [(x[:16], y[:16]), (x[16:32], y[16:32]), (x[32:], y[32:])]
     ev = t.evaluate(batches, verbose=0)
     assert ev["loss"] == pytest.approx(_trainer_loss(t, x, y), rel=1e-5)
-    fns = t._compiler.compiled("eval")
+    fns = t._runtime.compiler.compiled("eval")
     assert len(fns) == 1 and fns[0]._cache_size() == 1
 
 

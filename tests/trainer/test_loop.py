@@ -72,7 +72,7 @@ def _values(model):
 def test_auto_fuses_steps_and_matches_single_steps_bit_for_bit():
     single, h1, r1 = _fit(1)
     auto, ha, ra = _fit("auto")
-    chosen = auto._tuner.chosen
+    chosen = auto._runtime.tuner.chosen
     train_choices = [k for key, k in chosen.items() if key[0] == "train"]
     assert train_choices and train_choices[0] > 1  # 24 steps per epoch: fused after probing
     assert h1.history == ha.history  # epoch logs, validation included, exactly equal
@@ -85,7 +85,7 @@ def test_auto_fuses_steps_and_matches_single_steps_bit_for_bit():
 def test_auto_keeps_single_steps_while_a_batch_hook_reads_the_model():
     reader = ReadsModel()
     trainer, _, _ = _fit("auto", reader, epochs=1)
-    assert not [k for key, k in trainer._tuner.chosen.items() if key[0] == "train"]
+    assert not [k for key, k in trainer._runtime.tuner.chosen.items() if key[0] == "train"]
     assert len(reader.kernels) == 24
     assert not all(np.array_equal(reader.kernels[0], k) for k in reader.kernels[1:])
 
