@@ -13,13 +13,16 @@ checkpoint's path; its temporary directory is removed and the checkpoints before
 When the disk has less than twice the checkpoint's size free, ``save`` waits for the write, so
 that the failure, if it comes, is raised by the save that caused it. Reading waits for the writes
 in flight to the same directory (a rerun after an exception reads the backup its crashed run was
-writing), checks each tree (``tree_problems``) and falls back, with a warning naming what was
-wrong, to the checkpoint before; when none can be used, ``CheckpointReadError`` names each one.
+writing), and the interpreter finishes them before it exits (a script that dies on an exception
+keeps the backup it was writing). Reading checks each tree (``tree_problems``) and falls back,
+with a warning naming what was wrong, to the checkpoint before; when none can be used,
+``CheckpointReadError`` names each one.
 No checkpoint stores a NaN or an infinity: ``save`` raises ``NonFiniteStateError`` instead.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import errno as errnolib
 import glob
@@ -160,6 +163,31 @@ def _filter_orbax_records() -> None:
             logging.getLogger(name).addFilter(_FILTER)
 
 
+def _finish_all_writes() -> None:
+    """At exit (a ``fit`` that died on an exception, say): finish every write in flight."""
+    for directory in list(_WRITING):
+        try:
+            _finish_writes(directory)
+        except Exception:  # noqa: BLE001 - the interpreter is exiting: log, never raise
+            logger.exception("finishing the checkpoint writes to %s at exit", directory)
+
+
+_exit_hook = False
+
+
+def _finish_writes_at_exit() -> None:
+    """Make the interpreter finish the writes in flight before it exits. ``atexit`` runs too
+    late: by then the thread pools orbax writes with are shut down and a write in flight is
+    lost. ``threading._register_atexit`` (what ``concurrent.futures`` uses; later
+    registrations run first) runs before them."""
+    global _exit_hook
+    if _exit_hook:
+        return
+    _exit_hook = True
+    register = getattr(threading, "_register_atexit", None)
+    (register or atexit.register)(_finish_all_writes)
+
+
 def _writing() -> bool:
     return any(_WRITING.values())
 
@@ -297,6 +325,7 @@ class CheckpointStore:
         ocp = _orbax()
         arrays, scalars = split_tree(_string_keys(dict(tree)))
         _filter_orbax_records()
+        _finish_writes_at_exit()
         estimate, free = _estimated_bytes(arrays, scalars), _free_bytes(self.directory)
         self._pending = _Write(int(step), os.path.join(self.directory, str(step)), estimate, free)
         _WRITING.setdefault(self.directory, set()).add(self)

@@ -16,6 +16,7 @@ import callbacks
 import checkpointing
 from callbacks import BackupAndRestore, EarlyStopping, ReduceLROnPlateau
 from trainer import Trainer
+from trainer import batches as batchlib
 from trainer import data as datalib
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "_backup_run.py")
@@ -131,13 +132,13 @@ def test_grain_iterator_position_is_restored_exactly(tmp_path):
 
 
 def test_data_loader_position_survives_prefetch_and_an_encode_round_trip():
-    data = datalib.from_user(_data_loader(), keys=datalib.BatchKeys())
+    data = datalib.from_user(_data_loader(), keys=batchlib.BatchKeys())
     data.peek()
     batches = list(data.epoch(None))  # read to the end, as prefetching reads ahead
     data.advance(2)  # but only two were trained
     text = checkpointing.encode_iterator_state(data.position_state())
     assert text.startswith("bytes:")  # a DataLoader iterator's state is bytes
-    fresh = datalib.from_user(_data_loader(), keys=datalib.BatchKeys())
+    fresh = datalib.from_user(_data_loader(), keys=batchlib.BatchKeys())
     fresh.restore_position(checkpointing.decode_iterator_state(text))
     _CountingSource.reads = 0
     rest = list(fresh.epoch(None, skip=2))
@@ -344,3 +345,30 @@ def test_a_non_finite_state_is_never_backed_up_and_warns_once(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if r.name == "callbacks"]
     assert len(warned) == 1 and "BackupAndRestore: the state at step 1 holds NaN or infinite values in model/bias" in warned[0]
     assert backup.steps() == [0]
+
+
+_DIES = """
+import optax
+from _standin import Regressor, regression_data
+from test_backup import Crash
+from callbacks import BackupAndRestore
+from trainer import Trainer
+
+x, y = regression_data(32)
+trainer = Trainer(Regressor(), optax.sgd(0.1), loss="mse")
+trainer.fit(x, y, batch_size=4, epochs=2, verbose=0,
+            callbacks=[BackupAndRestore({directory!r}, save_freq=2), Crash(3)])
+"""
+
+
+def test_a_process_that_dies_on_an_exception_still_finishes_its_backup(tmp_path):
+    # the exception leaves fit and the interpreter exits while the backup of step 2 is written:
+    # the write must be finished before orbax's thread pools are shut down at exit
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _DIES.format(directory=str(tmp_path / "backup"))],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1 and "RuntimeError: crash" in done.stderr, done.stderr
+    assert "orbax" not in done.stderr, done.stderr
+    assert sorted(os.listdir(tmp_path / "backup")) == ["2"]
+    step, tree = checkpointing.CheckpointStore(tmp_path / "backup").load()
+    assert step == 2 and (tree["epoch"], tree["batch"]) == (0, 2)
