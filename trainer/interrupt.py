@@ -42,3 +42,19 @@ def stop_on_interrupt(request_stop: Callable[[], None], message: Callable[[], st
         signal.signal(signal.SIGINT, previous)
         if hit:
             logger.warning(message())
+
+
+def interrupt_progress(progress: Any, reset: bool = True) -> Any:
+    """``stop_on_interrupt`` for a Trainer call: Ctrl-C sets ``progress.interrupted`` and
+    requests the stop (``stop_reason`` ``"interrupted"``); ``reset`` clears an earlier flag."""
+    if reset:
+        progress.interrupted = False
+
+    def stop() -> None:
+        progress.interrupted = progress.stop = True
+        progress.stop_reason = "interrupted"
+
+    return stop_on_interrupt(stop, lambda: (
+        f"Trainer: interrupted; stopped after step {progress.step} (epoch {progress.epoch}). "
+        "The model holds the last completed step."
+    ))

@@ -66,6 +66,16 @@ class OptimizerState:
         self.state: Any = None
         self._params_def: Any = None
 
+    def describe(self) -> str:
+        """The optimizer in a few words: ``nnx.Optimizer``'s class, or the optax function that
+        built the transformation (``optax.chain(...)``), from its ``init``'s qualified name."""
+        if self.nnx_optimizer is not None:
+            return type(self.nnx_optimizer).__name__
+        qualname = getattr(getattr(self.tx, "init", None), "__qualname__", "")
+        if ".<locals>" not in qualname:
+            return type(self.tx).__name__
+        return f"optax.{qualname.split('.<locals>')[0]}(...)"
+
     def ensure(self, params: Any) -> Any:
         """The state for trained leaves shaped like ``params`` (initialized when they change)."""
         params_def = jax.tree.structure(params), tuple(jnp.shape(p) for p in jax.tree.leaves(params))

@@ -27,7 +27,7 @@ from trainer import steps as steplib
 from trainer.checkpoints import Checkpoints
 from trainer.data import ArrayData
 from trainer.hooks import Hooks, callback_list
-from trainer.interrupt import stop_on_interrupt
+from trainer.interrupt import interrupt_progress
 from trainer.loop import Loop, Progress, stitch_outputs
 from trainer.model_state import TrainState
 from trainer.plan import BatchPlan, steps_of
@@ -101,8 +101,7 @@ class Trainer:
         self.history: History | None = None
 
     def __repr__(self) -> str:
-        tx = self._opt.user
-        optimizer = type(tx).__name__ if self._opt.nnx_optimizer is not None else _optax_name(tx)
+        optimizer = self._opt.describe()
         loss = self._setup.loss.name or "inferred on the first batch"
         metrics = [s.name for s in self._setup.metrics]
         return (
@@ -414,17 +413,8 @@ class Trainer:
         self._progress.stop_reason = self._progress.stop_reason or "callback"
 
     def _interruptible(self) -> Any:
-        if self._running is None:  # a call nested in a fit's callback keeps the fit's flag
-            self._progress.interrupted = False
-
-        def stop() -> None:
-            self._progress.interrupted = self._progress.stop = True
-            self._progress.stop_reason = "interrupted"
-
-        return stop_on_interrupt(stop, lambda: (
-            f"Trainer: interrupted; stopped after step {self.step} (epoch {self.epoch}). "
-            "The model holds the last completed step."
-        ))
+        # a call nested in a fit's callback keeps the fit's flag
+        return interrupt_progress(self._progress, reset=self._running is None)
 
     # -- checkpoints -------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
@@ -471,11 +461,3 @@ class Trainer:
             first = batchlib.batch_parts(self._last_batch, self._setup.keys)[0]
             inputs = first if isinstance(first, tuple) else (first,)
         print(nnx.tabulate(self._model, *inputs) if inputs else parameter_table(self._model))
-
-
-def _optax_name(tx: Any) -> str:
-    """The optax function that built ``tx`` (e.g. ``adam``), from its ``init``'s qualified name."""
-    qualname = getattr(getattr(tx, "init", None), "__qualname__", "")
-    if ".<locals>" not in qualname:
-        return type(tx).__name__
-    return f"optax.{qualname.split('.<locals>')[0]}(...)"
