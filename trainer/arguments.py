@@ -134,6 +134,23 @@ def single_batch(x: Any, y: Any, sample_weight: Any, keys: batchlib.BatchKeys, n
     return data.real()
 
 
+def check_labels(data: ArrayData | IterData, classes: int | None, keys: batchlib.BatchKeys) -> None:
+    """For array data and an integer-label loss over ``classes`` classes: every target must be
+    ``0 .. classes - 1`` (checked once, on the host, before any step)."""
+    if classes is None or not isinstance(data, ArrayData):
+        return
+    targets = batchlib.batch_parts(data.real(), keys)[1]
+    if targets is None:
+        return
+    values = np.asarray(targets)
+    bad = values[(values < 0) | (values >= classes)]
+    if bad.size:
+        raise ValueError(
+            f"y holds the label {int(bad.flat[0])} ({bad.size} targets outside the classes), but "
+            f"the model has {classes} outputs, so the labels must be 0 .. {classes - 1}."
+        )
+
+
 def validate_now(epoch: int, freq: int | list[int]) -> bool:
     """Keras's ``validation_freq``: every ``freq`` epochs, or the listed (1-based) epochs."""
     if not isinstance(freq, list | tuple):

@@ -21,7 +21,7 @@ from trainer import model_state
 from trainer.compiled import NewStepKeys, StepCompiler
 from trainer.data import ArrayData, IterData
 from trainer.hooks import Hooks
-from trainer.model_state import FIRST_NONFINITE, LONGEST, TrainState
+from trainer.model_state import BAD_LABEL, BAD_LABEL_VALUE, FIRST_NONFINITE, LONGEST, TrainState
 from trainer.plan import BatchPlan, Unit, permutation
 from trainer.session import Session
 from trainer.steps import StepContext
@@ -46,6 +46,16 @@ class Progress:
 logger = logging.getLogger("trainer")
 
 
+def check_labels_seen(counters: np.ndarray, classes: int | None) -> None:
+    """A ValueError when the device saw an integer target outside ``0 .. classes - 1``."""
+    if classes is not None and int(counters[BAD_LABEL]):
+        raise ValueError(
+            f"A batch holds the integer target {int(counters[BAD_LABEL_VALUE])}, but the model has "
+            f"{classes} outputs, so the labels must be 0 .. {classes - 1}. Those steps were "
+            "skipped; fix the labels (or the model's number of outputs)."
+        )
+
+
 class NonfiniteWatch:
     """Stops training after ``limit`` non-finite steps in a row, without waiting for the device.
 
@@ -54,14 +64,14 @@ class NonfiniteWatch:
     is seen even when the counters of the steps inside it were never read.
     """
 
-    def __init__(self, limit: int | None, every: int = 16):
-        self.limit, self.every = limit, every
+    def __init__(self, limit: int | None, every: int = 16, classes: int | None = None):
+        self.limit, self.every, self.classes = limit, every, classes
         self._pending: collections.deque[Any] = collections.deque(maxlen=64)
         self._since = 0
 
     def add(self, counters: jax.Array, steps: int) -> bool:
         """True when the limit was reached (as far as the finished steps tell)."""
-        if self.limit is None:
+        if self.limit is None and self.classes is None:
             return False
         self._pending.append(counters)
         self._since += steps
@@ -76,11 +86,11 @@ class NonfiniteWatch:
         return self.tripped(ready)
 
     def tripped(self, counters: jax.Array) -> bool:
-        """Whether ``counters`` show ``limit`` non-finite steps in a row (reads them: a sync)."""
-        if self.limit is None:
-            return False
+        """Whether ``counters`` show ``limit`` non-finite steps in a row (reads them: a sync);
+        a ValueError when they show a target outside the classes."""
         c = np.asarray(counters)
-        if int(c[LONGEST]) < self.limit:
+        check_labels_seen(c, self.classes)
+        if self.limit is None or int(c[LONGEST]) < self.limit:
             return False
         self._pending.clear()
         logger.error(
@@ -174,7 +184,7 @@ class Loop:
         self.compiler, self.ctx, self.eval_ctx = compiler, ctx, eval_ctx
         self.session, self.hooks, self.progress = session, hooks, progress
         self.donate, self.tuner = donate, tuner
-        self.watch = NonfiniteWatch(max_consecutive_nonfinite)
+        self.watch = NonfiniteWatch(max_consecutive_nonfinite, classes=ctx.label_classes)
         self._learn_keys, self._fresh_metrics = learn_keys, fresh_metrics
 
     def _learn(self, keys: tuple[str, ...]) -> None:
@@ -310,6 +320,8 @@ class Loop:
                 probe = None
             if self.progress.interrupted and not in_fit:
                 break
+        if i > 0 and ctx.label_classes is not None:
+            check_labels_seen(np.asarray(leaves[-1]), ctx.label_classes)
         if i == 0:
             raise ValueError(
                 "The evaluation ran over no batch: " + (

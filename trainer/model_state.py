@@ -39,8 +39,9 @@ class TrainState(NamedTuple):
         the first batch is seen.
       counters: one int32 vector indexed by ``STEP``, ``POS`` (batch index in the epoch),
         ``NONFINITE`` (steps with a non-finite loss or gradients), ``FIRST_NONFINITE`` (the first
-        such step, or -1), ``STREAK`` (such steps in a row, up to now) and ``LONGEST`` (the
-        longest such streak so far).
+        such step, or -1), ``STREAK`` (such steps in a row, up to now), ``LONGEST`` (the
+        longest such streak so far), ``BAD_LABEL`` (1 once an integer target outside the
+        classes was seen) and ``BAD_LABEL_VALUE`` (the first such target).
     """
 
     params: Any
@@ -52,14 +53,14 @@ class TrainState(NamedTuple):
 
 # Each buffer a compiled step takes and returns costs dispatch time on every call, so the
 # scalars are packed: the counters into one int32 vector, the running means into one array.
-STEP, POS, NONFINITE, FIRST_NONFINITE, STREAK, LONGEST = range(6)
-NEXT_POS = np.array([0, 1, 0, 0, 0, 0], np.int32)  # an elementwise add fuses; .at[POS].add does not
-NEXT_STEP = np.array([1, 0, 0, 0, 0, 0], np.int32)
+STEP, POS, NONFINITE, FIRST_NONFINITE, STREAK, LONGEST, BAD_LABEL, BAD_LABEL_VALUE = range(8)
+NEXT_POS = np.array([0, 1, 0, 0, 0, 0, 0, 0], np.int32)  # an elementwise add fuses; .at[POS].add does not
+NEXT_STEP = np.array([1, 0, 0, 0, 0, 0, 0, 0], np.int32)
 
 
 def new_counters(step: int = 0, pos: int = 0) -> jax.Array:
     """Fresh counters on the device."""
-    return copy_arrays([np.array([step, pos, 0, -1, 0, 0], np.int32)])[0]
+    return copy_arrays([np.array([step, pos, 0, -1, 0, 0, 0, 0], np.int32)])[0]
 
 
 @jax.jit

@@ -32,6 +32,7 @@ class LossChoice(NamedTuple):
     name: str | None
     fn: Callable[..., jax.Array] | None
     maskable: bool
+    classes: int | None = None  # an integer-label loss: the number of classes (the logits' last axis)
 
 
 LOGGER = logging.getLogger("trainer")
@@ -121,7 +122,10 @@ def choose_loss(
     maskable = getattr(out, "ndim", 0) >= 1 and all(
         "mask" in _update_params(s) for s in metrics if s.graphdef is not None
     )
-    return LossChoice(name, fn, maskable)
+    classes = None
+    if name == "sparse_categorical_crossentropy" and fn is losslib.LOSSES.get(name):
+        classes = int(predictions.shape[-1])
+    return LossChoice(name, fn, maskable, classes)
 
 
 def scalar_aux_keys(aux_of: Callable[[Any], dict[str, Any]], batch: Any) -> tuple[str, ...]:

@@ -49,7 +49,7 @@ class StepSetup:
         """The train and eval contexts of ``spec``."""
         train = StepContext(
             spec, True, tx, self.loss.fn, self.metrics, self.aux_keys or (), self.keys, skip_nonfinite,
-            self.step_keys,
+            self.step_keys, self.loss.classes,
         )
         return train, dataclasses.replace(train, training=False, tx=None)
 

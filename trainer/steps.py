@@ -21,6 +21,8 @@ from trainer import batches as batchlib
 from trainer import metrics as metriclib
 from trainer import model_state
 from trainer.model_state import (
+    BAD_LABEL,
+    BAD_LABEL_VALUE,
     FIRST_NONFINITE,
     LONGEST,
     NONFINITE,
@@ -54,6 +56,9 @@ class StepContext:
         unchanged (but the counters).
       step_keys: scalar logs an overridden step returns beyond ``compute_logs``'s: each is
         averaged over the steps of the epoch (non-finite values left out) and logged.
+      label_classes: the number of classes of an integer-label loss: a target outside
+        ``0 .. label_classes - 1`` makes the batch's loss NaN (so the step is skipped) and is
+        recorded in the counters, for the host to raise.
     """
 
     spec: ModelSpec
@@ -65,6 +70,7 @@ class StepContext:
     keys: batchlib.BatchKeys
     skip_nonfinite: bool = True
     step_keys: tuple[str, ...] = ()
+    label_classes: int | None = None
 
     def merge(self, params: Any, others: tuple) -> Any:
         """A model (inside the trace) from the state's arrays, in this context's mode."""
@@ -106,7 +112,17 @@ def compute_loss(
     predictions = call(model, inputs)
     per_example = ctx.loss_fn(predictions, targets)
     loss, _ = weighted_mean(per_example, weights)
-    return loss, {"predictions": predictions, "per_example_loss": per_example}
+    aux = {"predictions": predictions, "per_example_loss": per_example}
+    if ctx.label_classes is not None and targets is not None:
+        labels = jnp.asarray(targets).astype(jnp.int32)
+        outside = ((labels < 0) | (labels >= ctx.label_classes)).reshape(labels.shape[0], -1)
+        if weights is not None:  # rows that weigh 0 (padding) do not count
+            outside = outside & (jnp.asarray(weights).reshape(-1, 1) > 0)
+        outside, labels = outside.reshape(-1), labels.reshape(-1)
+        any_outside = jnp.any(outside)
+        aux["_bad_label"] = jnp.stack([any_outside.astype(jnp.int32), labels[jnp.argmax(outside)]])
+        loss = jnp.where(any_outside, jnp.nan, loss)
+    return loss, aux
 
 
 def apply_gradients(
@@ -159,7 +175,8 @@ def count_nonfinite(state: TrainState, bad: jax.Array) -> TrainState:
     first = jnp.where(bad & (c[FIRST_NONFINITE] < 0), c[STEP], c[FIRST_NONFINITE])
     streak = (c[STREAK] + 1) * bad_i
     counters = jnp.stack([
-        c[STEP], c[model_state.POS], c[NONFINITE] + bad_i, first, streak, jnp.maximum(c[LONGEST], streak)
+        c[STEP], c[model_state.POS], c[NONFINITE] + bad_i, first, streak, jnp.maximum(c[LONGEST], streak),
+        c[BAD_LABEL], c[BAD_LABEL_VALUE],
     ])
     return state._replace(counters=counters)
 
@@ -201,7 +218,14 @@ def update_metrics(ctx: StepContext, state: TrainState, batch: Any, loss: jax.Ar
     )
     metrics = {**state.metrics, **metrics}  # (step means are added by add_step_logs)
     metrics = jax.tree.map(lambda a, b: jnp.where(finite, a, b), metrics, state.metrics)
-    return state._replace(metrics=metrics, counters=state.counters + model_state.NEXT_STEP)
+    counters = state.counters + model_state.NEXT_STEP
+    if "_bad_label" in aux:  # the first integer target outside the classes
+        flag, value = aux["_bad_label"][0], aux["_bad_label"][1]
+        first = (counters[BAD_LABEL] == 0) & (flag > 0)
+        counters = counters.at[BAD_LABEL].max(flag).at[BAD_LABEL_VALUE].set(
+            jnp.where(first, value, counters[BAD_LABEL_VALUE])
+        )
+    return state._replace(metrics=metrics, counters=counters)
 
 
 def add_step_logs(ctx: StepContext, state: TrainState, logs: dict[str, Any]) -> TrainState:

@@ -282,6 +282,9 @@ class Trainer:
         plan = self._runtime.plan(data, "train", bs, steps=steps_per_epoch, drop_remainder=drop_remainder)
         self._last_batch = plan.first_batch()
         with self._call(True, self._last_batch, verbose) as session:
+            args.check_labels(data, self._setup.loss.classes, self._setup.keys)
+            if val is not None:
+                args.check_labels(val, self._setup.loss.classes, self._setup.keys)
             cbs = self._callback_list(callbacks, verbose, "fit")
             cbs.set_params({"epochs": epochs, "steps": plan.steps, "verbose": verbose})
             hooks = Hooks(cbs, session, self._setup.log_order(), copy=self.donate, model=self._model, stop=self._stop_by_model)
@@ -327,6 +330,7 @@ class Trainer:
         data = datalib.from_user(x, y, sample_weight, keys=self._setup.keys)
         self._last_batch = BatchPlan(data, "eval", bs, steps=steps, pad=True).first_batch()
         with self._call(False, self._last_batch, verbose) as session:
+            args.check_labels(data, self._setup.loss.classes, self._setup.keys)
             cbs = self._callback_list(callbacks, verbose, "evaluate")
             cbs.set_params({"epochs": 1, "steps": steps_of(data, bs, steps), "verbose": verbose})
             hooks = Hooks(cbs, session, self._setup.log_order(), copy=False)

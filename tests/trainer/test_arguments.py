@@ -85,3 +85,30 @@ def test_repr_names_the_parts():
         "Trainer(model=Linear, optimizer=optax.chain(...), loss='sparse_categorical_crossentropy', "
         "metrics=['accuracy'], steps_per_execution=4)"
     )
+
+
+@pytest.mark.parametrize("bad", [2, -1])
+def test_labels_outside_the_classes_are_refused_before_training(bad):
+    x, y = _data(16)
+    y = y.copy()
+    y[5] = bad  # 2 classes: labels 0 and 1
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    before = np.asarray(model.kernel.value).copy()
+    with pytest.raises(ValueError, match=rf"y holds the label {bad} .* the model has 2 outputs, so the labels must be 0 .. 1"):
+        Trainer(model, optax.sgd(0.1)).fit(x, y, verbose=0)
+    np.testing.assert_array_equal(np.asarray(model.kernel.value), before)
+    with pytest.raises(ValueError, match=rf"y holds the label {bad}"):
+        Trainer(model, optax.sgd(0.1)).evaluate(x, y, verbose=0)
+
+
+def test_labels_outside_the_classes_in_streamed_batches_stop_training_on_the_device_check():
+    x, y = _data(32)
+    batches = [(x[i : i + 4], y[i : i + 4].copy()) for i in range(0, 32, 4)]
+    batches[3][1][0] = 7  # batch 3
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    trainer = Trainer(model, optax.sgd(0.1), steps_per_execution=1)
+    with pytest.raises(ValueError, match=r"integer target 7, but the model has 2 outputs, so the labels must be 0 .. 1"):
+        trainer.fit(batches, epochs=2, verbose=0)
+    assert np.isfinite(np.asarray(model.kernel.value)).all()  # the bad batch was skipped
+    with pytest.raises(ValueError, match=r"integer target 7"):
+        trainer.evaluate(batches, verbose=0)
