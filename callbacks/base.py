@@ -41,6 +41,9 @@ class Callback:
     #: ``fit`` loads ``latest_state()`` whenever it starts, with or without ``resume=True``
     #: (``BackupAndRestore``).
     restores_automatically: bool = False
+    #: The callback changes the learning rate: the epoch logs then carry it from the first
+    #: epoch (``lr_scale`` for optimizers without ``inject_hyperparams``).
+    changes_learning_rate: bool = False
 
     def __init__(self) -> None:
         self.trainer: Any = None

@@ -30,6 +30,8 @@ class LearningRateScheduler(Callback):
       tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
     """
 
+    changes_learning_rate = True
+
     def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0):
         super().__init__()
         if not callable(schedule):

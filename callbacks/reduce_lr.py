@@ -30,6 +30,8 @@ class ReduceLROnPlateau(ResumableCallback):
       min_lr: the rate (or multiplier, see above) is never lowered below this.
     """
 
+    changes_learning_rate = True
+
     def __init__(
         self,
         monitor: str = "val_loss",

@@ -15,7 +15,7 @@ class TensorBoard(Callback):
     """Writes the logs as TensorBoard scalars, in ``log_dir/train`` and ``log_dir/validation``.
 
     Epoch logs are written at step ``epoch`` with the tag ``epoch_<name>``: ``loss``, metrics,
-    the learning rate (``lr``, or ``lr_scale``) under ``train``, and ``val_<name>`` as
+    the learning rate (``learning_rate``, or a changed ``lr_scale``) under ``train``, and ``val_<name>`` as
     ``epoch_<name>`` under ``validation``, so TensorBoard draws both runs on one chart. With
     ``update_freq=N`` the batch logs are also written every N training batches as
     ``batch_<name>`` at the global batch number (the logs are fetched from the device only at
@@ -85,7 +85,7 @@ class TensorBoard(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         logs = dict(logs or {})
-        if "lr" not in logs and "lr_scale" not in logs:
+        if "learning_rate" not in logs and "lr_scale" not in logs:
             logs.update(self._rate())
         for name, value in sorted(logs.items()):
             run = "validation" if name.startswith("val_") else "train"
@@ -102,11 +102,13 @@ class TensorBoard(Callback):
         self._writers = {}
 
     def _rate(self) -> dict[str, float]:
+        """The learning rate as the Trainer logs it (``learning_rate``, or a changed
+        ``lr_scale``), for trainers whose logs lack it."""
         lr = getattr(self.trainer, "learning_rate", None)
         if lr is not None:
-            return {"lr": float(lr)}
+            return {"learning_rate": float(lr)}
         scale = getattr(self.trainer, "lr_scale", None)
-        return {} if scale is None else {"lr_scale": float(scale)}
+        return {} if scale is None or float(scale) == 1.0 else {"lr_scale": float(scale)}
 
     def _write_histograms(self, epoch: int) -> None:
         writer = self._writer("train")

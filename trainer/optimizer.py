@@ -138,10 +138,16 @@ def learning_rate(opt_state: Any) -> float | None:
     return None if hyper is None else float(hyper["learning_rate"])
 
 
-def lr_logs(opt_state: Any) -> dict[str, float]:
-    """``{"lr": ...}`` for an ``inject_hyperparams`` state, else ``{"lr_scale": ...}``."""
+def lr_logs(opt_state: Any, scale_logged: bool = False) -> dict[str, float]:
+    """The learning rate for the epoch logs, where it means something: ``{"learning_rate":
+    ...}`` (Keras 3's key) for an ``inject_hyperparams`` state, the current value of a schedule
+    given to it included; ``{"lr_scale": ...}`` when ``scale_logged`` (a callback of the run
+    changes the rate) or once the multiplier is not 1; else nothing."""
     lr = learning_rate(opt_state)
-    return {"lr": lr} if lr is not None else {"lr_scale": lr_scale(opt_state)}
+    if lr is not None:
+        return {"learning_rate": lr}
+    scale = lr_scale(opt_state)
+    return {"lr_scale": scale} if scale_logged or scale != 1.0 else {}
 
 
 def lr_scale(opt_state: Any) -> float:

@@ -298,13 +298,14 @@ class Trainer:
                 with self._interruptible():
                     hooks.call("on_train_begin", None)
                     loop = self._runtime.loop(session, hooks)
+                    scale_logged = optlib.lr_scale(self.optimizer_state()) != 1.0 or any(c.changes_learning_rate for c in cbs)
 
                     def epoch_logs(epoch: int) -> dict[str, float]:
                         logs = self._runtime.logs(session)
                         if val is not None and args.validate_now(epoch, validation_freq):
                             val_logs = self._evaluate_source(loop, val, bs, validation_steps, in_fit=True)
                             logs.update({f"val_{k}": v for k, v in val_logs.items()})
-                        return {**logs, **optlib.lr_logs(self.optimizer_state())}
+                        return {**logs, **optlib.lr_logs(self.optimizer_state(), scale_logged)}
 
                     logs = loop.fit(plan, epochs, shuffle, max_steps, epoch_logs)
                     hooks.call("on_train_end", logs)

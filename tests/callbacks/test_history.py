@@ -26,5 +26,5 @@ def test_fit_returns_the_trainers_history():
     t = Trainer(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), optax.sgd(0.1))
     history = t.fit(x, y, epochs=3, initial_epoch=1, verbose=0)
     assert history is t.history and history.epoch == [1, 2]
-    assert list(history.history) == ["loss", "lr_scale"]
+    assert list(history.history) == ["loss"]
     assert history.history["loss"][1] < history.history["loss"][0]

@@ -103,7 +103,7 @@ def test_fit_reduce_lr_changes_injected_rate_without_recompiling():
     # min_delta is huge: no epoch after the first improves, so the rate drops every epoch
     reduce = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1, min_delta=1e9)
     history = trainer.fit(x, y, epochs=4, batch_size=8, verbose=0, callbacks=[reduce, record])
-    assert history.history["lr"] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+    assert history.history["learning_rate"] == pytest.approx([0.1, 0.1, 0.05, 0.025])
     assert trainer.learning_rate == pytest.approx(0.0125)
     assert traces == [1, 1, 1, 1]  # compiled once, before any change
 
@@ -133,7 +133,7 @@ def test_fit_scheduler_sets_the_rate_used_by_each_epoch():
     trainer = counting_trainer(Regressor(), tx, loss="mse")
     scheduler = LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))
     history = trainer.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[scheduler])
-    assert history.history["lr"] == pytest.approx([0.1, 0.05, 0.1 / 3])
+    assert history.history["learning_rate"] == pytest.approx([0.1, 0.05, 0.1 / 3])
     assert trainer.traces == 1
 
 

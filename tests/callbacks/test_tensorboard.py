@@ -33,15 +33,15 @@ def _scalars(events):
 def test_epoch_scalars_go_to_train_and_validation_runs(tmp_path):
     trainer = StandInTrainer(TinyModel(), learning_rate=0.01)
     logs = [
-        {"loss": 0.5, "accuracy": 0.25, "val_loss": 0.75, "val_accuracy": 0.125, "lr": 0.01},
-        {"loss": 0.25, "accuracy": 0.5, "val_loss": 0.5, "val_accuracy": 0.375, "lr": 0.005},
+        {"loss": 0.5, "accuracy": 0.25, "val_loss": 0.75, "val_accuracy": 0.125, "learning_rate": 0.01},
+        {"loss": 0.25, "accuracy": 0.5, "val_loss": 0.5, "val_accuracy": 0.375, "learning_rate": 0.005},
     ]
     run_epochs(trainer, [TensorBoard(log_dir=tmp_path)], logs)
     train = _scalars(_read_events(tmp_path / "train"))
     validation = _scalars(_read_events(tmp_path / "validation"))
     assert train == {
-        (0, "epoch_loss"): 0.5, (0, "epoch_accuracy"): 0.25, (0, "epoch_lr"): pytest.approx(0.01),
-        (1, "epoch_loss"): 0.25, (1, "epoch_accuracy"): 0.5, (1, "epoch_lr"): pytest.approx(0.005),
+        (0, "epoch_loss"): 0.5, (0, "epoch_accuracy"): 0.25, (0, "epoch_learning_rate"): pytest.approx(0.01),
+        (1, "epoch_loss"): 0.25, (1, "epoch_accuracy"): 0.5, (1, "epoch_learning_rate"): pytest.approx(0.005),
     }
     assert validation == {
         (0, "epoch_loss"): 0.75, (0, "epoch_accuracy"): 0.125,

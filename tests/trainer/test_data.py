@@ -100,7 +100,7 @@ def test_validation_split_takes_the_tail_and_validation_data_accepts_datasets():
     x, y = _xy(50)
     t = _trainer()
     hist = t.fit(x, y, validation_split=0.2, epochs=2, batch_size=8, verbose=0)
-    assert set(hist.history) == {"loss", "val_loss", "lr_scale"}
+    assert set(hist.history) == {"loss", "val_loss"}
     assert hist.history["val_loss"][-1] == pytest.approx(_trainer_loss(t, x[40:], y[40:]), rel=1e-5)
     hist = t.fit(x[:40], y[:40], validation_data=[(x[40:], y[40:])], epochs=2, validation_freq=2, verbose=0)
     assert len(hist.history["val_loss"]) == 1

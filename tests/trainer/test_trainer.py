@@ -251,7 +251,7 @@ def test_learning_rate_via_inject_hyperparams_and_lr_scale():
     before = np.asarray(model.kernel.value).copy()
     hist = t.fit(x, y, epochs=1, verbose=0)
     np.testing.assert_array_equal(np.asarray(model.kernel.value), before)
-    assert hist.history["lr"] == [0.0]
+    assert hist.history["learning_rate"] == [0.0]
     t.learning_rate = 0.05
     t.fit(x, y, epochs=1, verbose=0)
     assert not np.array_equal(np.asarray(model.kernel.value), before)
@@ -347,7 +347,7 @@ def test_dict_batches_and_compute_loss_override():
     t = Custom(model, optax.sgd(0.1))
     hist = t.fit(data, batch_size=4, epochs=2, verbose=0)
     assert seen_keys[0] == ["image", "label"]
-    assert set(hist.history) == {"loss", "abs_err", "lr_scale"}
+    assert set(hist.history) == {"loss", "abs_err"}  # lr_scale 1 is not logged
     assert hist.history["loss"][1] < hist.history["loss"][0]
     t2 = Trainer(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), optax.sgd(0.1), input_keys="image", target_key="label")
     assert t2.fit(data, batch_size=4, verbose=0).history["loss"][0] > 0
@@ -442,3 +442,13 @@ def test_sigint_stops_training_cleanly_and_model_still_runs():
     assert "interrupted" in err
     steps = int(out.split("STEPS ")[1].split()[0])
     assert steps >= 3
+
+
+def test_a_schedules_current_rate_is_logged_as_learning_rate():
+    x, y = _regression(16)
+    schedule = optax.linear_schedule(0.1, 0.0, transition_steps=8)
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=schedule)
+    hist = Trainer(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), tx).fit(x, y, batch_size=4, epochs=2, verbose=0)
+    # after 4 and 8 steps; inject_hyperparams holds the value of the step it will take next
+    assert hist.history["learning_rate"] == pytest.approx([float(schedule(3)), float(schedule(7))], abs=1e-6)
+    assert "lr_scale" not in hist.history
