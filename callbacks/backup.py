@@ -118,7 +118,7 @@ class BackupAndRestore(Callback):
             return None
         step, tree = found
         self.restored_step = step
-        print(
+        self.say(
             f"BackupAndRestore: resuming from the backup at step {step} (epoch {tree.get('epoch')}, "
             f"batch {tree.get('batch')}) in {self.backup_dir}."
         )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+logger = logging.getLogger("callbacks")
 
 _BATCH_HOOKS = (
     "on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end",
@@ -77,6 +80,13 @@ class Callback:
     def on_predict_end(self, logs: dict[str, float] | None = None) -> None: ...
     def on_predict_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None: ...
     def on_predict_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None: ...
+
+    def say(self, message: str) -> None:
+        """Tell the user something: printed when the call is verbose (``params["verbose"]``,
+        so ``verbose=0`` is silent), and always logged at INFO on the ``callbacks`` logger."""
+        logger.info(message)
+        if self.params.get("verbose"):
+            print(message)
 
     def latest_state(self) -> dict[str, Any] | None:
         """The newest checkpoint tree this callback can give (``provides_checkpoints``)."""

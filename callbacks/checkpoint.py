@@ -188,7 +188,7 @@ class ModelCheckpoint(Callback):
         """
         found = self._store.load(step)
         if found is None:
-            print(f"ModelCheckpoint: no checkpoint in {self.directory}; starting fresh.")
+            self.say(f"ModelCheckpoint: no checkpoint in {self.directory}; starting fresh.")
             return None
         self._resumed_step = found[0]
         return found[1]

@@ -17,6 +17,13 @@ class TerminateOnNaN(Callback):
     It reads the logs after every training batch, so it makes the Trainer fetch batch logs.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._stopped = False
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self._stopped = False
+
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         self._check(f"Batch {batch}", logs)
 
@@ -24,15 +31,18 @@ class TerminateOnNaN(Callback):
         self._check(f"Epoch {epoch + 1}", logs)
 
     def _check(self, where: str, logs: dict[str, float] | None) -> None:
+        if self._stopped:
+            return  # said once already (at the batch; the epoch's end would say it again)
         logs = logs or {}
         loss = logs.get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            print(f"{where}: invalid loss {float(loss)}, terminating training")
+            self.say(f"{where}: invalid loss {float(loss)}, terminating training")
         elif logs.get("nonfinite_steps"):
             first = logs.get("first_nonfinite_step")
             at = "" if first is None else f" (first_nonfinite_step={int(first)})"
-            print(f"{where}: {int(logs['nonfinite_steps'])} non-finite step(s){at}, terminating training")
+            self.say(f"{where}: {int(logs['nonfinite_steps'])} non-finite step(s){at}, terminating training")
         else:
             return
+        self._stopped = True
         self.trainer.stop_training = True
         self.trainer.stop_reason = "terminate_on_nan"

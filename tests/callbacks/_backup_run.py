@@ -7,7 +7,9 @@ up every 3 steps (after steps 3, 6 and 9: not a multiple of the epoch length).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
 import time
 
 import jax
@@ -76,6 +78,8 @@ def train(backup_dir: str, block_after: int | None = None, ready: str | None = N
 
 
 def main() -> None:
+    # verbose=0 prints nothing; the library's INFO messages ("resuming ...") go to stdout here
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     parser = argparse.ArgumentParser()
     parser.add_argument("backup_dir")
     parser.add_argument("--block-after", type=int, default=None)
