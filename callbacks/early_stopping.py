@@ -19,6 +19,10 @@ def _path_name(path: tuple[Any, ...]) -> str:
     return "/".join(map(str, path))
 
 
+def _dtype(variable: Any) -> Any:
+    return getattr(variable.get_value(), "dtype", None)
+
+
 class EarlyStopping(ResumableCallback):
     """Stops training when ``monitor`` has not improved for ``patience`` epochs (Keras semantics).
 
@@ -125,8 +129,8 @@ class EarlyStopping(ResumableCallback):
                 f"EarlyStopping: the checkpointed best weights name {missing}, which the model "
                 f"does not have (it has {sorted(by_name)})"
             )
-        return nnx.State.from_flat_path(
-            (by_name[name], current[by_name[name]].copy(jnp.asarray(value)))
+        return nnx.State.from_flat_path(  # in the model's dtypes, as checkpoints are loaded
+            (by_name[name], current[by_name[name]].copy(jnp.asarray(value, _dtype(current[by_name[name]]))))
             for name, value in self._pending_weights.items()
         )
 

@@ -172,3 +172,22 @@ def test_a_nan_epoch_never_counts_as_an_improvement():
     stop.load_state_dict({"wait": 0, "best": float("nan"), "best_epoch": 0})  # an old checkpoint's NaN best
     run_epochs(trainer, [stop], _logs([2.0]))
     assert stop.best == 2.0
+
+
+def test_checkpointed_best_weights_come_back_in_the_models_dtypes():
+    import jax.numpy as jnp
+
+    import nnx
+
+    class Half(nnx.Module):
+        def __init__(self):
+            self.kernel = nnx.Param(jnp.zeros((3, 2), jnp.bfloat16))
+
+    model = Half()
+    stop = EarlyStopping(patience=3, restore_best_weights=True)
+    stop.set_trainer(StandInTrainer(model))
+    weights = {"kernel": np.full((3, 2), 2.0, np.float32)}  # saved from a float32 run
+    stop.load_state_dict({"wait": 0, "best": 0.1, "best_epoch": 0, "best_weights": weights})
+    stop.on_train_end()
+    assert model.kernel.value.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(model.kernel.value, np.float32), np.full((3, 2), 2.0))
