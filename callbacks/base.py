@@ -13,8 +13,8 @@ _BATCH_HOOKS = (
     "on_predict_batch_begin", "on_predict_batch_end",
 )
 _HOOKS = (
-    "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_test_begin",
-    "on_test_end", "on_predict_begin", "on_predict_end", *_BATCH_HOOKS,
+    "on_train_begin", "on_train_end", "on_train_exception", "on_epoch_begin", "on_epoch_end",
+    "on_test_begin", "on_test_end", "on_predict_begin", "on_predict_end", *_BATCH_HOOKS,
 )
 
 
@@ -68,6 +68,10 @@ class Callback:
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None: ...
     def on_train_end(self, logs: dict[str, float] | None = None) -> None: ...
+    def on_train_exception(self, error: BaseException) -> None:
+        """Called instead of ``on_train_end`` when ``error`` leaves ``fit`` (after
+        ``on_train_begin``): finish or abandon work in flight (checkpoint writes); ``fit``
+        re-raises ``error`` afterwards."""
     def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None: ...
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None: ...
     def on_train_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None: ...

@@ -43,6 +43,7 @@ class LambdaCallback(Callback):
         on_predict_end: Callable[..., Any] | None = None,
         on_predict_batch_begin: Callable[..., Any] | None = None,
         on_predict_batch_end: Callable[..., Any] | None = None,
+        on_train_exception: Callable[..., Any] | None = None,
     ):
         super().__init__()
         given = locals()
@@ -71,6 +72,9 @@ class LambdaCallback(Callback):
 
     def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         self._call("on_train_end", logs)
+
+    def on_train_exception(self, error: BaseException) -> None:
+        self._call("on_train_exception", error)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self._call("on_epoch_begin", epoch, logs)

@@ -40,7 +40,10 @@ def main() -> None:
     model = MLP(nnx.Rngs(params=0, dropout=1))
     trainer = Trainer(model, optax.adam(1e-3), metrics=["accuracy"])
     directory = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "checkpoints/digits")
-    checkpoint = ModelCheckpoint(directory, monitor="val_accuracy", save_best_only=True, max_to_keep=1)
+    # overwrite=True: each run of the demo replaces the previous run's checkpoint
+    checkpoint = ModelCheckpoint(
+        directory, monitor="val_accuracy", save_best_only=True, max_to_keep=1, overwrite=True
+    )
     history = trainer.fit(x, y, epochs=15, validation_split=0.2, callbacks=[checkpoint])
     print(f"validation accuracy: {history.history['val_accuracy'][-1]:.4f}")
     print(f"best checkpoint: {directory} (steps {checkpoint.manager.all_steps()})")

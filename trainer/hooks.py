@@ -92,6 +92,16 @@ class Hooks:
         self.session.pull_changes(self.copy)
         self._model_stop()
 
+    def exception(self, error: BaseException) -> None:
+        """``on_train_exception(error)`` on every callback that defines it; one that raises is
+        logged, so that ``error`` is the exception ``fit`` raises."""
+        for cb in self.callbacks:
+            if cb.overrides("on_train_exception"):
+                try:
+                    cb.on_train_exception(error)
+                except Exception:  # noqa: BLE001 - the original error matters more
+                    logger.exception("Trainer: %s.on_train_exception failed", type(cb).__name__)
+
     def _model_stop(self) -> None:
         model = self.model
         if model is None or "stop_training" not in vars(model):

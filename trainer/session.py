@@ -40,6 +40,7 @@ class Session:
         self._leaves: list[Any] | None = None
         self._treedef: Any = None
         self._written = _current(spec.variables)
+        self._dirty = False  # the state holds values the model does not have yet
 
     # -- the state ----------------------------------------------------------------------
     @property
@@ -50,7 +51,7 @@ class Session:
 
     @state.setter
     def state(self, state: TrainState) -> None:
-        self._tree, self._leaves = state, None
+        self._tree, self._leaves, self._dirty = state, None, True
 
     def flat(self) -> tuple[list[Any], Any]:
         """The state's leaves and treedef."""
@@ -60,14 +61,18 @@ class Session:
 
     def set_flat(self, leaves: list[Any]) -> None:
         """Replace the state by leaves of the same structure."""
-        self._leaves, self._tree = leaves, None
+        self._leaves, self._tree, self._dirty = leaves, None, True
 
     # -- the user's model ---------------------------------------------------------------
     def sync(self) -> None:
-        """Write the state into the user's Variables (in place, identities kept)."""
+        """Write the state into the user's Variables (in place, identities kept), when it holds
+        values they do not have: a value a callback wrote since is not overwritten."""
+        if not self._dirty:
+            return
         state = self.state
         model_state.write_back(self.spec, state.params, state.others)
         self._written = _current(self.spec.variables)
+        self._dirty = False
 
     def pull_changes(self, copy: bool) -> None:
         """Take back the values a callback wrote into the model since the last ``sync``."""
@@ -77,6 +82,7 @@ class Session:
         params, others = model_state.initial_arrays(self.spec, copy=copy)
         self.state = self.state._replace(params=params, others=others)
         self._written = _current(variables)
+        self._dirty = False
 
     def reload(self, copy: bool) -> None:
         """Read the model's current values into the state (after a checkpoint was loaded)."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import jax
@@ -295,7 +296,7 @@ class Trainer:
             p.epoch, p.batch, p.epoch_complete = int(initial_epoch), 0, False
             try:
                 self._checkpoints.resume(cbs, resume)
-                with self._interruptible():
+                with self._interruptible(), self._exception_hooks(hooks):
                     hooks.call("on_train_begin", None)
                     loop = self._runtime.loop(session, hooks)
                     scale_logged = optlib.lr_scale(self.optimizer_state()) != 1.0 or any(c.changes_learning_rate for c in cbs)
@@ -412,6 +413,14 @@ class Trainer:
         if mode == "fit":
             self.history = History()
         return callback_list([*self._callbacks, *(extra or [])], verbose, self, self.history if mode == "fit" else None)
+
+    @contextmanager
+    def _exception_hooks(self, hooks: Hooks) -> Iterator[None]:
+        try:
+            yield
+        except BaseException as error:
+            hooks.exception(error)
+            raise
 
     def _stop_by_model(self) -> None:
         self._progress.stop = True

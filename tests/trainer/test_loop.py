@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
 import callbacks
 import nnx
@@ -199,3 +200,35 @@ def test_attaching_or_removing_callbacks_does_not_recompile():
         trainer.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=1)
         assert CountingTrainer.traces == compiled
         assert [b for b, _ in logs.logs] == [0, 1, 2, 3] and all("loss" in entry for _, entry in logs.logs)
+
+
+class Fails(callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise RuntimeError("boom")
+
+
+class WriterThenReader(callbacks.Callback):
+    """Writes the model in a hook; a later callback of the same hook reads trainer.model."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.l1.kernel.value = self.model.l1.kernel.value * 0.0
+
+
+class Reader(callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen = np.asarray(self.trainer.model.l1.kernel.value)
+
+
+def test_on_train_exception_runs_when_fit_dies_and_model_writes_survive_later_reads():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=16).astype(np.int32)
+    seen = []
+    hook = callbacks.LambdaCallback(on_train_exception=lambda error: seen.append(str(error)))
+    trainer = Trainer(Net(), optax.adam(1e-2))
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(x, y, batch_size=8, verbose=0, callbacks=[Fails(), hook])
+    assert seen == ["boom"]
+    reader = Reader()
+    trainer.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[WriterThenReader(), reader])
+    assert not reader.seen.any()  # the first callback's write was not overwritten by the read
