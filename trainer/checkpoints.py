@@ -32,15 +32,18 @@ class Checkpoints:
       live: returns the call in progress: its session (None outside calls), its callbacks, and
         the training source of a ``fit`` (None otherwise).
       donate: training sessions hold donated copies of the model's arrays.
+      setup: the Trainer's ``StepSetup``: the scalar logs a custom step adds are saved with the
+        running metrics, and learned on load so that the metrics' layout fits.
     """
 
     def __init__(
         self, model: Any, optimizer: OptimizerState, progress: Progress, *,
         opt_state: Callable[[], Any], live: Callable[[], tuple[Session | None, list[Any], Any]],
-        donate: Callable[[], bool],
+        donate: Callable[[], bool], setup: Any = None,
     ):
         self.model, self.optimizer, self.progress = model, optimizer, progress
         self._opt_state, self._live, self._donate = opt_state, live, donate
+        self.setup = setup
 
     def collect(self) -> dict[str, Any]:
         p = self.progress
@@ -53,14 +56,23 @@ class Checkpoints:
         # a re-iterable source starts a new iterator after a complete epoch: no position to keep
         if isinstance(data, IterData) and (data.one_shot or not p.epoch_complete):
             position = data.position_state()
-        return checkpointing.collect(
+        tree = checkpointing.collect(
             model=self.model, opt_state=self._opt_state(), step=p.step, epoch=epoch, batch=batch,
             rng_key=p.shuffle_key, callbacks=callback_states(callbacks), metrics=metrics,
             data_position=position,
         )
+        if metrics is not None and self.setup is not None and self.setup.step_keys:
+            # the running means of a custom step's logs: a fresh Trainer learns them on load
+            tree["step_keys"] = list(self.setup.step_keys)
+        return tree
 
     def load(self, tree: Mapping[str, Any]) -> None:
         session, callbacks, data = self._live()
+        keys = tuple(tree.get("step_keys") or ())
+        if keys and self.setup is not None and not set(keys) <= set(self.setup.step_keys):
+            self.setup.learn_step_keys(keys)  # the saved running metrics have rows for them
+            if session is not None:
+                session.state = session.state._replace(metrics=self.setup.fresh_metrics())
         metrics = session.state.metrics if session is not None else None
         got = checkpointing.read(tree, model=self.model, opt_state=self._opt_state(), metrics=metrics)
         if got.data is not None and isinstance(data, IterData):

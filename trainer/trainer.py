@@ -95,6 +95,7 @@ class Trainer:
         self._checkpoints = Checkpoints(
             model, self._opt, self._progress, opt_state=self.optimizer_state,
             live=lambda: (self._runtime.session, self.callbacks, self._fit_data), donate=lambda: self.donate,
+            setup=self._setup,
         )
         self._running: CallbackList | None = None  # the callbacks of the fit in progress
         self._fit_data: Any = None  # the training source of the fit in progress

@@ -162,3 +162,26 @@ def test_scalars_a_custom_step_returns_are_averaged_over_the_epoch_and_logged(tm
     assert hist.history["update_norm"][0] == pytest.approx(seen[3]["update_norm"], rel=1e-6)
     first_epoch = [logs["update_norm"] for logs in seen[:4]]
     assert first_epoch[0] > 0 and "update_norm" in (tmp_path / "log.csv").read_text()
+
+
+def test_a_checkpoint_taken_mid_epoch_with_custom_step_logs_loads_into_a_fresh_trainer():
+    x, y = _data(16)
+    saved = {}
+
+    class Save(__import__("callbacks").Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.trainer.step == 2:
+                saved["tree"] = self.trainer.checkpoint_state()
+
+    first = NormLogging(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), optax.sgd(0.1), steps_per_execution=1)
+    first.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[Save()])
+    assert saved["tree"]["step_keys"] == ["one", "update_norm"]
+
+    class Load(__import__("callbacks").Callback):
+        def on_train_begin(self, logs=None):
+            self.trainer.load_checkpoint_state(saved["tree"])
+
+    fresh = NormLogging(nnx.Linear(3, 1, rngs=nnx.Rngs(1)), optax.sgd(0.1), steps_per_execution=1)
+    hist = fresh.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[Load()])
+    assert fresh.step == 4 and hist.history["one"] == [1.0]
+    np.testing.assert_allclose(np.asarray(fresh.model.kernel.value), np.asarray(first.model.kernel.value), rtol=1e-6)
