@@ -6,8 +6,8 @@ import logging
 import os
 from typing import Any
 
-from callbacks.base import Callback
-from checkpointing import CheckpointStore, CheckpointWriteError, NonFiniteStateError
+from callbacks._stored import StoreCallback
+from checkpointing import CheckpointStore, NonFiniteStateError
 
 logger = logging.getLogger("callbacks")
 
@@ -16,7 +16,7 @@ logger = logging.getLogger("callbacks")
 _NONFINITE_STOPS = ("nonfinite", "terminate_on_nan")
 
 
-class BackupAndRestore(Callback):
+class BackupAndRestore(StoreCallback):
     """Backs the run up to ``backup_dir``; a later ``fit`` with a backup there resumes from it.
 
     Keras semantics: whenever ``fit`` starts and ``backup_dir`` holds a backup, the Trainer loads
@@ -66,8 +66,6 @@ class BackupAndRestore(Callback):
 
     # Batch-frequency backups read no logs, so they cause no per-batch host sync.
     pulls_batch_logs = True
-    saves_checkpoints = True
-    provides_checkpoints = True
     restores_automatically = True
 
     def __init__(
@@ -147,18 +145,6 @@ class BackupAndRestore(Callback):
             self._store.wait()
         else:
             self._store.delete_all()
-
-    def on_train_exception(self, error: BaseException) -> None:
-        """``fit`` is leaving by ``error``: finish the backup being written and keep it (a
-        failure of that write is logged, not raised, so that ``error`` is what ``fit`` raises)."""
-        try:
-            self._store.wait()
-        except CheckpointWriteError as failure:
-            logger.error("%s", failure)
-
-    def close(self) -> None:
-        """Finish the backup in flight and release orbax's resources (re-created on next use)."""
-        self._store.close()
 
     def _stopping_on_nonfinite(self) -> bool:
         """Whether the run is stopping because of non-finite steps: ``TerminateOnNaN`` or the

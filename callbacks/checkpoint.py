@@ -7,13 +7,13 @@ import os
 from typing import Any
 
 from callbacks._monitor import improves, monitored_value, resolve_mode, warn_missing_monitor
-from callbacks.base import Callback
-from checkpointing import CheckpointStore, CheckpointWriteError, NonFiniteStateError
+from callbacks._stored import StoreCallback
+from checkpointing import CheckpointStore, NonFiniteStateError
 
 logger = logging.getLogger("callbacks")
 
 
-class ModelCheckpoint(Callback):
+class ModelCheckpoint(StoreCallback):
     """Saves the Trainer's state (model, optimizer, step, epoch, RNG key data, callback state).
 
     Each checkpoint is a numbered subdirectory of ``directory`` (numbered by optimizer step)
@@ -87,8 +87,6 @@ class ModelCheckpoint(Callback):
 
     # A batch-frequency checkpoint reads logs only when it saves (see ``on_train_batch_end``).
     pulls_batch_logs = True
-    saves_checkpoints = True
-    provides_checkpoints = True
 
     def overrides(self, hook: str) -> bool:
         """Batch hooks only when ``save_freq`` is a number of batches."""
@@ -133,18 +131,6 @@ class ModelCheckpoint(Callback):
 
     def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         self._store.wait()
-
-    def on_train_exception(self, error: BaseException) -> None:
-        """``fit`` is leaving by ``error``: finish the write in flight (a failure of that write
-        is logged, not raised, so that ``error`` is what ``fit`` raises)."""
-        try:
-            self._store.wait()
-        except CheckpointWriteError as failure:
-            logger.error("%s", failure)
-
-    def close(self) -> None:
-        """Finish the write in flight and release orbax's resources (re-created on next use)."""
-        self._store.close()
 
     def _maybe_save(self, logs: dict[str, float] | None) -> None:
         if self.save_best_only:

@@ -1,12 +1,11 @@
 """_eager: values made on the host with the bits, dtype and placement of eager JAX ops."""
 
-import contextlib
-import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _jitted import compilations
 
 import nnx
 from nnx import _eager, rnglib
@@ -14,27 +13,6 @@ from nnx import _eager, rnglib
 
 def _data(key):
     return np.asarray(jax.random.key_data(key))
-
-
-@contextlib.contextmanager
-def _compilations():
-    """The names of the programs XLA compiles inside the block."""
-    names = []
-
-    class Handler(logging.Handler):
-        def emit(self, record):
-            message = record.getMessage()
-            if message.startswith("Finished XLA compilation of "):
-                names.append(message.split()[4])
-
-    handler = Handler()
-    logger = logging.getLogger("jax")
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles(True):
-            yield names
-    finally:
-        logger.removeHandler(handler)
 
 
 def test_fold_in_on_host_is_jax_fold_in():
@@ -68,7 +46,7 @@ def test_seed_key_is_jax_random_key(seed):
 
 def test_rngs_streams_compile_nothing_and_give_jax_keys():
     jax.clear_caches()
-    with _compilations() as names:
+    with compilations() as names:
         rngs = nnx.Rngs(params=3, dropout=4)
         keys = [rngs.params() for _ in range(3)] + [rngs.dropout()]
     assert names == []

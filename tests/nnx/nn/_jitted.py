@@ -1,5 +1,8 @@
 """Test helpers that build and call layers under ``jax.jit`` (one compilation instead of one per
-eager op), shared by the layer tests in this folder."""
+eager op), and count XLA compilations; shared by the nnx tests (this folder is on sys.path)."""
+
+import contextlib
+import logging
 
 import jax
 
@@ -31,3 +34,24 @@ def jit_call(module, *args, **kwargs):
     out, state = call(state, args)
     nnx.update(module, state)
     return out
+
+
+@contextlib.contextmanager
+def compilations():
+    """The names of the programs XLA compiles inside the block."""
+    names = []
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if message.startswith("Finished XLA compilation of "):
+                names.append(message.split()[4])
+
+    handler = Handler()
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            yield names
+    finally:
+        logger.removeHandler(handler)

@@ -1,12 +1,11 @@
 """init_value: jax's initializers evaluated eagerly with few compilations, to the same bits."""
 
-import contextlib
-import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _jitted import compilations
 
 import nnx
 from nnx.nn import _eager_init
@@ -45,27 +44,6 @@ def _same(a, b):
         a.dtype == b.dtype and a.shape == b.shape and a.sharding == b.sharding
         and a.committed == b.committed and np.asarray(a).tobytes() == np.asarray(b).tobytes()
     )
-
-
-@contextlib.contextmanager
-def _compilations():
-    """The names of the programs XLA compiles inside the block."""
-    names = []
-
-    class Handler(logging.Handler):
-        def emit(self, record):
-            message = record.getMessage()
-            if message.startswith("Finished XLA compilation of "):
-                names.append(message.split()[4])
-
-    handler = Handler()
-    logger = logging.getLogger("jax")
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles(True):
-            yield names
-    finally:
-        logger.removeHandler(handler)
 
 
 @pytest.mark.parametrize("name", sorted(INITIALIZERS))
@@ -142,11 +120,11 @@ def test_layers_of_a_small_model_compile_one_sampler():
     if not jax.config.jax_threefry_partitionable:
         pytest.skip("size buckets need jax_threefry_partitionable (the default)")
     jax.clear_caches()
-    with _compilations() as names:
+    with compilations() as names:
         nnx.Linear(64, 32, rngs=nnx.Rngs(0))
         nnx.Linear(32, 10, rngs=nnx.Rngs(1))
     assert names == ["jit(_truncated_normal)"]
-    with _compilations() as names:
+    with compilations() as names:
         nnx.Linear(32, 10, rngs=nnx.Rngs(2))
         nnx.Linear(100, 7, rngs=nnx.Rngs(3))
         nnx.LayerNorm(10, rngs=nnx.Rngs(4))
