@@ -8,6 +8,7 @@ methods, and the options ``donate``, ``skip_nonfinite``, ``steps_per_execution``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +25,8 @@ from trainer.plan import BatchPlan
 from trainer.session import Session
 from trainer.setup import StepSetup
 from trainer.steps import StepContext
+
+logger = logging.getLogger("trainer")
 
 
 class Runtime:
@@ -108,6 +111,20 @@ class Runtime:
         """The batch plan of a pass (``steps_per_execution`` blocks unless "auto")."""
         spe = self.owner.steps_per_execution
         return BatchPlan(data, kind, batch_size, fused=spe if isinstance(spe, int) else 1, keys=self.setup.keys, **options)
+
+    def evaluate(self, loop: Loop, data: Any, batch_size: int, steps: int | None, in_fit: bool) -> dict[str, float]:
+        """An evaluation pass over ``data`` in ``loop`` (validation inside a fit, or evaluate):
+        its results, also handed to ``on_test_end`` unless the pass was interrupted (then they
+        cover only the batches it reached, and a warning says so)."""
+        plan = self.plan(data, "eval", batch_size, steps=steps, pad=self.setup.loss.maskable)
+        plan.with_logs = loop.hooks.wants_logs("test")
+        state = loop.evaluate(plan, self.setup.fresh_metrics(), in_fit)
+        results = self.logs(loop.session, state)
+        if self.progress.interrupted and not in_fit:
+            logger.warning("Trainer: evaluate was interrupted; the results cover only the batches it reached.")
+            return results
+        loop.hooks.call("on_test_end", results)
+        return results
 
     def logs(self, session: Session, state: TrainState | None = None) -> dict[str, float]:
         """The running logs of ``state`` (the session's by default), fetched to the host."""

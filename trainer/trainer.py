@@ -9,7 +9,6 @@ overridable methods below are the steps; their defaults are the pure functions o
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -29,15 +28,13 @@ from trainer.checkpoints import Checkpoints
 from trainer.data import ArrayData
 from trainer.hooks import Hooks, callback_list
 from trainer.interrupt import interrupt_progress
-from trainer.loop import Loop, Progress, stitch_outputs
+from trainer.loop import Progress, stitch_outputs
 from trainer.model_state import TrainState
 from trainer.plan import BatchPlan, steps_of
 from trainer.runtime import Runtime
 from trainer.setup import StepSetup
 from trainer.steps import StepContext
-from trainer.summary import parameter_table
-
-logger = logging.getLogger("trainer")
+from trainer.summary import summary_text
 
 
 class Trainer:
@@ -305,7 +302,7 @@ class Trainer:
                     def epoch_logs(epoch: int) -> dict[str, float]:
                         logs = self._runtime.logs(session)
                         if val is not None and args.validate_now(epoch, validation_freq):
-                            val_logs = self._evaluate_source(loop, val, bs, validation_steps, in_fit=True)
+                            val_logs = self._runtime.evaluate(loop, val, bs, validation_steps, in_fit=True)
                             logs.update({f"val_{k}": v for k, v in val_logs.items()})
                         return {**logs, **optlib.lr_logs(self.optimizer_state(), scale_logged)}
 
@@ -338,23 +335,11 @@ class Trainer:
             cbs.set_params({"epochs": 1, "steps": steps_of(data, bs, steps), "verbose": verbose})
             hooks = Hooks(cbs, session, self._setup.log_order(), copy=False)
             with self._interruptible():
-                results = self._evaluate_source(self._runtime.loop(session, hooks), data, bs, steps, in_fit=False)
+                results = self._runtime.evaluate(self._runtime.loop(session, hooks), data, bs, steps, in_fit=False)
         if return_dict:
             return results
         values = list(results.values())
         return values[0] if len(values) == 1 else values
-
-    def _evaluate_source(self, loop: Loop, data: Any, bs: int, steps: int | None, in_fit: bool) -> dict[str, float]:
-        plan = self._runtime.plan(data, "eval", bs, steps=steps, pad=self._setup.loss.maskable)
-        plan.with_logs = loop.hooks.wants_logs("test")
-        state = loop.evaluate(plan, self._setup.fresh_metrics(), in_fit)
-        results = self._runtime.logs(loop.session, state)
-        if self._progress.interrupted and not in_fit:
-            # a partial result: not handed to the callbacks as the evaluation's
-            logger.warning("Trainer: evaluate was interrupted; the results cover only the batches it reached.")
-            return results
-        loop.hooks.call("on_test_end", results)
-        return results
 
     def predict(
         self, x: Any, *, batch_size: int | None = None, steps: int | None = None, callbacks: Any = None,
@@ -471,8 +456,4 @@ class Trainer:
     def summary(self, *example_inputs: Any) -> None:
         """Print the per-layer table of ``nnx.tabulate`` for ``example_inputs`` (by default
         the inputs of the first batch seen; parameters only before any)."""
-        inputs = example_inputs
-        if not inputs and self._last_batch is not None:
-            first = batchlib.batch_parts(self._last_batch, self._setup.keys)[0]
-            inputs = first if isinstance(first, tuple) else (first,)
-        print(nnx.tabulate(self._model, *inputs) if inputs else parameter_table(self._model))
+        print(summary_text(self._model, example_inputs, self._last_batch, self._setup.keys))
