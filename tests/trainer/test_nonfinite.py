@@ -104,3 +104,16 @@ def test_skipping_works_with_low_precision_parameters_and_injected_hyperparamete
         hist = Trainer(model, tx, loss="mse").fit(x, bad, batch_size=4, epochs=1, shuffle=False, verbose=0)
         assert hist.history["nonfinite_steps"] == [1.0] and model.kernel.value.dtype == dtype
         assert np.isfinite(np.asarray(model.kernel.value, np.float32)).all()
+
+
+def test_all_finite_sees_any_nan_or_infinity():
+    from trainer.steps import all_finite
+
+    ok = {"a": jnp.ones((3, 2)), "b": jnp.arange(4.0), "n": jnp.arange(3)}
+    assert bool(all_finite(ok))
+    for bad in (np.nan, np.inf, -np.inf):
+        tree = {**ok, "b": ok["b"].at[2].set(bad)}
+        assert not bool(all_finite(tree))
+    # opposite infinities in two leaves do not cancel out
+    assert not bool(all_finite({"a": jnp.array([np.inf]), "b": jnp.array([-np.inf])}))
+    assert not bool(all_finite({"h": jnp.array([np.inf], jnp.bfloat16)}))
