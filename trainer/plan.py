@@ -59,17 +59,22 @@ class BatchPlan:
         per-example loss, predict); else it runs at its true size.
       fused: steps per block.
       with_logs: a batch hook takes per-step logs (they are fetched from the device).
+      keys: the names of the parts of dict batches.
+      put: places a fed batch, ``put(batch, stacked=False)`` (``Placement.batch``); default
+        ``jax.device_put``.
     """
 
     def __init__(
         self, data: ArrayData | IterData, kind: str, batch_size: int, *, steps: int | None = None,
         drop_remainder: bool = False, pad: bool = False, fused: int = 1, with_logs: bool = False,
-        keys: batchlib.BatchKeys | None = None,
+        keys: batchlib.BatchKeys | None = None, put: Any = None,
     ):
         self.data, self.kind, self.batch_size = data, kind, batch_size
         self.pad, self.fused, self.with_logs = pad, fused, with_logs
         self.keys = keys or batchlib.BatchKeys()
         self._pad_to = 0  # iterables: the first batch's size
+        # places a fed batch (stacked: a block of batches) on the device(s)
+        self.put = put or (lambda batch, stacked=False: jax.device_put(batch))
         self._programs: dict[tuple, Program] = {}
         if isinstance(data, ArrayData):
             full, rem = divmod(data.n, batch_size)
@@ -157,7 +162,7 @@ class BatchPlan:
                     item = next(prepared, None)
                     if item is None:
                         break
-                    queue.append((jax.device_put(item[0]), item[1]))
+                    queue.append((self.put(item[0]), item[1]))
                 if not queue:
                     return
                 batch, rows = queue.popleft()
@@ -168,12 +173,12 @@ class BatchPlan:
             if not group:
                 return
             if len(group) == k and len({batchlib.shapes_of(b) for b, _ in group}) == 1:
-                stacked = jax.device_put(batchlib.stack([b for b, _ in group]))
+                stacked = self.put(batchlib.stack([b for b, _ in group]), stacked=True)
                 yield self._fed(stacked, tuple(r for _, r in group), fused=k)
                 budget = None if budget is None else budget - k
             else:
                 for b, r in group:
-                    yield self._fed(jax.device_put(b), (r,))
+                    yield self._fed(self.put(b), (r,))
                     budget = None if budget is None else budget - 1
 
     def _fed(self, batch: Any, rows: tuple[int, ...], fused: int = 1) -> Unit:

@@ -21,6 +21,7 @@ from trainer.hooks import Hooks
 from trainer.loop import FusionTuner, Loop, Progress
 from trainer.model_state import TrainState
 from trainer.optimizer import OptimizerState
+from trainer.placement import Placement
 from trainer.plan import BatchPlan
 from trainer.session import Session
 from trainer.setup import StepSetup
@@ -40,8 +41,10 @@ class Runtime:
       progress: the Trainer's counters.
     """
 
-    def __init__(self, owner: Any, model: Any, optimizer: OptimizerState, setup: StepSetup, progress: Progress):
+    def __init__(self, owner: Any, model: Any, optimizer: OptimizerState, setup: StepSetup, progress: Progress,
+                 placement: Placement | None = None):
         self.owner, self.model, self.optimizer, self.setup, self.progress = owner, model, optimizer, setup, progress
+        self.placement = placement or Placement()
         self.slot = ContextSlot()
         self.compiler = StepCompiler(
             {"train": lambda: owner.train_step, "eval": lambda: owner.eval_step,
@@ -110,7 +113,10 @@ class Runtime:
     def plan(self, data: Any, kind: str, batch_size: int, **options: Any) -> BatchPlan:
         """The batch plan of a pass (``steps_per_execution`` blocks unless "auto")."""
         spe = self.owner.steps_per_execution
-        return BatchPlan(data, kind, batch_size, fused=spe if isinstance(spe, int) else 1, keys=self.setup.keys, **options)
+        return BatchPlan(
+            data, kind, batch_size, fused=spe if isinstance(spe, int) else 1, keys=self.setup.keys,
+            put=self.placement.batch, **options,
+        )
 
     def evaluate(self, loop: Loop, data: Any, batch_size: int, steps: int | None, in_fit: bool) -> dict[str, float]:
         """An evaluation pass over ``data`` in ``loop`` (validation inside a fit, or evaluate):
@@ -143,9 +149,9 @@ class Runtime:
         ctx = self.contexts(session)[0 if training else 1]
         fn = self.compiler.get(kind, ctx, Program(kind), treedef, self.owner.donate and training)
         if kind == "predict":
-            return jax.device_get(fn(leaves, jax.device_put(batch), None, None, None))
+            return jax.device_get(fn(leaves, self.placement.batch(batch), None, None, None))
         try:
-            leaves, _ = fn(leaves, jax.device_put(batch), None, None)
+            leaves, _ = fn(leaves, self.placement.batch(batch), None, None)
         except NewStepKeys as new:  # raised while tracing: nothing ran
             self.setup.learn_step_keys(new.keys)
             session.state = session.state._replace(metrics=self.setup.fresh_metrics())

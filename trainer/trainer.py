@@ -30,6 +30,7 @@ from trainer.hooks import Hooks, callback_list
 from trainer.interrupt import interrupt_progress
 from trainer.loop import Progress, stitch_outputs
 from trainer.model_state import TrainState
+from trainer.placement import Placement
 from trainer.plan import BatchPlan, steps_of
 from trainer.runtime import Runtime
 from trainer.setup import StepSetup
@@ -61,6 +62,10 @@ class Trainer:
       max_consecutive_nonfinite: stop training after this many non-finite steps in a row
         (``stop_reason`` is then ``"nonfinite"``); None never stops.
       input_keys, target_key, weight_key: the parts of dict batches.
+      mesh: None (one device), ``"auto"`` (every device along one data axis) or a
+        ``jax.sharding.Mesh``: batches are split over its ``data_axis`` (data parallelism;
+        the global batch is ``batch_size``, which must divide by the axis's size).
+      data_axis: the mesh axis that splits batches.
 
     Example::
 
@@ -73,7 +78,7 @@ class Trainer:
         callbacks: Any = None, seed: int = 0, steps_per_execution: int | str = "auto",
         wrt: Any = nnx.Param, donate: bool = True, skip_nonfinite: bool = True,
         max_consecutive_nonfinite: int | None = 10, input_keys: Any = "x", target_key: str = "y",
-        weight_key: str = "sample_weight",
+        weight_key: str = "sample_weight", mesh: Any = None, data_axis: str = "data",
     ):
         if not isinstance(model, nnx.Module):
             raise TypeError(f"Trainer(model=...) expects an nnx.Module, got {type(model).__name__}.")
@@ -88,7 +93,8 @@ class Trainer:
         self._callbacks = list(callbacks or [])
         self._progress = Progress()
         self.seed = seed
-        self._runtime = Runtime(self, model, self._opt, self._setup, self._progress)
+        self._placement = Placement(mesh, data_axis)
+        self._runtime = Runtime(self, model, self._opt, self._setup, self._progress, self._placement)
         self._checkpoints = Checkpoints(
             model, self._opt, self._progress, opt_state=self.optimizer_state,
             live=lambda: (self._runtime.session, self.callbacks, self._fit_data), donate=lambda: self.donate,
@@ -276,6 +282,9 @@ class Trainer:
         if validation_data is not None:
             val = args.validation_source(validation_data, self._setup.keys)
         args.check_one_shot(data, epochs, initial_epoch, steps_per_epoch)
+        self._placement.check_batch_size(bs)
+        data = self._placement.data(data)
+        val = self._placement.data(val)
         if val is not None:
             args.check_one_shot_validation(val, epochs - initial_epoch, validation_steps, validation_freq)
         plan = self._runtime.plan(data, "train", bs, steps=steps_per_epoch, drop_remainder=drop_remainder)
@@ -327,7 +336,8 @@ class Trainer:
         """
         verbose, bs = args.verbosity(verbose), args.batch_size(batch_size)
         steps = args.optional_count("evaluate(steps=...)", steps)
-        data = datalib.from_user(x, y, sample_weight, keys=self._setup.keys)
+        self._placement.check_batch_size(bs)
+        data = self._placement.data(datalib.from_user(x, y, sample_weight, keys=self._setup.keys))
         self._last_batch = BatchPlan(data, "eval", bs, steps=steps, pad=True).first_batch()
         with self._call(False, self._last_batch, verbose) as session:
             args.check_labels(data, self._setup.loss.classes, self._setup.keys)
@@ -351,7 +361,8 @@ class Trainer:
         padding is cut from the result. Pytrees of outputs are stacked leaf by leaf.
         """
         verbose, bs = args.verbosity(verbose), args.batch_size(batch_size)
-        data = args.predict_source(x, self._setup.keys)
+        self._placement.check_batch_size(bs)
+        data = self._placement.data(args.predict_source(x, self._setup.keys))
         with self._call(False) as session:
             cbs = self._callback_list(callbacks, verbose, "predict")
             cbs.set_params({"epochs": 1, "steps": steps_of(data, bs, steps), "verbose": verbose})

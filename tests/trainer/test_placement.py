@@ -1,0 +1,92 @@
+"""Trainer(mesh=...): data parallelism over fake CPU devices gives the results of one device."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import optax
+import pytest
+
+import nnx
+from trainer import Trainer
+
+RUN = textwrap.dedent(
+    """
+    import json
+    import jax, numpy as np, optax
+    import nnx
+    from trainer import Trainer
+
+    class Net(nnx.Module):
+        def __init__(self):
+            rngs = nnx.Rngs(params=0, dropout=1)
+            # no bias before BatchNorm: its gradient is zero up to rounding, which Adam would
+            # turn into steps of either sign, different on one device and on four
+            self.l1 = nnx.Linear(4, 16, use_bias=False, rngs=rngs)
+            self.bn = nnx.BatchNorm(16, rngs=rngs)
+            self.drop = nnx.Dropout(0.25, rngs=rngs)
+            self.l2 = nnx.Linear(16, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(self.drop(jax.nn.relu(self.bn(self.l1(x)))))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=100).astype(np.int32)
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 96, 8)]
+    out = {"devices": len(jax.devices())}
+    for name, mesh in (("one", None), ("four", "auto")):
+        trainer = Trainer(Net(), optax.adam(1e-2), metrics=("accuracy",), mesh=mesh)
+        hist = trainer.fit(x, y, batch_size=8, epochs=2, validation_split=0.2, verbose=0)
+        hist2 = trainer.fit(batches, epochs=1, verbose=0)  # fed batches
+        preds = trainer.predict(x, batch_size=8, verbose=0)
+        kernel = trainer.model.l1.kernel.value
+        out[name] = {
+            "history": hist.history, "history2": hist2.history,
+            "params": [np.asarray(v).tolist() for v in jax.tree.leaves(nnx.state(trainer.model, nnx.Param))],
+            "stats": np.asarray(trainer.model.bn.mean.value).tolist(),
+            "preds": np.asarray(preds).tolist(),
+            "kernel_devices": len(kernel.sharding.device_set),
+        }
+    try:
+        Trainer(Net(), optax.sgd(0.1), mesh="auto").fit(x, y, batch_size=6, verbose=0)
+    except ValueError as error:
+        out["bad_batch"] = str(error)
+    print(json.dumps(out))
+    """
+)
+
+
+def test_data_parallel_fit_over_four_devices_matches_one_device():
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"}
+    done = subprocess.run([sys.executable, "-c", RUN], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    one, four = out["one"], out["four"]
+    assert out["devices"] == 4 and four["kernel_devices"] == 4 and one["kernel_devices"] == 1
+    assert "batch_size=6 does not divide over the 4 devices of the mesh axis 'data'" in out["bad_batch"]
+    for key in ("history", "history2"):
+        assert one[key].keys() == four[key].keys()
+        for k in one[key]:
+            np.testing.assert_allclose(four[key][k], one[key][k], rtol=1e-5, atol=1e-6)
+    for a, b in zip(four["params"], one["params"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(four["stats"], one["stats"], rtol=1e-5, atol=1e-6)  # global statistics
+    np.testing.assert_allclose(four["preds"], one["preds"], rtol=1e-5, atol=1e-5)
+
+
+def test_mesh_arguments_are_checked():
+    import jax
+    from jax.sharding import Mesh
+
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="expects None, 'auto' or a jax.sharding.Mesh"):
+        Trainer(model, optax.sgd(0.1), mesh="everything")
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ("batch",))
+    with pytest.raises(ValueError, match=r"data_axis='data'\) is not an axis of the mesh, whose axes are \('batch',\)"):
+        Trainer(model, optax.sgd(0.1), mesh=mesh)
+    assert Trainer(model, optax.sgd(0.1), mesh=mesh, data_axis="batch")._placement.data_size == 1

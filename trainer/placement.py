@@ -1,0 +1,85 @@
+"""Where the Trainer's arrays live: the default device, or a ``jax.sharding.Mesh`` whose data
+axis splits every batch (data parallelism through JAX's own SPMD partitioning).
+
+With a mesh, array datasets are placed with their rows split over the data axis, fed batches
+are placed split the same way (stacked blocks along their batch axis), and everything else (the
+model's arrays, the optimizer state, the running metrics) is left to the compiled steps, which
+keep it replicated unless the arrays come in sharded (a model created sharded keeps its
+shardings). Reductions in the steps (the mean loss, BatchNorm's batch statistics, the metrics)
+are then over the global batch, as on one device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from trainer.data import ArrayData
+
+
+class Placement:
+    """The placement of one Trainer.
+
+    Args:
+      mesh: None (one device), ``"auto"`` (a 1-D mesh over all devices, its axis named
+        ``data_axis``) or a ``jax.sharding.Mesh`` holding ``data_axis``.
+      data_axis: the mesh axis that splits the batch.
+    """
+
+    def __init__(self, mesh: Any = None, data_axis: str = "data"):
+        if mesh == "auto":
+            mesh = Mesh(np.asarray(jax.devices()), (data_axis,))
+        if mesh is not None and not isinstance(mesh, Mesh):
+            raise TypeError(f"Trainer(mesh=...) expects None, 'auto' or a jax.sharding.Mesh, got {type(mesh).__name__}.")
+        if mesh is not None and data_axis not in mesh.axis_names:
+            raise ValueError(
+                f"Trainer(data_axis={data_axis!r}) is not an axis of the mesh, whose axes are "
+                f"{tuple(mesh.axis_names)}; pass data_axis=... naming the one that splits batches."
+            )
+        self.mesh, self.data_axis = mesh, data_axis
+        self.data_size = 1 if mesh is None else int(mesh.shape[data_axis])
+
+    def check_batch_size(self, batch_size: int, what: str = "batch_size") -> None:
+        """The global batch must split evenly over the data axis."""
+        if batch_size % self.data_size:
+            raise ValueError(
+                f"{what}={batch_size} does not divide over the {self.data_size} devices of the mesh "
+                f"axis {self.data_axis!r}: the global batch is split evenly, so it must be a multiple "
+                f"of {self.data_size}."
+            )
+
+    def _rows(self, axis: int) -> Any:
+        def sharding(a: Any) -> NamedSharding:
+            spec = [None] * np.ndim(a)
+            spec[axis] = self.data_axis
+            return NamedSharding(self.mesh, PartitionSpec(*spec))
+
+        return sharding
+
+    def data(self, data: Any) -> Any:
+        """Array data with its rows split over the data axis (padded to a multiple of its size)."""
+        if self.mesh is None or not isinstance(data, ArrayData):
+            return data
+        size = self.data_size
+
+        def placed(a: Any) -> Any:
+            rows = a.shape[0]
+            if rows % size:
+                a = jax.numpy.pad(a, ((0, size - rows % size),) + ((0, 0),) * (a.ndim - 1))
+            return jax.device_put(a, self._rows(0)(a))
+
+        return ArrayData(jax.tree.map(placed, data.batch), data.n)
+
+    def batch(self, batch: Any, stacked: bool = False) -> Any:
+        """A fed batch on the device(s): split over the data axis along its batch axis (axis 1
+        of a stacked block of batches)."""
+        if self.mesh is None:
+            return jax.device_put(batch)
+        axis = 1 if stacked else 0
+        rows = int(np.shape(jax.tree.leaves(batch)[0])[axis])
+        self.check_batch_size(rows, "a batch of")
+        sharding = self._rows(axis)
+        return jax.tree.map(lambda a: jax.device_put(a, sharding(a)), batch)
