@@ -150,9 +150,12 @@ def _predicting(step: Callable[..., Any], program: Program, keys: batchlib.Batch
     )[1]
 
 
-def _on_flat_state(pure: Callable[..., Any], treedef: Any, returns_state: bool) -> Callable[..., Any]:
+def _on_flat_state(
+    pure: Callable[..., Any], treedef: Any, returns_state: bool, shardings: tuple | None = None
+) -> Callable[..., Any]:
     """``pure(state, *args)`` as a function of the state's flat leaves: flattening and
-    rebuilding the nested TrainState on every call costs as much as a small model's step."""
+    rebuilding the nested TrainState on every call costs as much as a small model's step.
+    ``shardings``: the returned leaves are constrained to them (each stays where it was)."""
 
     def run(leaves: list[Any], *args: Any) -> Any:
         result = pure(jax.tree.unflatten(treedef, leaves), *args)
@@ -165,6 +168,8 @@ def _on_flat_state(pure: Callable[..., Any], treedef: Any, returns_state: bool) 
                 "A step must return a TrainState with the structure it was given; got\n"
                 f"  {new_def}\nfor\n  {treedef}."
             )
+        if shardings is not None:
+            new_leaves = [jax.lax.with_sharding_constraint(v, s) for v, s in zip(new_leaves, shardings, strict=True)]
         return new_leaves, out
 
     return run
@@ -173,6 +178,7 @@ def _on_flat_state(pure: Callable[..., Any], treedef: Any, returns_state: bool) 
 def build(
     kind: str, step: Callable[..., Any], ctx: StepContext, program: Program | None, treedef: Any,
     donate: bool, slot: ContextSlot, logs_step: Callable[..., Any] | None = None,
+    shardings: tuple | None = None,
 ) -> Callable[..., Any]:
     """The jitted form of ``step`` (traced with ``ctx`` in ``slot``).
 
@@ -193,7 +199,7 @@ def build(
         with slot.use(ctx):
             return logs_step(state)
 
-    run = _on_flat_state(_stateful(in_context, program, ctx, running), treedef, True)
+    run = _on_flat_state(_stateful(in_context, program, ctx, running), treedef, True, shardings)
     if not (donate and kind == "train"):
         # evaluation reads the live parameters, which must survive the call: no donation
         return jax.jit(run)
@@ -223,13 +229,13 @@ class StepCompiler:
         self._cache: dict[tuple, Callable[..., Any]] = {}
 
     def get(self, kind: str, ctx: StepContext, program: Program | None = None, treedef: Any = None,
-            donate: bool = False) -> Callable[..., Any]:
+            donate: bool = False, shardings: tuple | None = None) -> Callable[..., Any]:
         step = self._steps[kind]()
         logs_step = self._steps["logs"]() if kind in ("train", "eval") else None
-        key = (kind, step, logs_step, ctx, program, treedef, donate)
+        key = (kind, step, logs_step, ctx, program, treedef, donate, shardings)
         fn = self._cache.get(key)
         if fn is None:
-            fn = self._cache[key] = build(kind, step, ctx, program, treedef, donate, self._slot, logs_step)
+            fn = self._cache[key] = build(kind, step, ctx, program, treedef, donate, self._slot, logs_step, shardings)
         return fn
 
     def compiled(self, kind: str) -> list[Callable[..., Any]]:

@@ -173,19 +173,22 @@ class Loop:
       learn_keys: called with the new scalar logs a step returns (``NewStepKeys``); it keeps
         running means for them and returns the new ``(ctx, eval_ctx)``.
       fresh_metrics: zeroed running metrics (of the layout after ``learn_keys``).
+      shardings_of: the shardings a state's leaves keep through a step (``Placement``), or
+        None on one device.
     """
 
     def __init__(
         self, compiler: StepCompiler, ctx: StepContext, eval_ctx: StepContext, session: Session,
         hooks: Hooks, progress: Progress, *, donate: bool, tuner: FusionTuner | None,
         max_consecutive_nonfinite: int | None = None,
-        learn_keys: Any = None, fresh_metrics: Any = None,
+        learn_keys: Any = None, fresh_metrics: Any = None, shardings_of: Any = None,
     ):
         self.compiler, self.ctx, self.eval_ctx = compiler, ctx, eval_ctx
         self.session, self.hooks, self.progress = session, hooks, progress
         self.donate, self.tuner = donate, tuner
         self.watch = NonfiniteWatch(max_consecutive_nonfinite, classes=ctx.label_classes)
         self._learn_keys, self._fresh_metrics = learn_keys, fresh_metrics
+        self._shardings_of = shardings_of or (lambda leaves: None)
 
     def _learn(self, keys: tuple[str, ...]) -> None:
         if self._learn_keys is None:
@@ -249,6 +252,7 @@ class Loop:
         probe = self._probe(plan, self.ctx, "train")
         has_begin = hooks.has("on_train_batch_begin")
         budget = None if max_steps is None else max(max_steps - p.step, 0)
+        shardings = self._shardings_of(session.flat()[0])
         fns: dict[int, Any] = {}  # by identity of the plan's (memoized) programs
         for unit in plan.units(start, perm, budget):
             if p.stop:
@@ -257,15 +261,20 @@ class Loop:
                 hooks.batch("on_train_batch_begin", i, None, plan.with_logs)
             fn = fns.get(id(unit.program))
             if fn is None:
-                fn = fns[id(unit.program)] = self.compiler.get("train", self.ctx, unit.program, treedef, self.donate)
+                fn = fns[id(unit.program)] = self.compiler.get(
+                    "train", self.ctx, unit.program, treedef, self.donate, shardings
+                )
             try:
                 leaves, logs = fn(session.flat()[0], *unit.args)
             except NewStepKeys as new:  # raised while tracing: nothing ran
                 self._learn(new.keys)
                 session.state = session.state._replace(metrics=self._fresh_metrics())
                 treedef = session.flat()[1]
+                shardings = self._shardings_of(session.flat()[0])
                 fns.clear()
-                fn = fns[id(unit.program)] = self.compiler.get("train", self.ctx, unit.program, treedef, self.donate)
+                fn = fns[id(unit.program)] = self.compiler.get(
+                    "train", self.ctx, unit.program, treedef, self.donate, shardings
+                )
                 leaves, logs = fn(session.flat()[0], *unit.args)
             session.set_flat(leaves)
             p.step += unit.steps
@@ -295,6 +304,7 @@ class Loop:
         live = self.session.state
         state = TrainState(live.params, live.others, None, metrics, model_state.new_counters())
         leaves, treedef = jax.tree.flatten(state)
+        shardings = self._shardings_of(leaves)
         hooks, ctx = self.hooks, self.eval_ctx
         probe = self._probe(plan, ctx, "test")
         hooks.call("on_test_begin", None)
@@ -304,13 +314,14 @@ class Loop:
             if has_begin and unit.steps == 1:
                 hooks.batch("on_test_batch_begin", i, None, plan.with_logs)
             try:
-                leaves, logs = self.compiler.get("eval", ctx, unit.program, treedef)(leaves, *unit.args)
+                leaves, logs = self.compiler.get("eval", ctx, unit.program, treedef, False, shardings)(leaves, *unit.args)
             except NewStepKeys as new:  # raised while tracing: nothing ran
                 self._learn(new.keys)
                 ctx = self.eval_ctx
                 state = jax.tree.unflatten(treedef, leaves)._replace(metrics=self._fresh_metrics())
                 leaves, treedef = jax.tree.flatten(state)
-                leaves, logs = self.compiler.get("eval", ctx, unit.program, treedef)(leaves, *unit.args)
+                shardings = self._shardings_of(leaves)
+                leaves, logs = self.compiler.get("eval", ctx, unit.program, treedef, False, shardings)(leaves, *unit.args)
             hooks.after_steps(
                 "test", i, unit.steps, logs, plan.with_logs,
                 lambda leaves=leaves, treedef=treedef: self._logs_of(jax.tree.unflatten(treedef, leaves)),

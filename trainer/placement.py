@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+import nnx
+from nnx.spmd import get_var_pspec
 from trainer.data import ArrayData
 
 
@@ -41,6 +43,44 @@ class Placement:
             )
         self.mesh, self.data_axis = mesh, data_axis
         self.data_size = 1 if mesh is None else int(mesh.shape[data_axis])
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    def model_arrays(self, spec: Any, params: Any, others: tuple) -> tuple[Any, tuple]:
+        """The model's arrays placed by their Variables' sharding metadata (``with_partitioning``,
+        ``sharding=``, logical axis rules applied); replicated without metadata. Arrays already
+        sharded on this mesh stay where they are."""
+        if self.mesh is None:
+            return params, others
+
+        def put(value: Any, variable: Any) -> Any:
+            current = getattr(value, "sharding", None)
+            if isinstance(current, NamedSharding) and current.mesh == self.mesh:
+                return value
+            if isinstance(variable, nnx.Variable):
+                return jax.device_put(value, NamedSharding(self.mesh, get_var_pspec(variable)))
+            return jax.device_put(value, self.replicated)
+
+        variables = spec.variables
+        leaves, treedef = jax.tree.flatten(params)
+        leaves = [put(v, variables[i]) for v, i in zip(leaves, spec.param_order, strict=True)]
+        others = tuple(put(v, variables[i]) for v, i in zip(others, spec.other_index, strict=True))
+        return jax.tree.unflatten(treedef, leaves), others
+
+    def state_shardings(self, leaves: list[Any]) -> tuple | None:
+        """The sharding each state leaf keeps through the compiled steps: its own when it is
+        sharded on this mesh (the parameters, the optimizer state made from them), else
+        replicated. None without a mesh (the compiler decides)."""
+        if self.mesh is None:
+            return None
+        out = []
+        for leaf in leaves:
+            current = getattr(leaf, "sharding", None)
+            keep = isinstance(current, NamedSharding) and current.mesh == self.mesh
+            out.append(current if keep else self.replicated)
+        return tuple(out)
 
     def check_batch_size(self, batch_size: int, what: str = "batch_size") -> None:
         """The global batch must split evenly over the data axis."""

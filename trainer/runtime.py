@@ -70,6 +70,7 @@ class Runtime:
         spec, _, saved = model_state.split_model(self.model, optimizer.wrt, previous=self._spec)
         self._spec = spec
         params, others = model_state.initial_arrays(spec, copy=owner.donate and training)
+        params, others = self.placement.model_arrays(spec, params, others)
         opt_state = optimizer.ensure(params) if training else None
         state = TrainState(params, others, opt_state, {}, model_state.new_counters(self.progress.step))
         session = self.session = Session(spec, saved, state, training)
@@ -108,6 +109,7 @@ class Runtime:
             self.progress, donate=owner.donate, tuner=tuner,
             max_consecutive_nonfinite=owner.max_consecutive_nonfinite,
             learn_keys=learn_keys, fresh_metrics=self.setup.fresh_metrics,
+            shardings_of=self.placement.state_shardings,
         )
 
     def plan(self, data: Any, kind: str, batch_size: int, **options: Any) -> BatchPlan:

@@ -90,3 +90,64 @@ def test_mesh_arguments_are_checked():
     with pytest.raises(ValueError, match=r"data_axis='data'\) is not an axis of the mesh, whose axes are \('batch',\)"):
         Trainer(model, optax.sgd(0.1), mesh=mesh)
     assert Trainer(model, optax.sgd(0.1), mesh=mesh, data_axis="batch")._placement.data_size == 1
+
+
+MODEL_PARALLEL = textwrap.dedent(
+    """
+    import json
+    import jax, numpy as np, optax
+    from jax.sharding import Mesh, PartitionSpec as P
+    import callbacks, nnx
+    from trainer import Trainer
+
+    class Net(nnx.Module):
+        def __init__(self):
+            rngs = nnx.Rngs(0)
+            init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "model"))
+            self.l1 = nnx.Linear(4, 8, kernel_init=init, rngs=rngs)
+            self.l2 = nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jax.nn.relu(self.l1(x)))
+
+    class Spec(callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen = str(getattr(self.model.l1.kernel.value.sharding, "spec", None))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=64).astype(np.int32)
+    mesh = Mesh(np.asarray(jax.devices()).reshape(2, 2), ("data", "model"))
+    out = {}
+    for name, m in (("one", None), ("mesh", mesh)):
+        spec = Spec()
+        trainer = Trainer(Net(), optax.adam(1e-2), mesh=m, steps_per_execution=1)
+        hist = trainer.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[spec])
+        kernel = trainer.model.l1.kernel.value
+        mu = trainer.optimizer_state()[0][0].mu["l1"]["kernel"]
+        out[name] = {
+            "loss": hist.history["loss"], "during": spec.seen,
+            "after": str(getattr(kernel.sharding, "spec", None)),
+            "shard_shape": list(kernel.sharding.shard_shape(kernel.shape)),
+            "mu": str(getattr(mu.sharding, "spec", None)),
+            "params": [np.asarray(v).tolist() for v in jax.tree.leaves(nnx.state(trainer.model, nnx.Param))],
+        }
+    print(json.dumps(out))
+    """
+)
+
+
+def test_a_data_and_model_mesh_shards_parameters_by_their_metadata():
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"}
+    done = subprocess.run([sys.executable, "-c", MODEL_PARALLEL], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    mesh = out["mesh"]
+    # the kernel is split over the model axis during and after fit, and so is Adam's state
+    assert mesh["during"] == mesh["after"] == mesh["mu"] == "P(None, 'model')"
+    assert mesh["shard_shape"] == [4, 4]
+    np.testing.assert_allclose(mesh["loss"], out["one"]["loss"], rtol=1e-5)
+    for a, b in zip(mesh["params"], out["one"]["params"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
