@@ -37,6 +37,8 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import jax
+
 from checkpointing.state import nonfinite_paths, tree_problems
 
 if TYPE_CHECKING:
@@ -285,7 +287,8 @@ class CheckpointStore:
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=self.max_to_keep, create=True, cleanup_tmp_directories=True
             )
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
+            handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         return self._manager
 
     def steps(self) -> list[int]:
@@ -393,6 +396,22 @@ class CheckpointStore:
         _REPORTED.add(write.path)
         raise failure from error
 
+    def _local_target(self, step: int) -> Any:
+        """The saved arrays' shapes and dtypes, each to be read onto this process's first
+        device: a checkpoint written on any mesh loads on any other (the Trainer then places the
+        arrays by their sharding metadata), where orbax alone refuses another topology."""
+        saved = self.manager.item_metadata(step)["state"]
+        if saved is None:
+            return None
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+        def abstract(leaf: Any) -> Any:
+            if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+                return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
+            return leaf
+
+        return jax.tree.map(abstract, saved, is_leaf=lambda x: hasattr(x, "shape"))
+
     def load(self, step: int | None = None) -> tuple[int, dict[str, Any]] | None:
         """``(step, tree)`` of the newest usable checkpoint (or of ``step``); None when there is none.
 
@@ -415,7 +434,9 @@ class CheckpointStore:
             try:
                 restored = self.manager.restore(
                     candidate,
-                    args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(self._local_target(candidate)), meta=ocp.args.JsonRestore()
+                    ),
                 )
             except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is skipped
                 failures.append((candidate, f"cannot be read ({type(error).__name__}: {error})"))

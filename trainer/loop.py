@@ -175,6 +175,7 @@ class Loop:
       fresh_metrics: zeroed running metrics (of the layout after ``learn_keys``).
       shardings_of: the shardings a state's leaves keep through a step (``Placement``), or
         None on one device.
+      place: puts the session's state on the mesh (after a checkpoint was loaded), or None.
     """
 
     def __init__(
@@ -182,6 +183,7 @@ class Loop:
         hooks: Hooks, progress: Progress, *, donate: bool, tuner: FusionTuner | None,
         max_consecutive_nonfinite: int | None = None,
         learn_keys: Any = None, fresh_metrics: Any = None, shardings_of: Any = None,
+        place: Any = None,
     ):
         self.compiler, self.ctx, self.eval_ctx = compiler, ctx, eval_ctx
         self.session, self.hooks, self.progress = session, hooks, progress
@@ -189,6 +191,7 @@ class Loop:
         self.watch = NonfiniteWatch(max_consecutive_nonfinite, classes=ctx.label_classes)
         self._learn_keys, self._fresh_metrics = learn_keys, fresh_metrics
         self._shardings_of = shardings_of or (lambda leaves: None)
+        self._place = place or (lambda: None)
 
     def _learn(self, keys: tuple[str, ...]) -> None:
         if self._learn_keys is None:
@@ -252,6 +255,7 @@ class Loop:
         probe = self._probe(plan, self.ctx, "train")
         has_begin = hooks.has("on_train_batch_begin")
         budget = None if max_steps is None else max(max_steps - p.step, 0)
+        self._place()
         shardings = self._shardings_of(session.flat()[0])
         fns: dict[int, Any] = {}  # by identity of the plan's (memoized) programs
         for unit in plan.units(start, perm, budget):

@@ -69,6 +69,37 @@ class Placement:
         others = tuple(put(v, variables[i]) for v, i in zip(others, spec.other_index, strict=True))
         return jax.tree.unflatten(treedef, leaves), others
 
+    def _on_mesh(self, leaf: Any) -> bool:
+        current = getattr(leaf, "sharding", None)
+        return isinstance(current, NamedSharding) and current.mesh == self.mesh
+
+    def session_state(self, state: Any, spec: Any, init_opt: Any) -> Any:
+        """``state`` with every leaf on the mesh: the model's arrays by their metadata, an
+        optimizer state read from a checkpoint (on one device) laid out as ``init_opt(params)``
+        lays it out (following the parameters), the rest replicated. Leaves already on the mesh
+        stay."""
+        if self.mesh is None:
+            return state
+        params, others = self.model_arrays(spec, state.params, state.others)
+        opt = state.opt_state
+        if opt is not None and not all(self._on_mesh(v) for v in jax.tree.leaves(opt)):
+            fresh = init_opt(params)  # laid out after the parameters
+
+            def follow(value: Any, like: Any) -> Any:
+                if self._on_mesh(value):
+                    return value
+                return jax.device_put(value, like.sharding if self._on_mesh(like) else self.replicated)
+
+            opt = jax.tree.map(follow, opt, fresh)
+
+        def replicate(tree: Any) -> Any:
+            return jax.tree.map(lambda v: v if self._on_mesh(v) else jax.device_put(v, self.replicated), tree)
+
+        return state._replace(
+            params=params, others=others, opt_state=opt, metrics=replicate(state.metrics),
+            counters=replicate(state.counters),
+        )
+
     def state_shardings(self, leaves: list[Any]) -> tuple | None:
         """The sharding each state leaf keeps through the compiled steps: its own when it is
         sharded on this mesh (the parameters, the optimizer state made from them), else

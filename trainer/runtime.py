@@ -73,6 +73,8 @@ class Runtime:
         params, others = self.placement.model_arrays(spec, params, others)
         opt_state = optimizer.ensure(params) if training else None
         state = TrainState(params, others, opt_state, {}, model_state.new_counters(self.progress.step))
+        if training:
+            state = self.placement.session_state(state, spec, optimizer.full_tx.init)
         session = self.session = Session(spec, saved, state, training)
         (self.model.train if training else self.model.eval)()
         try:
@@ -110,7 +112,13 @@ class Runtime:
             max_consecutive_nonfinite=owner.max_consecutive_nonfinite,
             learn_keys=learn_keys, fresh_metrics=self.setup.fresh_metrics,
             shardings_of=self.placement.state_shardings,
+            place=lambda: self._place(session),
         )
+
+    def _place(self, session: Session) -> None:
+        if self.placement.mesh is not None and session.training:
+            placed = self.placement.session_state(session.state, session.spec, self.optimizer.full_tx.init)
+            session.state = placed
 
     def plan(self, data: Any, kind: str, batch_size: int, **options: Any) -> BatchPlan:
         """The batch plan of a pass (``steps_per_execution`` blocks unless "auto")."""

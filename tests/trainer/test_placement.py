@@ -151,3 +151,61 @@ def test_a_data_and_model_mesh_shards_parameters_by_their_metadata():
     np.testing.assert_allclose(mesh["loss"], out["one"]["loss"], rtol=1e-5)
     for a, b in zip(mesh["params"], out["one"]["params"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+CHECKPOINT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np, optax
+    from jax.sharding import Mesh
+    import nnx
+    from trainer import Trainer
+
+    class Net(nnx.Module):
+        def __init__(self):
+            rngs = nnx.Rngs(0)
+            init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "model"))
+            self.l1 = nnx.Linear(4, 8, kernel_init=init, rngs=rngs)
+            self.l2 = nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jax.nn.relu(self.l1(x)))
+
+    mode, directory = sys.argv[1], sys.argv[2]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=64).astype(np.int32)
+    n = len(jax.devices())
+    mesh = None if n == 1 else Mesh(np.asarray(jax.devices()).reshape(n // 2, 2), ("data", "model"))
+    trainer = Trainer(Net(), optax.adam(1e-2), mesh=mesh)
+    if mode == "save":
+        trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        trainer.save(directory)
+    else:
+        trainer.restore(directory)
+    params = [np.asarray(v).tolist() for v in jax.tree.leaves(nnx.state(trainer.model, nnx.Param))]
+    trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)  # and it trains on from there
+    after = [np.asarray(v).tolist() for v in jax.tree.leaves(nnx.state(trainer.model, nnx.Param))]
+    print(json.dumps({"step": trainer.step, "params": params, "after": after}))
+    """
+)
+
+
+def _run(code, devices, *argv):
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"}
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_checkpoint_saved_on_four_devices_restores_on_one_and_on_two(tmp_path):
+    saved = _run(CHECKPOINT, 4, "save", str(tmp_path / "ckpt"))
+    for devices in (1, 2):
+        restored = _run(CHECKPOINT, devices, "load", str(tmp_path / "ckpt"))
+        assert restored["step"] == saved["step"] == 16  # 8 steps restored, 8 more
+        for a, b in zip(restored["params"], saved["params"], strict=True):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(restored["after"], saved["after"], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
