@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 import nnx
 from nnx.spmd import get_var_pspec
@@ -36,6 +36,10 @@ class Placement:
             mesh = Mesh(np.asarray(jax.devices()), (data_axis,))
         if mesh is not None and not isinstance(mesh, Mesh):
             raise TypeError(f"Trainer(mesh=...) expects None, 'auto' or a jax.sharding.Mesh, got {type(mesh).__name__}.")
+        if mesh is not None and any(t != AxisType.Auto for t in getattr(mesh, "axis_types", ())):
+            # the steps leave the partitioning of what they compute to XLA (jax's "Auto" axes);
+            # a mesh of explicit axes (jax.make_mesh's default) is used with the same devices
+            mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
         if mesh is not None and data_axis not in mesh.axis_names:
             raise ValueError(
                 f"Trainer(data_axis={data_axis!r}) is not an axis of the mesh, whose axes are "

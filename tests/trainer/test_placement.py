@@ -209,3 +209,38 @@ def test_a_checkpoint_saved_on_four_devices_restores_on_one_and_on_two(tmp_path)
             np.testing.assert_array_equal(a, b)
         for a, b in zip(restored["after"], saved["after"], strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+SHARDED_CREATION = textwrap.dedent(
+    """
+    import json
+    import jax, numpy as np, optax
+    import nnx
+    from trainer import Trainer
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "model"))
+            self.l1 = nnx.Linear(4, 8, kernel_init=init, rngs=rngs)
+            self.l2 = nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jax.nn.relu(self.l1(x)))
+
+    mesh = jax.make_mesh((2, 2), ("data", "model"))
+    with jax.set_mesh(mesh):  # created sharded: the kernel never lives on one device
+        model = Net(nnx.Rngs(0))
+    created = model.l1.kernel.value.sharding.shard_shape(model.l1.kernel.value.shape)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=32).astype(np.int32)
+    Trainer(model, optax.adam(1e-2), mesh=mesh).fit(x, y, batch_size=8, epochs=1, verbose=0)
+    kernel = model.l1.kernel.value
+    print(json.dumps({"created": list(created), "after": list(kernel.sharding.shard_shape(kernel.shape))}))
+    """
+)
+
+
+def test_a_model_created_sharded_stays_sharded():
+    out = _run(SHARDED_CREATION, 4)
+    assert out["created"] == out["after"] == [4, 4]
