@@ -61,7 +61,7 @@ class BlockAfter(Callback):
             time.sleep(600)
 
 
-def train(backup_dir: str, block_after: int | None = None, ready: str | None = None):
+def train(backup_dir: str, block_after: int | None = None, ready: str | None = None, mesh: str | None = None):
     """``(initial params, final params, the step restored from or None)``."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20, 3)).astype(np.float32)
@@ -69,7 +69,7 @@ def train(backup_dir: str, block_after: int | None = None, ready: str | None = N
     model = Net()
     initial = params(model)
     backup = BackupAndRestore(backup_dir, save_freq=SAVE_FREQ)
-    trainer = Trainer(model, optax.adam(0.05), loss="mse", seed=0)
+    trainer = Trainer(model, optax.adam(0.05), loss="mse", seed=0, mesh=mesh)
     trainer.fit(
         x, y, batch_size=4, epochs=EPOCHS, shuffle=True, verbose=0,
         callbacks=[backup, BlockAfter(block_after, ready, backup)],
@@ -85,8 +85,9 @@ def main() -> None:
     parser.add_argument("--block-after", type=int, default=None)
     parser.add_argument("--ready", default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--mesh", default=None, help="'auto': data parallel over every device")
     args = parser.parse_args()
-    _, final, restored = train(args.backup_dir, args.block_after, args.ready)
+    _, final, restored = train(args.backup_dir, args.block_after, args.ready, args.mesh)
     if args.out:
         np.savez(args.out, *final, restored=-1 if restored is None else restored)
 

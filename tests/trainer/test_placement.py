@@ -244,3 +244,43 @@ SHARDED_CREATION = textwrap.dedent(
 def test_a_model_created_sharded_stays_sharded():
     out = _run(SHARDED_CREATION, 4)
     assert out["created"] == out["after"] == [4, 4]
+
+
+def test_a_run_killed_on_four_devices_resumes_exactly(tmp_path):
+    import signal
+    import time
+
+    import _backup_run
+
+    script = _backup_run.__file__
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"}
+
+    def run(*argv, **kwargs):
+        return subprocess.run([sys.executable, script, *argv, "--mesh", "auto"], env=env, capture_output=True,
+                              text=True, timeout=300, **kwargs)
+
+    straight = run(str(tmp_path / "straight"), "--out", str(tmp_path / "straight.npz"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    backup_dir, ready = tmp_path / "backup", tmp_path / "ready"
+    killed = subprocess.Popen(
+        [sys.executable, script, str(backup_dir), "--block-after", "7", "--ready", str(ready), "--mesh", "auto"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists():
+            assert killed.poll() is None and time.monotonic() < deadline, "the run did not reach step 7"
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+            killed.wait()
+    resumed = run(str(backup_dir), "--out", str(tmp_path / "resumed.npz"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want, got = np.load(tmp_path / "straight.npz"), np.load(tmp_path / "resumed.npz")
+    assert int(got["restored"]) == 6
+    for key in want.files:
+        if key != "restored":
+            np.testing.assert_array_equal(got[key], want[key])
