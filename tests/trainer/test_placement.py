@@ -35,12 +35,15 @@ RUN = textwrap.dedent(
     rng = np.random.default_rng(0)
     x = rng.normal(size=(100, 4)).astype(np.float32)
     y = rng.integers(0, 3, size=100).astype(np.int32)
-    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 96, 8)]
+    import grain
+
+    records = [(x[i], y[i]) for i in range(96)]
     out = {"devices": len(jax.devices())}
     for name, mesh in (("one", None), ("four", "auto")):
         trainer = Trainer(Net(), optax.adam(1e-2), metrics=("accuracy",), mesh=mesh)
         hist = trainer.fit(x, y, batch_size=8, epochs=2, validation_split=0.2, verbose=0)
-        hist2 = trainer.fit(batches, epochs=1, verbose=0)  # fed batches
+        pipeline = grain.MapDataset.source(records).shuffle(seed=3).batch(8)  # fed batches
+        hist2 = trainer.fit(pipeline, epochs=2, verbose=0)
         preds = trainer.predict(x, batch_size=8, verbose=0)
         kernel = trainer.model.l1.kernel.value
         out[name] = {
