@@ -378,12 +378,14 @@ class Loop:
         return outputs
 
 
-def stitch_outputs(outputs: list[tuple[Any, tuple[int, ...]]]) -> Any:
-    """One numpy array per output leaf, the padding cut, batches in order."""
+def stitch_outputs(outputs: list[tuple[Any, tuple[int, ...]]], fetch: Callable[[Any], Any] = jax.device_get) -> Any:
+    """One numpy array per output leaf, the padding cut, batches in order (``fetch`` brings
+    the outputs to the host)."""
     if not outputs:
         raise ValueError("predict got no batch: the dataset is empty.")
     pieces = []
-    for out, rows in jax.device_get(outputs):
+    fetched = fetch([out for out, _ in outputs])
+    for out, (_, rows) in zip(fetched, outputs, strict=True):
         if len(rows) == 1:
             pieces.append(jax.tree.map(lambda a, r=rows[0]: np.asarray(a)[:r], out))
         else:

@@ -1,5 +1,8 @@
 """Where the Trainer's arrays live: the default device, or a ``jax.sharding.Mesh`` whose data
-axis splits every batch (data parallelism through JAX's own SPMD partitioning).
+axis splits every batch (data parallelism through JAX's own SPMD partitioning), over the devices
+of one host or of several joined with ``jax.distributed.initialize()``: array data is given to
+every process whole (each places its devices' rows), batches from a dataset are each process's
+own part of the global batch (``jax.make_array_from_process_local_data``).
 
 With a mesh, array datasets are placed with their rows split over the data axis, fed batches
 are placed split the same way (stacked blocks along their batch axis), and everything else (the
@@ -64,14 +67,26 @@ class Placement:
             if isinstance(current, NamedSharding) and current.mesh == self.mesh:
                 return value
             if isinstance(variable, nnx.Variable):
-                return jax.device_put(value, NamedSharding(self.mesh, get_var_pspec(variable)))
-            return jax.device_put(value, self.replicated)
+                return self._put(value, NamedSharding(self.mesh, get_var_pspec(variable)))
+            return self._put(value, self.replicated)
 
         variables = spec.variables
         leaves, treedef = jax.tree.flatten(params)
         leaves = [put(v, variables[i]) for v, i in zip(leaves, spec.param_order, strict=True)]
         others = tuple(put(v, variables[i]) for v, i in zip(others, spec.other_index, strict=True))
         return jax.tree.unflatten(treedef, leaves), others
+
+    @staticmethod
+    def _put(value: Any, sharding: NamedSharding) -> Any:
+        """``value`` laid out as ``sharding``; with several processes each builds its own
+        devices' part from its copy of ``value`` (every process holds the same value)."""
+        if jax.process_count() == 1:
+            return jax.device_put(value, sharding)
+        if jax.numpy.issubdtype(value.dtype, jax.dtypes.prng_key):  # as its key data
+            data = Placement._put(jax.random.key_data(value), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
+        host = np.asarray(value)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     def _on_mesh(self, leaf: Any) -> bool:
         current = getattr(leaf, "sharding", None)
@@ -92,12 +107,12 @@ class Placement:
             def follow(value: Any, like: Any) -> Any:
                 if self._on_mesh(value):
                     return value
-                return jax.device_put(value, like.sharding if self._on_mesh(like) else self.replicated)
+                return self._put(value, like.sharding if self._on_mesh(like) else self.replicated)
 
             opt = jax.tree.map(follow, opt, fresh)
 
         def replicate(tree: Any) -> Any:
-            return jax.tree.map(lambda v: v if self._on_mesh(v) else jax.device_put(v, self.replicated), tree)
+            return jax.tree.map(lambda v: v if self._on_mesh(v) else self._put(v, self.replicated), tree)
 
         return state._replace(
             params=params, others=others, opt_state=opt, metrics=replicate(state.metrics),
@@ -144,7 +159,8 @@ class Placement:
             rows = a.shape[0]
             if rows % size:
                 a = jax.numpy.pad(a, ((0, size - rows % size),) + ((0, 0),) * (a.ndim - 1))
-            return jax.device_put(a, self._rows(0)(a))
+            # several processes each hold the whole arrays and place their devices' rows
+            return self._put(a, self._rows(0)(a))
 
         return ArrayData(jax.tree.map(placed, data.batch), data.n)
 
@@ -154,7 +170,20 @@ class Placement:
         if self.mesh is None:
             return jax.device_put(batch)
         axis = 1 if stacked else 0
-        rows = int(np.shape(jax.tree.leaves(batch)[0])[axis])
+        processes = jax.process_count()
+        rows = int(np.shape(jax.tree.leaves(batch)[0])[axis]) * processes
         self.check_batch_size(rows, "a batch of")
         sharding = self._rows(axis)
-        return jax.tree.map(lambda a: jax.device_put(a, sharding(a)), batch)
+        if processes == 1:
+            return jax.tree.map(lambda a: jax.device_put(a, sharding(a)), batch)
+        # several processes: each feeds its own part of the global batch (its pipeline's shard)
+        return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding(a), np.asarray(a)), batch)
+
+    def fetch(self, tree: Any) -> Any:
+        """Device arrays as numpy on this host; arrays split over several processes are
+        gathered from all of them first."""
+        if self.mesh is None or jax.process_count() == 1:
+            return jax.device_get(tree)
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)

@@ -283,16 +283,16 @@ class Trainer:
             val = args.validation_source(validation_data, self._setup.keys)
         args.check_one_shot(data, epochs, initial_epoch, steps_per_epoch)
         self._placement.check_batch_size(bs)
-        data = self._placement.data(data)
-        val = self._placement.data(val)
+        unplaced, unplaced_val = data, val  # (labels are checked on these, on the host)
+        data, val = self._placement.data(data), self._placement.data(val)
         if val is not None:
             args.check_one_shot_validation(val, epochs - initial_epoch, validation_steps, validation_freq)
         plan = self._runtime.plan(data, "train", bs, steps=steps_per_epoch, drop_remainder=drop_remainder)
         self._last_batch = plan.first_batch()
         with self._call(True, self._last_batch, verbose) as session:
-            args.check_labels(data, self._setup.loss.classes, self._setup.keys)
+            args.check_labels(unplaced, self._setup.loss.classes, self._setup.keys)
             if val is not None:
-                args.check_labels(val, self._setup.loss.classes, self._setup.keys)
+                args.check_labels(unplaced_val, self._setup.loss.classes, self._setup.keys)
             cbs = self._callback_list(callbacks, verbose, "fit")
             cbs.set_params({"epochs": epochs, "steps": plan.steps, "verbose": verbose})
             hooks = Hooks(cbs, session, self._setup.log_order(), copy=self.donate, model=self._model, stop=self._stop_by_model)
@@ -337,10 +337,11 @@ class Trainer:
         verbose, bs = args.verbosity(verbose), args.batch_size(batch_size)
         steps = args.optional_count("evaluate(steps=...)", steps)
         self._placement.check_batch_size(bs)
-        data = self._placement.data(datalib.from_user(x, y, sample_weight, keys=self._setup.keys))
+        unplaced = datalib.from_user(x, y, sample_weight, keys=self._setup.keys)
+        data = self._placement.data(unplaced)
         self._last_batch = BatchPlan(data, "eval", bs, steps=steps, pad=True).first_batch()
         with self._call(False, self._last_batch, verbose) as session:
-            args.check_labels(data, self._setup.loss.classes, self._setup.keys)
+            args.check_labels(unplaced, self._setup.loss.classes, self._setup.keys)
             cbs = self._callback_list(callbacks, verbose, "evaluate")
             cbs.set_params({"epochs": 1, "steps": steps_of(data, bs, steps), "verbose": verbose})
             hooks = Hooks(cbs, session, self._setup.log_order(), copy=False)
@@ -372,7 +373,7 @@ class Trainer:
                 self._last_batch = plan.first_batch()
             with self._interruptible():
                 hooks.call("on_predict_begin", None)
-                result = stitch_outputs(self._runtime.loop(session, hooks).predict(plan))
+                result = stitch_outputs(self._runtime.loop(session, hooks).predict(plan), self._placement.fetch)
                 hooks.call("on_predict_end", None)
                 return result
 

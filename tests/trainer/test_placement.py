@@ -287,3 +287,68 @@ def test_a_run_killed_on_four_devices_resumes_exactly(tmp_path):
     for key in want.files:
         if key != "restored":
             np.testing.assert_array_equal(got[key], want[key])
+
+
+HOSTS = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    pid, port = int(sys.argv[1]), sys.argv[2]
+    if pid >= 0:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+    import numpy as np, optax
+    import nnx
+    from trainer import Trainer
+
+    class Net(nnx.Module):
+        def __init__(self):
+            rngs = nnx.Rngs(params=0, dropout=1)
+            self.l1 = nnx.Linear(4, 16, use_bias=False, rngs=rngs)
+            self.bn = nnx.BatchNorm(16, rngs=rngs)
+            self.drop = nnx.Dropout(0.25, rngs=rngs)
+            self.l2 = nnx.Linear(16, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(self.drop(jax.nn.relu(self.bn(self.l1(x)))))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=64).astype(np.int32)
+    trainer = Trainer(Net(), optax.adam(1e-2), mesh="auto")
+    hist = trainer.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    preds = trainer.predict(x, batch_size=8, verbose=0)
+    params = [np.asarray(v).tolist() for v in jax.tree.leaves(nnx.state(trainer.model, nnx.Param))]
+    print(json.dumps({"devices": len(jax.devices()), "processes": jax.process_count(), "loss": hist.history["loss"],
+                      "params": params, "preds_shape": list(np.shape(preds)), "preds0": np.asarray(preds)[:2].tolist()}))
+    """
+)
+
+
+def test_two_processes_joined_with_jax_distributed_train_like_one():
+    import json
+    import socket
+
+    with socket.socket() as probe:  # a free port for the coordinator
+        probe.bind(("localhost", 0))
+        port = str(probe.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device per process
+    hosts = [
+        subprocess.Popen([sys.executable, "-c", HOSTS, str(pid), port], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for pid in (0, 1)
+    ]
+    outs = []
+    for host in hosts:
+        stdout, stderr = host.communicate(timeout=300)
+        assert host.returncode == 0, stderr[-3000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    # one process with two (fake) devices: the same mesh, the same global batches
+    one = _run(HOSTS, 2, "-1", "0")
+    assert [o["processes"] for o in outs] == [2, 2] and one["processes"] == 1
+    for out in outs:
+        np.testing.assert_allclose(out["loss"], one["loss"], rtol=1e-6)
+        for a, b in zip(out["params"], one["params"], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert out["preds_shape"] == [64, 3]  # predict gathers every process's rows, in order
+        np.testing.assert_allclose(out["preds0"], one["preds0"], rtol=1e-5, atol=1e-6)
