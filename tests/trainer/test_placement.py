@@ -203,9 +203,10 @@ def _run(code, devices, *argv):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_a_checkpoint_saved_on_four_devices_restores_on_one_and_on_two(tmp_path):
-    saved = _run(CHECKPOINT, 4, "save", str(tmp_path / "ckpt"))
-    for devices in (1, 2):
+@pytest.mark.parametrize("saved_on, restored_on", [(4, (1, 2)), (1, (4,))])
+def test_a_checkpoint_restores_on_a_mesh_of_another_shape(tmp_path, saved_on, restored_on):
+    saved = _run(CHECKPOINT, saved_on, "save", str(tmp_path / "ckpt"))
+    for devices in restored_on:
         restored = _run(CHECKPOINT, devices, "load", str(tmp_path / "ckpt"))
         assert restored["step"] == saved["step"] == 16  # 8 steps restored, 8 more
         for a, b in zip(restored["params"], saved["params"], strict=True):
