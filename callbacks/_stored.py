@@ -4,6 +4,7 @@ exceptional exit and ``close`` finish its writes."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from callbacks.base import Callback
 from checkpointing import CheckpointStore, CheckpointWriteError
@@ -17,6 +18,11 @@ class StoreCallback(Callback):
     saves_checkpoints = True
     provides_checkpoints = True
     _store: CheckpointStore
+
+    def _shardings(self) -> Any:
+        """Where the trainer wants the arrays of a checkpoint read (None: one device)."""
+        get = getattr(self.trainer, "checkpoint_shardings", None)
+        return get() if callable(get) else None
 
     def on_train_exception(self, error: BaseException) -> None:
         """``fit`` is leaving by ``error``: finish the write in flight and keep what is on disk

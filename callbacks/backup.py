@@ -111,7 +111,7 @@ class BackupAndRestore(StoreCallback):
         ``checkpointing.CheckpointReadError`` names the directory and each failure.
         """
         self.restored_step = None
-        found = self._store.load()
+        found = self._store.load(shardings=self._shardings())
         if found is None:
             return None
         step, tree = found

@@ -172,7 +172,7 @@ class ModelCheckpoint(StoreCallback):
         used. ``fit(resume=True)`` calls this; the ``fit`` that loads the tree may then save
         into ``directory``.
         """
-        found = self._store.load(step)
+        found = self._store.load(step, shardings=self._shardings())
         if found is None:
             self.say(f"ModelCheckpoint: no checkpoint in {self.directory}; starting fresh.")
             return None

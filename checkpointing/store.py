@@ -396,30 +396,35 @@ class CheckpointStore:
         _REPORTED.add(write.path)
         raise failure from error
 
-    def _local_target(self, step: int) -> Any:
-        """The saved arrays' shapes and dtypes, each to be read onto this process's first
-        device: a checkpoint written on any mesh loads on any other (the Trainer then places the
-        arrays by their sharding metadata), where orbax alone refuses another topology."""
+    def _target(self, step: int, shardings: Any = None) -> Any:
+        """The saved arrays' shapes and dtypes, each to be read with the sharding
+        ``shardings(path, shape)`` gives (a tuple of string keys; None: this process's first
+        device): a checkpoint written on any mesh loads on any other, where orbax alone refuses
+        another topology, and a sharded model is read straight into its shards."""
         saved = self.manager.item_metadata(step)["state"]
         if saved is None:
             return None
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
-        def abstract(leaf: Any) -> Any:
-            if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
-                return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
-            return leaf
+        def abstract(path: Any, leaf: Any) -> Any:
+            if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+                return leaf
+            keys = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+            sharding = shardings(keys, tuple(leaf.shape)) if shardings is not None else None
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding or device)
 
-        return jax.tree.map(abstract, saved, is_leaf=lambda x: hasattr(x, "shape"))
+        return jax.tree_util.tree_map_with_path(abstract, saved, is_leaf=lambda x: hasattr(x, "shape"))
 
-    def load(self, step: int | None = None) -> tuple[int, dict[str, Any]] | None:
+    def load(self, step: int | None = None, shardings: Any = None) -> tuple[int, dict[str, Any]] | None:
         """``(step, tree)`` of the newest usable checkpoint (or of ``step``); None when there is none.
 
         Each tree is checked (``checkpointing.tree_problems``: required keys, types, its step
         against the directory's). One that fails to read or to check is skipped, with a
         warning naming what was wrong, and the one before it is tried. Raises
         ``CheckpointReadError`` naming each failure when checkpoints exist but none can be
-        used, or when an explicit ``step`` cannot be.
+        used, or when an explicit ``step`` cannot be. ``shardings(path, shape)`` places each
+        array as it is read (the Trainer's ``checkpoint_shardings()``; None: on this process's
+        first device).
         """
         candidates = sorted(self.steps(), reverse=True)
         if step is not None:
@@ -435,7 +440,7 @@ class CheckpointStore:
                 restored = self.manager.restore(
                     candidate,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(self._local_target(candidate)), meta=ocp.args.JsonRestore()
+                        state=ocp.args.StandardRestore(self._target(candidate, shardings)), meta=ocp.args.JsonRestore()
                     ),
                 )
             except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is skipped

@@ -11,9 +11,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
 
 import checkpointing
+import nnx
 from callbacks.base import callback_states, load_callback_states
+from nnx.spmd import get_var_pspec
 from trainer import model_state
 from trainer.data import IterData
 from trainer.loop import Progress
@@ -39,11 +42,11 @@ class Checkpoints:
     def __init__(
         self, model: Any, optimizer: OptimizerState, progress: Progress, *,
         opt_state: Callable[[], Any], live: Callable[[], tuple[Session | None, list[Any], Any]],
-        donate: Callable[[], bool], setup: Any = None,
+        donate: Callable[[], bool], setup: Any = None, placement: Any = None,
     ):
         self.model, self.optimizer, self.progress = model, optimizer, progress
         self._opt_state, self._live, self._donate = opt_state, live, donate
-        self.setup = setup
+        self.setup, self.placement = setup, placement
 
     def collect(self) -> dict[str, Any]:
         p = self.progress
@@ -125,6 +128,30 @@ class Checkpoints:
                 "callbacks.ModelCheckpoint or callbacks.BackupAndRestore) in callbacks=."
             )
 
+    def shardings(self) -> Any:
+        """Where each array of a checkpoint tree goes when read (see ``Trainer.checkpoint_shardings``)."""
+        placement = self.placement
+        if placement is None or placement.mesh is None:
+            return None
+        by_path = {}
+        for path, var in nnx.state(self.model, checkpointing.CHECKPOINTED).flat_state():
+            value = var.get_value()
+            target = NamedSharding(placement.mesh, get_var_pspec(var))
+            by_path[("model", *map(str, path))] = (target, tuple(jnp.shape(value)))
+        opt_leaves = jax.tree.leaves(self._opt_state())
+        for i, leaf in enumerate(opt_leaves):
+            current = getattr(leaf, "sharding", None)
+            on_mesh = isinstance(current, NamedSharding) and current.mesh == placement.mesh
+            by_path[("optimizer", str(i))] = (current if on_mesh else placement.replicated, tuple(jnp.shape(leaf)))
+
+        def sharding(path: tuple[str, ...], shape: tuple[int, ...]) -> Any:
+            found = by_path.get(path)
+            if found is not None and found[1] == shape:
+                return found[0]
+            return placement.replicated
+
+        return sharding
+
     def save(self, directory: str | os.PathLike) -> int:
         store = checkpointing.CheckpointStore(directory, max_to_keep=1, owner="Trainer.save")
         try:
@@ -136,7 +163,7 @@ class Checkpoints:
     def restore(self, directory: str | os.PathLike, step: int | None = None) -> int:
         store = checkpointing.CheckpointStore(directory, owner="Trainer.restore")
         try:
-            found = store.load(step)
+            found = store.load(step, shardings=self.shardings())
         finally:
             store.close()
         if found is None:

@@ -98,7 +98,7 @@ class Trainer:
         self._checkpoints = Checkpoints(
             model, self._opt, self._progress, opt_state=self.optimizer_state,
             live=lambda: (self._runtime.session, self.callbacks, self._fit_data), donate=lambda: self.donate,
-            setup=self._setup,
+            setup=self._setup, placement=self._placement,
         )
         self._running: CallbackList | None = None  # the callbacks of the fit in progress
         self._fit_data: Any = None  # the training source of the fit in progress
@@ -444,6 +444,12 @@ class Trainer:
         checkpoint's (another architecture) raises a ValueError naming the paths and shapes.
         """
         self._checkpoints.load(tree)
+
+    def checkpoint_shardings(self) -> Any:
+        """``shardings(path, shape)`` for reading a checkpoint straight onto the mesh (each
+        model array into its Variable's shards, the optimizer state into the live one's), or
+        None on one device."""
+        return self._checkpoints.shardings()
 
     def save(self, directory: str | os.PathLike) -> int:
         """Write the Trainer's state to ``directory`` with orbax, and wait until it is written.

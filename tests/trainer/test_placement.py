@@ -186,10 +186,12 @@ CHECKPOINT = textwrap.dedent(
         trainer.save(directory)
     else:
         trainer.restore(directory)
+    kernel = trainer.model.l1.kernel.value
+    spec = str(getattr(kernel.sharding, "spec", None))
     params = [np.asarray(v).tolist() for v in jax.tree.leaves(nnx.state(trainer.model, nnx.Param))]
     trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)  # and it trains on from there
     after = [np.asarray(v).tolist() for v in jax.tree.leaves(nnx.state(trainer.model, nnx.Param))]
-    print(json.dumps({"step": trainer.step, "params": params, "after": after}))
+    print(json.dumps({"step": trainer.step, "params": params, "after": after, "spec": spec, "n": n}))
     """
 )
 
@@ -209,6 +211,8 @@ def test_a_checkpoint_restores_on_a_mesh_of_another_shape(tmp_path, saved_on, re
     for devices in restored_on:
         restored = _run(CHECKPOINT, devices, "load", str(tmp_path / "ckpt"))
         assert restored["step"] == saved["step"] == 16  # 8 steps restored, 8 more
+        if devices > 1:  # read straight into the kernel's shards, before any step
+            assert restored["spec"] == "P(None, 'model')"
         for a, b in zip(restored["params"], saved["params"], strict=True):
             np.testing.assert_array_equal(a, b)
         for a, b in zip(restored["after"], saved["after"], strict=True):
