@@ -238,7 +238,9 @@ SHARDED_CREATION = textwrap.dedent(
     mesh = jax.make_mesh((2, 2), ("data", "model"))
     with jax.set_mesh(mesh):  # created sharded: the kernel never lives on one device
         model = Net(nnx.Rngs(0))
+        compiled = nnx.jit(lambda: Net(nnx.Rngs(0)))()  # or created by one compiled program
     created = model.l1.kernel.value.sharding.shard_shape(model.l1.kernel.value.shape)
+    assert compiled.l1.kernel.value.sharding.shard_shape((4, 8)) == created
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 4)).astype(np.float32)
     y = rng.integers(0, 3, size=32).astype(np.int32)
