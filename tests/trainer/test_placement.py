@@ -359,3 +359,34 @@ def test_two_processes_joined_with_jax_distributed_train_like_one():
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         assert out["preds_shape"] == [64, 3]  # predict gathers every process's rows, in order
         np.testing.assert_allclose(out["preds0"], one["preds0"], rtol=1e-5, atol=1e-6)
+
+
+LOGICAL_RULES = textwrap.dedent(
+    """
+    import jax, numpy as np, optax
+    import nnx
+    from trainer import Trainer
+    from jax.sharding import Mesh
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp"))
+            self.l1 = nnx.Linear(4, 8, kernel_init=init, rngs=rngs)
+            self.l2 = nnx.Linear(8, 3, rngs=rngs)
+        def __call__(self, x):
+            return self.l2(jax.nn.relu(self.l1(x)))
+    mesh = Mesh(np.asarray(jax.devices()).reshape(2, 2), ("data", "model"))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype(np.float32); y = rng.integers(0, 3, size=32).astype(np.int32)
+    model = Net(nnx.Rngs(0))
+    with nnx.logical_axis_rules((("embed", None), ("mlp", "model"))):
+        Trainer(model, optax.adam(1e-2), mesh=mesh).fit(x, y, batch_size=8, verbose=0)
+    k = model.l1.kernel.value
+    import json
+    print(json.dumps({"spec": str(k.sharding.spec), "shard": list(k.sharding.shard_shape(k.shape))}))
+    """
+)
+
+
+def test_logical_axis_names_are_mapped_by_the_rules_in_effect():
+    out = _run(LOGICAL_RULES, 4)
+    assert out == {"spec": "P(None, 'model')", "shard": [4, 4]}
