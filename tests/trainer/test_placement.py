@@ -324,9 +324,21 @@ HOSTS = textwrap.dedent(
     y = rng.integers(0, 3, size=64).astype(np.int32)
     trainer = Trainer(Net(), optax.adam(1e-2), mesh="auto")
     hist = trainer.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    # a dataset: each process reads its own share (4 rows of each global batch of 8)
+    import grain
+
+    records = [(x[i], y[i]) for i in range(64)]
+    if jax.process_count() > 1:
+        mine = grain.MapDataset.source(records)[jax.process_index()::jax.process_count()].batch(4)
+    else:  # the same global batches, put together in one process
+        halves = [records[0::2], records[1::2]]
+        mine = [tuple(np.stack(part) for part in zip(*(halves[0][i:i + 4] + halves[1][i:i + 4])))
+                for i in range(0, 32, 4)]
+    hist2 = trainer.fit(mine, epochs=1, verbose=0)
     preds = trainer.predict(x, batch_size=8, verbose=0)
     params = [np.asarray(v).tolist() for v in jax.tree.leaves(nnx.state(trainer.model, nnx.Param))]
-    print(json.dumps({"devices": len(jax.devices()), "processes": jax.process_count(), "loss": hist.history["loss"],
+    print(json.dumps({"devices": len(jax.devices()), "processes": jax.process_count(),
+                      "loss": hist.history["loss"] + hist2.history["loss"],
                       "params": params, "preds_shape": list(np.shape(preds)), "preds0": np.asarray(preds)[:2].tolist()}))
     """
 )
