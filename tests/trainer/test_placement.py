@@ -1,5 +1,6 @@
 """Trainer(mesh=...): data parallelism over fake CPU devices gives the results of one device."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,14 @@ import pytest
 
 import nnx
 from trainer import Trainer
+
+
+def _run(code, devices, *argv):
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"}
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
 
 RUN = textwrap.dedent(
     """
@@ -63,12 +72,7 @@ RUN = textwrap.dedent(
 
 
 def test_data_parallel_fit_over_four_devices_matches_one_device():
-    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"}
-    done = subprocess.run([sys.executable, "-c", RUN], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    import json
-
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = _run(RUN, 4)
     one, four = out["one"], out["four"]
     assert out["devices"] == 4 and four["kernel_devices"] == 4 and one["kernel_devices"] == 1
     assert "batch_size=6 does not divide over the 4 devices of the mesh axis 'data'" in out["bad_batch"]
@@ -141,12 +145,7 @@ MODEL_PARALLEL = textwrap.dedent(
 
 
 def test_a_data_and_model_mesh_shards_parameters_by_their_metadata():
-    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"}
-    done = subprocess.run([sys.executable, "-c", MODEL_PARALLEL], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    import json
-
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = _run(MODEL_PARALLEL, 4)
     mesh = out["mesh"]
     # the kernel is split over the model axis during and after fit, and so is Adam's state
     assert mesh["during"] == mesh["after"] == mesh["mu"] == "P(None, 'model')"
@@ -194,15 +193,6 @@ CHECKPOINT = textwrap.dedent(
     print(json.dumps({"step": trainer.step, "params": params, "after": after, "spec": spec, "n": n}))
     """
 )
-
-
-def _run(code, devices, *argv):
-    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"}
-    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    import json
-
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("saved_on, restored_on", [(4, (1, 2)), (1, (4,))])
