@@ -9,8 +9,9 @@ when they need numbers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -91,6 +92,15 @@ class Hooks:
         self.callbacks.call(hook, *args)
         self.session.pull_changes(self.copy)
         self._model_stop()
+
+    @contextlib.contextmanager
+    def on_exception(self) -> Iterator[None]:
+        """Within: an exception runs ``exception(error)`` and propagates."""
+        try:
+            yield
+        except BaseException as error:
+            self.exception(error)
+            raise
 
     def exception(self, error: BaseException) -> None:
         """``on_train_exception(error)`` on every callback that defines it; one that raises is

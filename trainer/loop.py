@@ -42,6 +42,10 @@ class Progress:
     shuffle_key: Any = None
     stop_reason: str | None = None
 
+    def request_stop(self, reason: str = "callback") -> None:
+        """Stop after the current step (the first reason given is kept)."""
+        self.stop, self.stop_reason = True, self.stop_reason or reason
+
 
 logger = logging.getLogger("trainer")
 

@@ -10,8 +10,7 @@ overridable methods below are the steps; their defaults are the pure functions o
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -295,7 +294,7 @@ class Trainer:
                 args.check_labels(unplaced_val, self._setup.loss.classes, self._setup.keys)
             cbs = self._callback_list(callbacks, verbose, "fit")
             cbs.set_params({"epochs": epochs, "steps": plan.steps, "verbose": verbose})
-            hooks = Hooks(cbs, session, self._setup.log_order(), copy=self.donate, model=self._model, stop=self._stop_by_model)
+            hooks = Hooks(cbs, session, self._setup.log_order(), copy=self.donate, model=self._model, stop=self._progress.request_stop)
             plan.with_logs = hooks.wants_logs("train")
             p = self._progress
             self._running, self._fit_data = cbs, data
@@ -303,7 +302,7 @@ class Trainer:
             p.epoch, p.batch, p.epoch_complete = int(initial_epoch), 0, False
             try:
                 self._checkpoints.resume(cbs, resume)
-                with self._interruptible(), self._exception_hooks(hooks):
+                with self._interruptible(), hooks.on_exception():
                     hooks.call("on_train_begin", None)
                     loop = self._runtime.loop(session, hooks)
                     scale_logged = optlib.lr_scale(self.optimizer_state()) != 1.0 or any(c.changes_learning_rate for c in cbs)
@@ -411,18 +410,6 @@ class Trainer:
         if mode == "fit":
             self.history = History()
         return callback_list([*self._callbacks, *(extra or [])], verbose, self, self.history if mode == "fit" else None)
-
-    @contextmanager
-    def _exception_hooks(self, hooks: Hooks) -> Iterator[None]:
-        try:
-            yield
-        except BaseException as error:
-            hooks.exception(error)
-            raise
-
-    def _stop_by_model(self) -> None:
-        self._progress.stop = True
-        self._progress.stop_reason = self._progress.stop_reason or "callback"
 
     def _interruptible(self) -> Any:
         # a call nested in a fit's callback keeps the fit's flag
