@@ -99,11 +99,12 @@ def test_mesh_arguments_are_checked():
     assert Trainer(model, optax.sgd(0.1), mesh=mesh, data_axis="batch")._placement.data_size == 1
 
 
-MODEL_PARALLEL = textwrap.dedent(
+# a two-layer MLP whose first kernel is split over the mesh's "model" axis
+SHARDED_NET = textwrap.dedent(
     """
-    import json
+    import json, sys
     import jax, numpy as np, optax
-    from jax.sharding import Mesh, PartitionSpec as P
+    from jax.sharding import Mesh
     import callbacks, nnx
     from trainer import Trainer
 
@@ -116,7 +117,11 @@ MODEL_PARALLEL = textwrap.dedent(
 
         def __call__(self, x):
             return self.l2(jax.nn.relu(self.l1(x)))
+    """
+)
 
+MODEL_PARALLEL = SHARDED_NET + textwrap.dedent(
+    """
     class Spec(callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             self.seen = str(getattr(self.model.l1.kernel.value.sharding, "spec", None))
@@ -155,24 +160,8 @@ def test_a_data_and_model_mesh_shards_parameters_by_their_metadata():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-CHECKPOINT = textwrap.dedent(
+CHECKPOINT = SHARDED_NET + textwrap.dedent(
     """
-    import json, sys
-    import jax, numpy as np, optax
-    from jax.sharding import Mesh
-    import nnx
-    from trainer import Trainer
-
-    class Net(nnx.Module):
-        def __init__(self):
-            rngs = nnx.Rngs(0)
-            init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "model"))
-            self.l1 = nnx.Linear(4, 8, kernel_init=init, rngs=rngs)
-            self.l2 = nnx.Linear(8, 3, rngs=rngs)
-
-        def __call__(self, x):
-            return self.l2(jax.nn.relu(self.l1(x)))
-
     mode, directory = sys.argv[1], sys.argv[2]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4)).astype(np.float32)
