@@ -41,6 +41,8 @@ class StepSetup:
         self.keys = keys
         self.aux_keys: tuple[str, ...] | None = None  # known once a first batch was seen
         self.step_keys: tuple[str, ...] = ()  # scalar logs an overridden step adds (averaged)
+        # labels come from a dataset in this call: checked on the device (arrays: on the host)
+        self.streamed_labels = True
         self._checked: Any = None  # what ``prepare`` last checked
 
     def contexts(
@@ -49,7 +51,7 @@ class StepSetup:
         """The train and eval contexts of ``spec``."""
         train = StepContext(
             spec, True, tx, self.loss.fn, self.metrics, self.aux_keys or (), self.keys, skip_nonfinite,
-            self.step_keys, self.loss.classes,
+            self.step_keys, self.loss.classes if self.streamed_labels else None,
         )
         return train, dataclasses.replace(train, training=False, tx=None)
 

@@ -24,7 +24,7 @@ from trainer import data as datalib
 from trainer import optimizer as optlib
 from trainer import steps as steplib
 from trainer.checkpoints import Checkpoints
-from trainer.data import ArrayData
+from trainer.data import ArrayData, IterData
 from trainer.hooks import Hooks, callback_list
 from trainer.interrupt import interrupt_progress
 from trainer.loop import Progress, stitch_outputs
@@ -283,6 +283,7 @@ class Trainer:
         args.check_one_shot(data, epochs, initial_epoch, steps_per_epoch)
         self._placement.check_batch_size(bs)
         unplaced, unplaced_val = data, val  # (labels are checked on these, on the host)
+        self._setup.streamed_labels = any(isinstance(d, IterData) for d in (data, val))
         data, val = self._placement.data(data), self._placement.data(val)
         if val is not None:
             args.check_one_shot_validation(val, epochs - initial_epoch, validation_steps, validation_freq)
@@ -337,6 +338,7 @@ class Trainer:
         steps = args.optional_count("evaluate(steps=...)", steps)
         self._placement.check_batch_size(bs)
         unplaced = datalib.from_user(x, y, sample_weight, keys=self._setup.keys)
+        self._setup.streamed_labels = isinstance(unplaced, IterData)
         data = self._placement.data(unplaced)
         self._last_batch = BatchPlan(data, "eval", bs, steps=steps, pad=True).first_batch()
         with self._call(False, self._last_batch, verbose) as session:
@@ -391,6 +393,7 @@ class Trainer:
         return self._one_batch("predict", (batchlib.normalize_batch(x),))
 
     def _one_batch(self, kind: str, batch: Any) -> Any:
+        self._setup.streamed_labels = True  # no host check of single batches: the device checks
         with self._call(kind == "train", batch if kind != "predict" else None, 0) as session:
             return self._runtime.one_batch(session, kind, batch)
 
