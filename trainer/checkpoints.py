@@ -11,12 +11,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
 
 import checkpointing
 import nnx
 from callbacks.base import callback_states, load_callback_states
-from nnx.spmd import get_var_pspec
 from trainer import model_state
 from trainer.data import IterData
 from trainer.loop import Progress
@@ -135,14 +133,11 @@ class Checkpoints:
             return None
         by_path = {}
         for path, var in nnx.state(self.model, checkpointing.CHECKPOINTED).flat_state():
-            value = var.get_value()
-            target = NamedSharding(placement.mesh, get_var_pspec(var))
-            by_path[("model", *map(str, path))] = (target, tuple(jnp.shape(value)))
-        opt_leaves = jax.tree.leaves(self._opt_state())
-        for i, leaf in enumerate(opt_leaves):
-            current = getattr(leaf, "sharding", None)
-            on_mesh = isinstance(current, NamedSharding) and current.mesh == placement.mesh
-            by_path[("optimizer", str(i))] = (current if on_mesh else placement.replicated, tuple(jnp.shape(leaf)))
+            shape = tuple(jnp.shape(var.get_value()))
+            by_path[("model", *map(str, path))] = (placement.variable_sharding(var), shape)
+        for i, leaf in enumerate(jax.tree.leaves(self._opt_state())):
+            target = leaf.sharding if placement.on_mesh(leaf) else placement.replicated
+            by_path[("optimizer", str(i))] = (target, tuple(jnp.shape(leaf)))
 
         def sharding(path: tuple[str, ...], shape: tuple[int, ...]) -> Any:
             found = by_path.get(path)

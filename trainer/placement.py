@@ -63,12 +63,7 @@ class Placement:
             return params, others
 
         def put(value: Any, variable: Any) -> Any:
-            current = getattr(value, "sharding", None)
-            if isinstance(current, NamedSharding) and current.mesh == self.mesh:
-                return value
-            if isinstance(variable, nnx.Variable):
-                return self._put(value, NamedSharding(self.mesh, get_var_pspec(variable)))
-            return self._put(value, self.replicated)
+            return value if self.on_mesh(value) else self._put(value, self.variable_sharding(variable))
 
         variables = spec.variables
         leaves, treedef = jax.tree.flatten(params)
@@ -88,9 +83,17 @@ class Placement:
         host = np.asarray(value)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
-    def _on_mesh(self, leaf: Any) -> bool:
+    def on_mesh(self, leaf: Any) -> bool:
+        """Whether ``leaf`` is an array already laid out on this mesh."""
         current = getattr(leaf, "sharding", None)
         return isinstance(current, NamedSharding) and current.mesh == self.mesh
+
+    def variable_sharding(self, variable: Any) -> NamedSharding:
+        """Where a model leaf goes: by its Variable's sharding metadata (logical axis rules
+        applied), replicated without metadata or for a raw array."""
+        if isinstance(variable, nnx.Variable):
+            return NamedSharding(self.mesh, get_var_pspec(variable))
+        return self.replicated
 
     def session_state(self, state: Any, spec: Any, init_opt: Any) -> Any:
         """``state`` with every leaf on the mesh: the model's arrays by their metadata, an
@@ -101,18 +104,18 @@ class Placement:
             return state
         params, others = self.model_arrays(spec, state.params, state.others)
         opt = state.opt_state
-        if opt is not None and not all(self._on_mesh(v) for v in jax.tree.leaves(opt)):
+        if opt is not None and not all(self.on_mesh(v) for v in jax.tree.leaves(opt)):
             fresh = init_opt(params)  # laid out after the parameters
 
             def follow(value: Any, like: Any) -> Any:
-                if self._on_mesh(value):
+                if self.on_mesh(value):
                     return value
-                return self._put(value, like.sharding if self._on_mesh(like) else self.replicated)
+                return self._put(value, like.sharding if self.on_mesh(like) else self.replicated)
 
             opt = jax.tree.map(follow, opt, fresh)
 
         def replicate(tree: Any) -> Any:
-            return jax.tree.map(lambda v: v if self._on_mesh(v) else self._put(v, self.replicated), tree)
+            return jax.tree.map(lambda v: v if self.on_mesh(v) else self._put(v, self.replicated), tree)
 
         return state._replace(
             params=params, others=others, opt_state=opt, metrics=replicate(state.metrics),
@@ -125,12 +128,7 @@ class Placement:
         replicated. None without a mesh (the compiler decides)."""
         if self.mesh is None:
             return None
-        out = []
-        for leaf in leaves:
-            current = getattr(leaf, "sharding", None)
-            keep = isinstance(current, NamedSharding) and current.mesh == self.mesh
-            out.append(current if keep else self.replicated)
-        return tuple(out)
+        return tuple(leaf.sharding if self.on_mesh(leaf) else self.replicated for leaf in leaves)
 
     def check_batch_size(self, batch_size: int, what: str = "batch_size") -> None:
         """The global batch must split evenly over the data axis."""

@@ -21,7 +21,8 @@ def _run(code, devices, *argv):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-RUN = textwrap.dedent(
+# a model with BatchNorm and Dropout, shared by the scripts (HOSTS joins jax.distributed first)
+BATCHNORM_NET = textwrap.dedent(
     """
     import json
     import jax, numpy as np, optax
@@ -41,6 +42,11 @@ RUN = textwrap.dedent(
         def __call__(self, x):
             return self.l2(self.drop(jax.nn.relu(self.bn(self.l1(x)))))
 
+    """
+)
+
+RUN = BATCHNORM_NET + textwrap.dedent(
+    """
     rng = np.random.default_rng(0)
     x = rng.normal(size=(100, 4)).astype(np.float32)
     y = rng.integers(0, 3, size=100).astype(np.int32)
@@ -283,21 +289,9 @@ HOSTS = textwrap.dedent(
     if pid >= 0:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
-    import numpy as np, optax
-    import nnx
-    from trainer import Trainer
-
-    class Net(nnx.Module):
-        def __init__(self):
-            rngs = nnx.Rngs(params=0, dropout=1)
-            self.l1 = nnx.Linear(4, 16, use_bias=False, rngs=rngs)
-            self.bn = nnx.BatchNorm(16, rngs=rngs)
-            self.drop = nnx.Dropout(0.25, rngs=rngs)
-            self.l2 = nnx.Linear(16, 3, rngs=rngs)
-
-        def __call__(self, x):
-            return self.l2(self.drop(jax.nn.relu(self.bn(self.l1(x)))))
-
+    """
+) + BATCHNORM_NET + textwrap.dedent(
+    """
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4)).astype(np.float32)
     y = rng.integers(0, 3, size=64).astype(np.int32)
