@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import subprocess
 import sys
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -75,6 +78,24 @@ def train(backup_dir: str, block_after: int | None = None, ready: str | None = N
         callbacks=[backup, BlockAfter(block_after, ready, backup)],
     )
     return initial, params(model), backup.restored_step
+
+
+def kill_when_ready(process: subprocess.Popen, ready: str | os.PathLike, seconds: float, log: Any = None) -> None:
+    """SIGKILL ``process`` once it has written ``ready`` (it blocks there), and reap it; an
+    AssertionError when it ends first or takes longer than ``seconds`` (``log``: its output)."""
+    try:
+        deadline = time.monotonic() + seconds
+        while not os.path.exists(ready):
+            shown = f":\n{log.read_text()}" if log is not None else ""
+            assert process.poll() is None, f"the run ended before blocking{shown}"
+            assert time.monotonic() < deadline, f"the run did not block within {seconds} s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import _backup_run
 import grain
@@ -35,17 +34,8 @@ def test_run_killed_between_backups_mid_epoch_resumes_to_identical_parameters(tm
         # the uninterrupted run, here, while the child trains
         initial, expected, restored = _backup_run.train(str(tmp_path / "straight"))
         assert restored is None and not (tmp_path / "straight").exists()  # deleted on completion
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            assert killed.poll() is None, f"the run ended before blocking:\n{log.read_text()}"
-            assert time.monotonic() < deadline, "the run did not reach step 7 in 120 s"
-            time.sleep(0.05)
-        killed.send_signal(signal.SIGKILL)
-        killed.wait(timeout=30)
     finally:
-        if killed.poll() is None:
-            killed.kill()
-            killed.wait()
+        _backup_run.kill_when_ready(killed, ready, 120, log)
     assert killed.returncode == -signal.SIGKILL
     assert ready.read_text() == "1 1"  # killed in the middle of epoch 1
     assert BackupAndRestore(backup_dir).steps() == [6]  # the last backup before the kill

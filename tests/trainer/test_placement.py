@@ -242,8 +242,6 @@ def test_a_model_created_sharded_stays_sharded():
 
 
 def test_a_run_killed_on_four_devices_resumes_exactly(tmp_path):
-    import signal
-    import time
 
     import _backup_run
 
@@ -261,17 +259,7 @@ def test_a_run_killed_on_four_devices_resumes_exactly(tmp_path):
         [sys.executable, script, str(backup_dir), "--block-after", "7", "--ready", str(ready), "--mesh", "auto"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    try:
-        deadline = time.monotonic() + 240
-        while not ready.exists():
-            assert killed.poll() is None and time.monotonic() < deadline, "the run did not reach step 7"
-            time.sleep(0.05)
-        killed.send_signal(signal.SIGKILL)
-        killed.wait(timeout=30)
-    finally:
-        if killed.poll() is None:
-            killed.kill()
-            killed.wait()
+    _backup_run.kill_when_ready(killed, ready, 240)
     resumed = run(str(backup_dir), "--out", str(tmp_path / "resumed.npz"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     want, got = np.load(tmp_path / "straight.npz"), np.load(tmp_path / "resumed.npz")
