@@ -9,6 +9,8 @@ once. Rows, each with the reference it is compared with:
   (a pure function of ``(seed, epoch)``); ``Trainer.fit`` (shuffled, ``steps_per_execution=1``).
 - ``reference lax.scan x32``: one call scans 32 steps over 32 pre-sliced batches;
   ``Trainer.fit spe=32`` (``shuffle=False``).
+- ``... no-skip``: the row above with ``skip_nonfinite=False``: without the per-step check of
+  the gradients (a step with NaN/inf gradients is then applied), against the same reference.
 - ``Trainer(model, adam).fit``: ``Trainer(model, optax.adam(1e-3)).fit(x, y)`` with every
   default (loss inferred, shuffling, ``steps_per_execution="auto"``) against the gather loop.
 - with the ``bench`` extra (``pip install -e '.[bench]'``): a flax.nnx ``nnx.jit`` loop and keras 3
@@ -142,14 +144,22 @@ def reference_loop(sizes, x, y, bs: int, fused: int, shuffle: bool = True) -> Ru
     return run
 
 
-def trainer_loop(sizes, x, y, bs: int, fused: int | str, shuffle: bool = True) -> Run:
-    trainer = Trainer(MLP(sizes), optax.adam(1e-3), loss="sparse_categorical_crossentropy", steps_per_execution=fused)
+def trainer_loop(sizes, x, y, bs: int, fused: int | str, shuffle: bool = True, skip_nonfinite: bool = True) -> Run:
+    trainer = Trainer(
+        MLP(sizes), optax.adam(1e-3), loss="sparse_categorical_crossentropy", steps_per_execution=fused,
+        skip_nonfinite=skip_nonfinite,
+    )
 
     def run(epochs: int) -> None:
         trainer.fit(x, y, batch_size=bs, epochs=epochs, verbose=0, drop_remainder=True, shuffle=shuffle)
         jax.block_until_ready(trainer.model.layers[0].kernel.value)
 
     return run
+
+
+def unguarded_trainer_loop(sizes, x, y, bs: int, fused: int, shuffle: bool = True) -> Run:
+    """``Trainer.fit`` with ``skip_nonfinite=False``: what the per-step non-finite check costs."""
+    return trainer_loop(sizes, x, y, bs, fused, shuffle, skip_nonfinite=False)
 
 
 def default_trainer_loop(sizes, x, y, bs: int, fused: int, shuffle: bool = True) -> Run:
@@ -249,10 +259,12 @@ def bench(name: str, sizes, bs: int, n: int, epochs: int, passes: int) -> dict[s
     factories = {  # name: (factory, fused, shuffle, the reference it is compared with)
         SLICE_REFERENCE: (reference_loop, 1, False, SLICE_REFERENCE),
         "Trainer.fit shuffle=False": (trainer_loop, 1, False, SLICE_REFERENCE),
+        "Trainer.fit shuffle=False no-skip": (unguarded_trainer_loop, 1, False, SLICE_REFERENCE),
         REFERENCE: (reference_loop, 1, True, REFERENCE),
         "Trainer.fit": (trainer_loop, 1, True, REFERENCE),
         SCAN_REFERENCE: (reference_loop, FUSE, False, SCAN_REFERENCE),
         f"Trainer.fit spe={FUSE}": (trainer_loop, FUSE, False, SCAN_REFERENCE),
+        f"Trainer.fit spe={FUSE} no-skip": (unguarded_trainer_loop, FUSE, False, SCAN_REFERENCE),
         "Trainer(model, adam).fit": (default_trainer_loop, 1, True, REFERENCE),
         "flax.nnx jit": (flax_loop, 1, True, REFERENCE),
         "keras fit": (keras_loop, 1, True, REFERENCE),
@@ -276,11 +288,11 @@ def bench(name: str, sizes, bs: int, n: int, epochs: int, passes: int) -> dict[s
             times[key].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{name}: MLP {_describe(sizes)}, batch {bs}, {steps} steps per pass, {passes} passes")
-    print(f"  {'implementation':<26} {'steps/s':>10} {'us/step':>9}  ratio to its reference")
+    print(f"  {'implementation':<34} {'steps/s':>10} {'us/step':>9}  ratio to its reference")
     for key, t in med.items():
         base = factories[key][3]
         ratio = statistics.median(a / b for a, b in zip(times[key], times[base], strict=True))
-        print(f"  {key:<26} {steps / t:>10.0f} {1e6 * t / steps:>9.1f}  {ratio:.3f}x ({base})")
+        print(f"  {key:<34} {steps / t:>10.0f} {1e6 * t / steps:>9.1f}  {ratio:.3f}x ({base})")
     default = "Trainer(model, adam).fit"
     if default in times:  # against the cheaper loop too, which does not shuffle
         ratio = statistics.median(a / b for a, b in zip(times[default], times[SLICE_REFERENCE], strict=True))
@@ -289,7 +301,7 @@ def bench(name: str, sizes, bs: int, n: int, epochs: int, passes: int) -> dict[s
         speedup = statistics.median(a / b for a, b in zip(times["keras fit"], times["Trainer.fit"], strict=True))
         print(f"  Trainer.fit is {speedup:.2f}x as fast as keras fit")
     for key in missing:
-        print(f"  {key:<26} not installed (pip install -e '.[bench]')")
+        print(f"  {key:<34} not installed (pip install -e '.[bench]')")
     return {k: steps / t for k, t in med.items()}
 
 

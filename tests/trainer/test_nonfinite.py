@@ -117,3 +117,21 @@ def test_all_finite_sees_any_nan_or_infinity():
     # opposite infinities in two leaves do not cancel out
     assert not bool(all_finite({"a": jnp.array([np.inf]), "b": jnp.array([-np.inf])}))
     assert not bool(all_finite({"h": jnp.array([np.inf], jnp.bfloat16)}))
+    # values near float32's largest are finite: the check does not sum them
+    assert bool(all_finite({"a": jnp.full((4,), 3e38), "b": jnp.full((2, 2), -3e38)}))
+
+
+def test_all_finite_checks_large_complex_and_lone_leaves():
+    from trainer.steps import SMALL_LEAF, all_finite
+
+    big = jnp.ones((SMALL_LEAF + 1,))
+    small = {"w": jnp.ones((3, 3)), "b": jnp.zeros((3,), jnp.bfloat16), "e": jnp.ones((0,))}
+    assert bool(all_finite({"big": big, **small}))
+    for tree in (
+        {"big": big.at[-1].set(np.nan), **small},
+        {"big": big, **small, "b": small["b"].at[1].set(-np.inf)},
+        {"only": jnp.array([1.0, np.inf])},
+        {"z": jnp.array([1 + 1j, complex(0, np.nan)], jnp.complex64), **small},
+    ):
+        assert not bool(all_finite(tree))
+    assert bool(all_finite({"z": jnp.array([1 + 1j], jnp.complex64), "n": jnp.arange(3)}))
