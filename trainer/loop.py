@@ -42,6 +42,11 @@ class Progress:
     shuffle_key: Any = None
     stop_reason: str | None = None
 
+    def start(self, epoch: int) -> None:
+        """A fit begins at the start of ``epoch``, with no stop requested."""
+        self.stop, self.interrupted, self.stop_reason = False, False, None
+        self.epoch, self.batch, self.epoch_complete = int(epoch), 0, False
+
     def request_stop(self, reason: str = "callback") -> None:
         """Stop after the current step (the first reason given is kept)."""
         self.stop, self.stop_reason = True, self.stop_reason or reason

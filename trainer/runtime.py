@@ -8,15 +8,20 @@ methods, and the options ``donate``, ``skip_nonfinite``, ``steps_per_execution``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import jax
 
+from trainer import arguments as args
+from trainer import data as datalib
 from trainer import model_state
+from trainer import optimizer as optlib
 from trainer.compiled import ContextSlot, NewStepKeys, Program, StepCompiler
+from trainer.data import ArrayData, IterData
 from trainer.hooks import Hooks
 from trainer.loop import FusionTuner, Loop, Progress
 from trainer.model_state import TrainState
@@ -28,6 +33,21 @@ from trainer.setup import StepSetup
 from trainer.steps import StepContext
 
 logger = logging.getLogger("trainer")
+
+
+@dataclasses.dataclass
+class FitSources:
+    """The training plan and validation source of a fit, placed; and the unplaced sources,
+    whose integer labels ``check_labels`` checks on the host (once the loss is settled)."""
+
+    plan: BatchPlan
+    val: ArrayData | IterData | None
+    unplaced: tuple[Any, ...]
+    setup: StepSetup
+
+    def check_labels(self) -> None:
+        for source in self.unplaced:
+            args.check_labels(source, self.setup.loss.classes, self.setup.keys)
 
 
 class Runtime:
@@ -127,6 +147,45 @@ class Runtime:
             data, kind, batch_size, fused=spe if isinstance(spe, int) else 1, keys=self.setup.keys,
             put=self.placement.batch, **options,
         )
+
+    def fit_sources(
+        self, data: ArrayData | IterData, batch_size: int, *, validation_split: float, validation_data: Any,
+        epochs: int, initial_epoch: int, steps_per_epoch: int | None, validation_steps: int | None, validation_freq: Any,
+        drop_remainder: bool,
+    ) -> FitSources:
+        """Split off and check the validation source, place both, and plan the epochs."""
+        val = None
+        if validation_split:
+            data, val = datalib.split_tail(data, validation_split)
+        if validation_data is not None:
+            val = args.validation_source(validation_data, self.setup.keys)
+        args.check_one_shot(data, epochs, initial_epoch, steps_per_epoch)
+        self.placement.check_batch_size(batch_size)
+        unplaced = tuple(d for d in (data, val) if d is not None)
+        self.setup.streamed_labels = any(isinstance(d, IterData) for d in unplaced)
+        data, val = self.placement.data(data), self.placement.data(val)
+        if val is not None:
+            args.check_one_shot_validation(val, epochs - initial_epoch, validation_steps, validation_freq)
+        plan = self.plan(data, "train", batch_size, steps=steps_per_epoch, drop_remainder=drop_remainder)
+        return FitSources(plan, val, unplaced, self.setup)
+
+    def epoch_logs(
+        self, loop: Loop, val: Any, batch_size: int, validation_steps: int | None, validation_freq: Any,
+        callbacks: Any,
+    ) -> Callable[[int], dict[str, float]]:
+        """``epoch_logs(epoch)`` for ``Loop.fit``: the epoch's running logs, the validation
+        results (when ``validation_freq`` says so) and the learning-rate logs."""
+        opt_state = self.owner.optimizer_state
+        scale_logged = optlib.lr_scale(opt_state()) != 1.0 or any(c.changes_learning_rate for c in callbacks)
+
+        def logs_of(epoch: int) -> dict[str, float]:
+            logs = self.logs(loop.session)
+            if val is not None and args.validate_now(epoch, validation_freq):
+                val_logs = self.evaluate(loop, val, batch_size, validation_steps, in_fit=True)
+                logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            return {**logs, **optlib.lr_logs(opt_state(), scale_logged)}
+
+        return logs_of
 
     def evaluate(self, loop: Loop, data: Any, batch_size: int, steps: int | None, in_fit: bool) -> dict[str, float]:
         """An evaluation pass over ``data`` in ``loop`` (validation inside a fit, or evaluate):

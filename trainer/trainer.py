@@ -57,7 +57,8 @@ class Trainer:
       donate: donate the state buffers to each step (the Trainer owns copies).
       skip_nonfinite: a train step whose loss or gradients are not finite (NaN, inf) leaves
         parameters, statistics and optimizer state as they were; such steps are counted in the
-        logs (``nonfinite_steps``, ``first_nonfinite_step``).
+        logs (``nonfinite_steps``, ``first_nonfinite_step``). With False every update is
+        applied and the steps with a non-finite loss are counted.
       max_consecutive_nonfinite: stop training after this many non-finite steps in a row
         (``stop_reason`` is then ``"nonfinite"``); None never stops.
       input_keys, target_key, weight_key: the parts of dict batches.
@@ -274,47 +275,28 @@ class Trainer:
         """
         verbose, bs = args.verbosity(verbose), args.batch_size(batch_size)
         args.fit_counts(epochs, steps_per_epoch, initial_epoch, max_steps, validation_steps, validation_freq)
-        data = datalib.from_user(x, y, sample_weight, class_weight, keys=self._setup.keys)
-        val = None
-        if validation_split:
-            data, val = datalib.split_tail(data, validation_split)
-        if validation_data is not None:
-            val = args.validation_source(validation_data, self._setup.keys)
-        args.check_one_shot(data, epochs, initial_epoch, steps_per_epoch)
-        self._placement.check_batch_size(bs)
-        unplaced, unplaced_val = data, val  # (labels are checked on these, on the host)
-        self._setup.streamed_labels = any(isinstance(d, IterData) for d in (data, val))
-        data, val = self._placement.data(data), self._placement.data(val)
-        if val is not None:
-            args.check_one_shot_validation(val, epochs - initial_epoch, validation_steps, validation_freq)
-        plan = self._runtime.plan(data, "train", bs, steps=steps_per_epoch, drop_remainder=drop_remainder)
+        src = self._runtime.fit_sources(
+            datalib.from_user(x, y, sample_weight, class_weight, keys=self._setup.keys), bs,
+            validation_split=validation_split, validation_data=validation_data, epochs=epochs,
+            initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+            validation_freq=validation_freq, drop_remainder=drop_remainder,
+        )
+        plan, val = src.plan, src.val
         self._last_batch = plan.first_batch()
         with self._call(True, self._last_batch, verbose) as session:
-            args.check_labels(unplaced, self._setup.loss.classes, self._setup.keys)
-            if val is not None:
-                args.check_labels(unplaced_val, self._setup.loss.classes, self._setup.keys)
+            src.check_labels()
             cbs = self._callback_list(callbacks, verbose, "fit")
             cbs.set_params({"epochs": epochs, "steps": plan.steps, "verbose": verbose})
             hooks = Hooks(cbs, session, self._setup.log_order(), copy=self.donate, model=self._model, stop=self._progress.request_stop)
             plan.with_logs = hooks.wants_logs("train")
-            p = self._progress
-            self._running, self._fit_data = cbs, data
-            p.stop, p.interrupted, p.stop_reason = False, False, None
-            p.epoch, p.batch, p.epoch_complete = int(initial_epoch), 0, False
+            self._running, self._fit_data = cbs, plan.data
+            self._progress.start(initial_epoch)
             try:
                 self._checkpoints.resume(cbs, resume)
                 with self._interruptible(), hooks.on_exception():
                     hooks.call("on_train_begin", None)
                     loop = self._runtime.loop(session, hooks)
-                    scale_logged = optlib.lr_scale(self.optimizer_state()) != 1.0 or any(c.changes_learning_rate for c in cbs)
-
-                    def epoch_logs(epoch: int) -> dict[str, float]:
-                        logs = self._runtime.logs(session)
-                        if val is not None and args.validate_now(epoch, validation_freq):
-                            val_logs = self._runtime.evaluate(loop, val, bs, validation_steps, in_fit=True)
-                            logs.update({f"val_{k}": v for k, v in val_logs.items()})
-                        return {**logs, **optlib.lr_logs(self.optimizer_state(), scale_logged)}
-
+                    epoch_logs = self._runtime.epoch_logs(loop, val, bs, validation_steps, validation_freq, cbs)
                     logs = loop.fit(plan, epochs, shuffle, max_steps, epoch_logs)
                     hooks.call("on_train_end", logs)
             finally:
