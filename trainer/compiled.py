@@ -123,11 +123,52 @@ def _stateful(
 
     if program.fused <= 1:
         return one
-    if gather is None:
-        return lambda state, data, perm, n: jax.lax.scan(lambda s, b: one(s, b, None, None), state, data)
-    return lambda state, data, perm, n: jax.lax.scan(
-        lambda s, _: one(s, data, perm, n), state, None, length=program.fused
-    )
+
+    def block(state: TrainState, data: Any, perm: Any, n: Any) -> tuple[TrainState, Any]:
+        packed = PackedLogs()
+
+        def body(s: TrainState, fed: Any) -> tuple[TrainState, Any]:
+            s, logs = one(s, data if gather is not None else fed, perm, n)
+            return s, packed.pack(logs)
+
+        if gather is None:  # the fed batches are stacked: the scan takes one per step
+            state, stacked = jax.lax.scan(body, state, data)
+        else:
+            state, stacked = jax.lax.scan(body, state, None, length=program.fused)
+        return state, packed.unpack(stacked)
+
+    return block
+
+
+class PackedLogs:
+    """A fused block's per-step logs, their scalars of each dtype stacked into one vector: the
+    scan then writes one row per dtype per step instead of one per log (XLA on a CPU pays a
+    kernel for each). ``pack`` runs in the scan's body (it records the layout), ``unpack`` on
+    the stacked result after the scan; the values are the same bits."""
+
+    def pack(self, logs: Any) -> tuple[list[jax.Array], list[Any]]:
+        leaves, self.treedef = jax.tree.flatten(logs)
+        self.slots: list[tuple[Any, int] | None] = []  # (dtype, index in its vector) per scalar
+        groups: dict[Any, list[jax.Array]] = {}
+        rest = []
+        for leaf in leaves:
+            leaf = jax.numpy.asarray(leaf)
+            if leaf.shape == ():
+                group = groups.setdefault(leaf.dtype, [])
+                self.slots.append((leaf.dtype, len(group)))
+                group.append(leaf)
+            else:
+                self.slots.append(None)
+                rest.append(leaf)
+        self.dtypes = tuple(groups)
+        return [jax.numpy.stack(groups[d]) for d in self.dtypes], rest
+
+    def unpack(self, stacked: tuple[list[jax.Array], list[Any]]) -> Any:
+        vectors, rest = stacked
+        by_dtype = dict(zip(self.dtypes, vectors, strict=True))
+        others = iter(rest)
+        leaves = [next(others) if slot is None else by_dtype[slot[0]][:, slot[1]] for slot in self.slots]
+        return jax.tree.unflatten(self.treedef, leaves)
 
 
 def _predicting(step: Callable[..., Any], program: Program, keys: batchlib.BatchKeys) -> Callable[..., Any]:
