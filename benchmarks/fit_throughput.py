@@ -9,8 +9,11 @@ once. Rows, each with the reference it is compared with:
   (a pure function of ``(seed, epoch)``); ``Trainer.fit`` (shuffled, ``steps_per_execution=1``).
 - ``reference lax.scan x32``: one call scans 32 steps over 32 pre-sliced batches;
   ``Trainer.fit spe=32`` (``shuffle=False``).
-- ``... no-skip``: the row above with ``skip_nonfinite=False``: without the per-step check of
-  the gradients (a step with NaN/inf gradients is then applied), against the same reference.
+- ``... no-skip``: the Trainer row above it with ``skip_nonfinite=False``: without the
+  per-step check of the gradients (a step with NaN/inf gradients is then applied).
+- ``reference ... apply_if_finite``: the slicing and scanning loops with Adam wrapped in
+  ``optax.apply_if_finite``, which skips non-finite updates as the Trainer does by default
+  (each Trainer row is also compared with its guarded loop, on a line of its own).
 - ``Trainer(model, adam).fit``: ``Trainer(model, optax.adam(1e-3)).fit(x, y)`` with every
   default (loss inferred, shuffling, ``steps_per_execution="auto"``) against the gather loop.
 - with the ``bench`` extra (``pip install -e '.[bench]'``): a flax.nnx ``nnx.jit`` loop and keras 3
@@ -49,6 +52,8 @@ FUSE = 32
 REFERENCE = "reference jax.jit gather"
 SLICE_REFERENCE = "reference jax.jit slice"
 SCAN_REFERENCE = f"reference lax.scan x{FUSE}"
+GUARDED_SLICE = "reference slice apply_if_finite"
+GUARDED_SCAN = "reference scan apply_if_finite"
 Run = Callable[[int], None]
 
 
@@ -77,14 +82,17 @@ def _shuffle(key: jax.Array, epoch: int, n: int) -> jax.Array:
     return jax.random.permutation(jax.random.fold_in(key, epoch), n).astype(jnp.int32)
 
 
-def reference_loop(sizes, x, y, bs: int, fused: int, shuffle: bool = True) -> Run:
+def reference_loop(sizes, x, y, bs: int, fused: int, shuffle: bool = True, guarded: bool = False) -> Run:
     """A pure jax.jit Adam loop with donation on arrays placed on the device once.
 
     ``shuffle``: each step gathers its batch through the epoch's permutation; else it slices
     the batch at its position. ``fused`` > 1 scans that many steps per call over pre-sliced
     batches (the data stacked as ``(steps, bs, ...)`` once, each call taking one slab).
+    ``guarded``: Adam wrapped in ``optax.apply_if_finite`` (non-finite updates skipped).
     """
     tx = optax.adam(1e-3)
+    if guarded:
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=10)
     model = MLP(sizes)
     params = [nnx.state(layer, nnx.Param).to_pure_dict() for layer in model.layers]
     carry = {"params": params, "opt": tx.init(params), "pos": jnp.zeros((), jnp.int32)}
@@ -155,6 +163,12 @@ def trainer_loop(sizes, x, y, bs: int, fused: int | str, shuffle: bool = True, s
         jax.block_until_ready(trainer.model.layers[0].kernel.value)
 
     return run
+
+
+def guarded_reference_loop(sizes, x, y, bs: int, fused: int, shuffle: bool = True) -> Run:
+    """The reference loop with ``optax.apply_if_finite``: a hand-written loop that skips
+    non-finite steps, as the Trainer does by default."""
+    return reference_loop(sizes, x, y, bs, fused, shuffle, guarded=True)
 
 
 def unguarded_trainer_loop(sizes, x, y, bs: int, fused: int, shuffle: bool = True) -> Run:
@@ -260,11 +274,13 @@ def bench(name: str, sizes, bs: int, n: int, epochs: int, passes: int) -> dict[s
         SLICE_REFERENCE: (reference_loop, 1, False, SLICE_REFERENCE),
         "Trainer.fit shuffle=False": (trainer_loop, 1, False, SLICE_REFERENCE),
         "Trainer.fit shuffle=False no-skip": (unguarded_trainer_loop, 1, False, SLICE_REFERENCE),
+        GUARDED_SLICE: (guarded_reference_loop, 1, False, SLICE_REFERENCE),
         REFERENCE: (reference_loop, 1, True, REFERENCE),
         "Trainer.fit": (trainer_loop, 1, True, REFERENCE),
         SCAN_REFERENCE: (reference_loop, FUSE, False, SCAN_REFERENCE),
         f"Trainer.fit spe={FUSE}": (trainer_loop, FUSE, False, SCAN_REFERENCE),
         f"Trainer.fit spe={FUSE} no-skip": (unguarded_trainer_loop, FUSE, False, SCAN_REFERENCE),
+        GUARDED_SCAN: (guarded_reference_loop, FUSE, False, SCAN_REFERENCE),
         "Trainer(model, adam).fit": (default_trainer_loop, 1, True, REFERENCE),
         "flax.nnx jit": (flax_loop, 1, True, REFERENCE),
         "keras fit": (keras_loop, 1, True, REFERENCE),
@@ -293,6 +309,9 @@ def bench(name: str, sizes, bs: int, n: int, epochs: int, passes: int) -> dict[s
         base = factories[key][3]
         ratio = statistics.median(a / b for a, b in zip(times[key], times[base], strict=True))
         print(f"  {key:<34} {steps / t:>10.0f} {1e6 * t / steps:>9.1f}  {ratio:.3f}x ({base})")
+    for row, guarded in (("Trainer.fit shuffle=False", GUARDED_SLICE), (f"Trainer.fit spe={FUSE}", GUARDED_SCAN)):
+        ratio = statistics.median(a / b for a, b in zip(times[row], times[guarded], strict=True))
+        print(f"  {row} takes {ratio:.3f}x the time of the {guarded} loop (both skip non-finite steps)")
     default = "Trainer(model, adam).fit"
     if default in times:  # against the cheaper loop too, which does not shuffle
         ratio = statistics.median(a / b for a, b in zip(times[default], times[SLICE_REFERENCE], strict=True))
