@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import nnx
 from trainer import Trainer
@@ -135,3 +137,26 @@ def test_all_finite_checks_large_complex_and_lone_leaves():
     ):
         assert not bool(all_finite(tree))
     assert bool(all_finite({"z": jnp.array([1 + 1j], jnp.complex64), "n": jnp.arange(3)}))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.sampled_from([1, 3, 17, 300]), min_size=1, max_size=6),
+    dtypes=st.lists(st.sampled_from([np.float32, jnp.bfloat16, np.float16]), min_size=6, max_size=6),
+    bad=st.none() | st.tuples(st.integers(0, 5), st.integers(0, 10**6), st.sampled_from([np.nan, np.inf, -np.inf])),
+)
+def test_all_finite_matches_numpy_on_random_trees(sizes, dtypes, bad):
+    from trainer import steps
+
+    leaves = [np.linspace(-5e3, 5e3, n).astype(dtypes[i]) for i, n in enumerate(sizes)]
+    if bad is not None:
+        leaf, at, value = bad
+        leaves[leaf % len(leaves)][at % leaves[leaf % len(leaves)].size] = value
+    want = all(np.isfinite(x.astype(np.float32)).all() for x in leaves)
+    # a small SMALL_LEAF puts the larger leaves on the per-leaf path, the rest in one vector
+    original, steps.SMALL_LEAF = steps.SMALL_LEAF, 100
+    try:
+        got = bool(steps.all_finite([jnp.asarray(x) for x in leaves]))
+    finally:
+        steps.SMALL_LEAF = original
+    assert got == want
