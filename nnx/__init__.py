@@ -36,6 +36,7 @@ from nnx._contexts import (
 from nnx._display import display
 from nnx._graph_state import GraphState, as_pure, call, unpack, with_vars
 from nnx._modes import set_graph_mode, set_graph_updates
+from nnx._node_states import NodeStates, from_tree, to_tree
 from nnx._tracing import TraceContextError
 from nnx.filterlib import All, Any, Everything, Not, Nothing, OfType, PathContains, WithTag
 from nnx.graph import (
@@ -175,6 +176,7 @@ __all__ = [
     "call", "as_pure", "pure", "with_vars", "vars_as",
     # split / merge / update contexts
     "SplitContext", "split_context", "MergeContext", "merge_context", "UpdateContext",
+    "NodeStates", "to_tree", "from_tree",
     "update_context", "current_update_context",
     # views and captures
     "view", "view_info", "with_attributes", "capture",

@@ -1,5 +1,6 @@
 """JAX transforms that understand graph nodes; ``__all__`` is re-exported at the top of ``nnx``."""
 
+from nnx.transforms import general  # split_inputs / merge_inputs, as nnx.transforms.general
 from nnx.transforms.autodiff import DiffState, checkpoint, grad, remat, value_and_grad
 from nnx.transforms.axis_metadata import transform_metadata
 from nnx.transforms.checking import checkify, make_jaxpr
