@@ -15,6 +15,7 @@ out once, by an abstract trace, and ``nnx.pmap`` compiles once per signature.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -193,12 +194,20 @@ def mapped(
                 axis_name=transform_kwargs.get("axis_name"),
                 axis_size=transform_kwargs.get("axis_size"),
             )
-            axes = axes_of(jax.eval_shape(zeros, values, extraction.ordinary)[3].value)
-            return [jax.vmap(pure, in_axes=(leaf_axes, ord_axes), out_axes=(*axes, 0), **transform_kwargs), axes]
+            info = jax.eval_shape(zeros, values, extraction.ordinary)[3].value
+            axes = axes_of(info)
+            mapped_fn = jax.vmap(pure, in_axes=(leaf_axes, ord_axes), out_axes=(*axes, 0), **transform_kwargs)
+            return [mapped_fn, axes, _state_labels(info, extraction)]
 
         key = (extraction.static, tuple(leaf_axes), tuple(ord_axes))
         entry = programs.get(key, make)
-        state, node_leaves, out_ord, box = entry[0](values, extraction.ordinary)
+        try:
+            state, node_leaves, out_ord, box = entry[0](values, extraction.ordinary)
+        except ValueError as e:
+            named = _named_state_error(e, entry[2] if len(entry) > 2 else None)
+            if named is None:
+                raise
+            raise named from None
         if jax_transform is jax.pmap:
             if entry[1] is None:
                 entry[1] = axes_of(box.value)
@@ -212,6 +221,40 @@ def mapped(
         return apply(extraction, box, new_vals, out_ord)
 
     return wrapper
+
+
+def _state_labels(info: CallInfo, extraction: Extraction) -> list[str]:
+    """A name for each state leaf the call returns: its type, path and argument."""
+    f = extraction.flattener
+    if info.updated is not None:  # structure unchanged: the input leaves
+        return [
+            f"the {type(leaf).__name__} '{'/'.join(map(str, path))}' of args[{i}]"
+            for leaf, path, i in zip(extraction.leaves, f.paths, extraction.leaf_args, strict=True)
+        ]
+    labels = []
+    for i, defs in enumerate(info.in_defs):
+        for d in defs:
+            for path, stand_in in leaf_shapes(d) if d is not None else ():
+                kind = type(stand_in).__name__ if stand_in is not None else "array"
+                labels.append(f"the {kind} '{'/'.join(map(str, path))}' of args[{i}]")
+    return labels
+
+
+_BATCHED_BROADCAST = re.compile(r"at vmap out_axes\[0\]\[(\d+)\], (got axis spec None but output was batched.*)", re.S)
+
+
+def _named_state_error(error: ValueError, labels: list[str] | None) -> ValueError | None:
+    """jax.vmap's error for a state leaf with out axis None that came out batched, naming the
+    leaf (the positional out_axes path JAX gives means nothing to the caller); None for any
+    other error."""
+    match = _BATCHED_BROADCAST.search(str(error))
+    if labels is None or match is None or int(match.group(1)) >= len(labels):
+        return None
+    return ValueError(
+        f"at vmap, {labels[int(match.group(1))]} came in without a batch axis (in_axes None), "
+        f"but the function gave it a batched value: {match.group(2)}. Give it an axis in "
+        "in_axes, or do not write batched values into it."
+    )
 
 
 def _from_device_axis(x: Any, axis: Any) -> Any:

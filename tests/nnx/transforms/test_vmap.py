@@ -77,3 +77,21 @@ def test_pmap_applies_out_axes_after_one_trace():
     for _ in range(2):
         y, z = f(jnp.ones((n, 3)))
     assert len(traces) == 1 and y.shape == (n, 3) and z.shape == ()
+
+
+def test_a_broadcast_variable_given_a_batched_value_is_named_in_the_error():
+    class Broadcast(nnx.Variable):
+        pass
+
+    class Env(nnx.Module):
+        def __init__(self):
+            self.total = Broadcast(jnp.array(0.0))
+            self.xs = nnx.Param(jnp.arange(4.0))
+
+    @nnx.vmap(in_axes=(nnx.StateAxes({Broadcast: None, nnx.Param: 0}),))
+    def f(env):
+        env.total[...] += env.xs[...]
+
+    with pytest.raises(ValueError, match=r"at vmap, the Broadcast 'total' of args\[0\] came in without a batch axis"
+                       r"(.|\n)*got axis spec None but output was batched on axis 0"):
+        f(Env())
