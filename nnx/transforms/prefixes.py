@@ -232,7 +232,8 @@ def _chooser(filter_map: Any) -> Any:
     return choose
 
 
-def _child(parent: Any, key: Any) -> Any:
+def child(parent: Any, key: Any) -> Any:
+    """The child of a graph node or container at ``key`` (None for anything else)."""
     if isinstance(parent, GraphNode):
         return parent._graph_get(key)
     if isinstance(parent, Mapping | list | tuple):
@@ -244,7 +245,7 @@ def _node_prefix_value(prefix_node: Any, path: tuple) -> Any:
     """The value at ``path`` in a node-shaped prefix (from ``nnx.prefix(graph=False)``)."""
     value = prefix_node
     for key in path:
-        value = _child(value, key)
+        value = child(value, key)
     return value
 
 

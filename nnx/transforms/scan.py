@@ -38,6 +38,7 @@ from nnx.transforms.lift import (
 )
 from nnx.transforms.prefixes import Carry, StateAxes
 from nnx.transforms.programs import ProgramCache
+from nnx.variablelib import Variable
 
 
 def _moveaxis(x: Any, src: int, dst: int) -> Any:
@@ -184,6 +185,8 @@ def _build_run(
     carry_pos = next((i for i, a in enumerate(out_spec) if a is Carry), None)
     leaf_axes, ord_axes = plan.leaf_axes, plan.ord_axes
 
+    raw_carry_values = _raw_carry_reader(extraction, plan)
+
     def run(values: list, ordinary: list) -> tuple:
         box_cell: list[Any] = []
 
@@ -222,6 +225,9 @@ def _build_run(
                     "removed attributes or Variables); that cannot be carried across iterations."
                 )
             box_cell[:] = [box]
+            if not mode.full:  # without graph updates, read the carry's raw arrays back
+                for j, value in raw_carry_values(inner):
+                    new_vals[j] = value
             new_c = [new_vals[j] for j in plan.carry_leaf]
             new_x = [new_vals[j] for j in plan.scan_leaf]
             return (new_c, new_c_ord), (new_x, new_vals[n_leaves:], ys_ord)
@@ -249,6 +255,35 @@ def _build_run(
         return new_vals + y_nodes, list(c_ord), y_ord, box
 
     return run
+
+
+def _raw_carry_reader(extraction: Extraction, plan: _Plan) -> Callable[[list[list[Any]]], list[tuple[int, Any]]]:
+    """``read(inner_nodes) -> [(leaf index, value)]`` for the raw array attributes of the carry
+    argument's graph nodes, read from the objects the function was given (an attribute it
+    replaced, ``state.data = state.data + 1``, is the new carry). Without graph updates
+    ``collect`` keeps raw leaves at their input values, which would freeze such a carry."""
+    node_of_range = []  # (argument, its k-th node) for each node occurrence, in order
+    for i, (treedef, defs) in enumerate(extraction.static.args):
+        count = 1 if treedef is None else sum(d is not None for d in defs)
+        node_of_range += [(i, k) for k in range(count)]
+    wanted = []  # (leaf index, node position in its argument, path in the node)
+    for (i, k), (start, stop) in zip(node_of_range, extraction.node_ranges, strict=True):
+        if i != plan.carry_arg:
+            continue
+        for j in range(start, stop):
+            if not isinstance(extraction.leaves[j], Variable):
+                wanted.append((j, k, extraction.paths[j]))
+
+    def read(inner_nodes: list[list[Any]]) -> list[tuple[int, Any]]:
+        out = []
+        for j, k, path in wanted:
+            value = inner_nodes[plan.carry_arg][k]
+            for key in path:
+                value = prefixes.child(value, key)
+            out.append((j, value))
+        return out
+
+    return read
 
 
 def _output_item_axes(info: Any, y_axes: list[Any]) -> list[int]:
@@ -321,15 +356,33 @@ def scan(
         out_spec = (out_axes,) if single_out else out_axes
         outs, ys_it = [], iter(ys)
         for ax in out_spec:
-            outs.append(_carry_result(extraction, plan, args, carry_ord) if ax is Carry else next(ys_it))
+            outs.append(
+                _carry_result(extraction, plan, args, carry_ord, None if mode.full else leaf_values)
+                if ax is Carry else next(ys_it)
+            )
         return outs[0] if single_out else tuple(outs)
 
     return wrapper
 
 
-def _carry_result(extraction: Extraction, plan: _Plan, args: Sequence[Any], carry_ord: list) -> Any:
-    """The carry argument with its objects (updated) and the final ordinary carry leaves."""
+def _carry_result(
+    extraction: Extraction, plan: _Plan, args: Sequence[Any], carry_ord: list,
+    functional_values: list | None = None,
+) -> Any:
+    """The carry argument with its objects and the final ordinary carry leaves.
+
+    With graph updates the objects are the caller's, updated in place. Without them
+    (``functional_values``: the final leaf values) only the caller's Variables are updated, so
+    the carry's graph nodes come back as new objects holding those same Variables and the
+    final values of their other attributes (a carried Variable is itself again).
+    """
     carry = args[plan.carry_arg]
+    if functional_values is not None and any(is_node(x) for x in jax.tree_util.tree_leaves(carry, is_leaf=is_node)):
+        leaves = [
+            leaf if isinstance(leaf, Variable) else value
+            for leaf, value in zip(extraction.leaves, functional_values[: len(extraction.leaves)], strict=True)
+        ]
+        carry = rebuild(extraction.static, leaves, extraction.ordinary)[0][plan.carry_arg]
     items, treedef = jax.tree_util.tree_flatten(carry, is_leaf=is_node)
     it = iter(carry_ord)
     return treedef.unflatten([x if is_node(x) else next(it) for x in items])

@@ -105,3 +105,31 @@ def test_stateaxes_carry_for_some_state_and_pytree_prefix_for_plain_arguments():
     np.testing.assert_allclose(ys, [0.0, 2.0, 6.0])
     assert float(counter.n[...]) == 3.0
     del rngs
+
+
+@pytest.mark.parametrize("graph", [True, False])
+def test_functional_scan_carries_replaced_array_attributes(graph):
+    """Without graph updates an attribute the step replaces (``state.data = ...``) is still the
+    carry: the result is a new object with the final value, its Variables the caller's."""
+
+    class Carry(nnx.Pytree):
+        def __init__(self):
+            self.data = jnp.array(0.0)
+            self.count = nnx.BatchStat(jnp.array(0))
+
+    def step(model, state, x):
+        state.data = state.data * 2 + x
+        state.count[...] += 1
+        return state, model(jnp.ones((1, 2)))[0, 0] + x
+
+    model, state = nnx.Linear(2, 1, rngs=nnx.Rngs(0)), Carry()
+    xs = jnp.arange(4.0)
+    out, ys = nnx.scan(
+        step, in_axes=(None, nnx.Carry, 0), out_axes=(nnx.Carry, 0), graph=graph, graph_updates=False
+    )(model, state, xs)
+    want = 0.0
+    for x in range(4):
+        want = want * 2 + x
+    assert float(out.data) == want and float(state.data) == 0.0  # the caller's object unchanged
+    assert out.count is state.count and int(state.count[...]) == 4
+    np.testing.assert_allclose(ys, model(jnp.ones((1, 2)))[0, 0] + xs, rtol=1e-6)
