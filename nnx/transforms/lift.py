@@ -181,6 +181,20 @@ def rebuild(
     return args, u, inner_nodes
 
 
+def rebuild_around_variables(
+    extraction: Extraction, leaf_values: Sequence[Any], ordinary: Sequence[Any]
+) -> list[Any]:
+    """Outside the trace, without graph updates: the arguments as new graph nodes that hold
+    the caller's own Variables (already updated) and ``leaf_values`` for their other array
+    attributes; a Variable argument is itself. What a carry comes back as in that mode, since
+    the caller's nodes keep their attributes."""
+    leaves = [
+        leaf if isinstance(leaf, Variable) else value
+        for leaf, value in zip(extraction.leaves, leaf_values, strict=True)
+    ]
+    return rebuild(extraction.static, leaves, ordinary)[0]
+
+
 def creation_trace(obj: Any) -> Any:
     return obj._trace if isinstance(obj, Variable) else obj._graph_trace()
 

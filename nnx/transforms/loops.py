@@ -19,6 +19,7 @@ from nnx.transforms.lift import (
     apply,
     is_node,
     rebuild,
+    rebuild_around_variables,
 )
 from nnx.variablelib import Variable
 
@@ -72,7 +73,9 @@ class _Loop:
         return [x._raw_value if isinstance(x, Variable) else x for x in g.leaves], ords
 
     def finish(self, carry: tuple) -> Any:
-        """Write the final carry into the caller's objects; the loop value with new leaves."""
+        """Write the final carry into the caller's objects; the loop value with new leaves
+        (without graph updates: new nodes around the caller's Variables, see
+        ``rebuild_around_variables``)."""
         vals, ords = carry
         f = self.extraction.flattener
         info = CallInfo(
@@ -80,6 +83,8 @@ class _Loop:
             tuple(range(len(f.objects))), False, False, None,
         )
         apply(self.extraction, StaticBox(info), list(vals), [])
+        if not self.mode.full:  # the caller's nodes keep their attributes: new nodes, same Variables
+            return rebuild_around_variables(self.extraction, vals, ords)[0]
         (arg_treedef, arg_defs), it = self.static.args[0], iter(ords)
         if arg_treedef is None:
             return f.objects[0]

@@ -33,6 +33,7 @@ from nnx.transforms.lift import (
     collect,
     is_node,
     rebuild,
+    rebuild_around_variables,
     reject_bound_method,
     resolve_kwargs,
 )
@@ -378,11 +379,8 @@ def _carry_result(
     """
     carry = args[plan.carry_arg]
     if functional_values is not None and any(is_node(x) for x in jax.tree_util.tree_leaves(carry, is_leaf=is_node)):
-        leaves = [
-            leaf if isinstance(leaf, Variable) else value
-            for leaf, value in zip(extraction.leaves, functional_values[: len(extraction.leaves)], strict=True)
-        ]
-        carry = rebuild(extraction.static, leaves, extraction.ordinary)[0][plan.carry_arg]
+        values = functional_values[: len(extraction.leaves)]
+        carry = rebuild_around_variables(extraction, values, extraction.ordinary)[plan.carry_arg]
     items, treedef = jax.tree_util.tree_flatten(carry, is_leaf=is_node)
     it = iter(carry_ord)
     return treedef.unflatten([x if is_node(x) else next(it) for x in items])
