@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 from nnx._graphdef import Unflattener
 from nnx._modes import Mode
 from nnx._modes import resolve as resolve_mode
+from nnx._walks import is_node, iter_graph
 from nnx.transforms import prefixes
 from nnx.transforms.lift import (
     Extraction,
@@ -24,6 +25,7 @@ from nnx.transforms.lift import (
     reject_bound_method,
 )
 from nnx.transforms.programs import ProgramCache
+from nnx.variablelib import Variable
 
 
 def _branches_call(
@@ -77,7 +79,10 @@ def eval_shape(
     nothing is allocated; the arguments are not changed. ``nnx.eval_shape(lambda: Model(...))``
     gives an abstract model, e.g. as a checkpoint restore target."""
     reject_bound_method(f, "eval_shape")
-    extraction = Extraction([*args, kwargs], resolve_mode(graph, graph_updates))
+    mode = resolve_mode(graph, graph_updates)
+    if mode.graph and not mode.full:
+        _check_no_shared_variables((*args, kwargs), "eval_shape")
+    extraction = Extraction([*args, kwargs], mode)
     values = extraction.leaf_values()
     static = extraction.static
 
@@ -100,6 +105,28 @@ def eval_shape(
     it = iter(out_ord)
     items = [next(it) if d is None else u.unflatten(d) for d in info.out_defs]
     return info.out_treedef.unflatten(items)
+
+
+def _check_no_shared_variables(args: tuple, where: str) -> None:
+    """A ValueError when one Variable is reached from two arguments (or two places of the
+    arguments' pytrees), which ``graph_updates=False`` cannot carry apart (as Flax's
+    ``nnx.eval_shape`` refuses it)."""
+    seen: dict[int, str] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(args, is_leaf=is_node)[0]:
+        if not is_node(leaf):
+            continue
+        for sub, obj in iter_graph(leaf):
+            if not isinstance(obj, Variable):
+                continue
+            here = "args" + jax.tree_util.keystr(path) + "".join(f"/{k}" for k in sub)
+            first = seen.setdefault(id(obj), here)
+            if first != here:
+                raise ValueError(
+                    f"Duplicate {type(obj).__name__} found at paths:\n  - {first}\n  - {here}\n"
+                    f"nnx.{where} with graph_updates=False does not support Variable aliasing "
+                    "(the same Variable in two arguments). Pass it once, pass a copy "
+                    f"(nnx.clone), or use nnx.{where}(..., graph=True, graph_updates=True)."
+                )
 
 
 def shard_map(

@@ -76,11 +76,11 @@ def test_node_states_constructors():
     s = nnx.State({"x": 1})
     assert nnx.NodeStates.from_states(s).state is s
     with pytest.raises(ValueError, match="no GraphDef"):
-        nnx.NodeStates.from_states(s).graphdef
+        _ = nnx.NodeStates.from_states(s).graphdef
     two = nnx.NodeStates.from_prefixes((0, None), metadata="axes")
     assert two.states == (0, None) and two.metadata == "axes"
     with pytest.raises(ValueError, match="exactly one State"):
-        two.state
+        _ = two.state
 
 
 def test_update_context_round_trip_updates_the_callers_objects():
