@@ -113,6 +113,34 @@ def masked_gather(batch: Any, start: jax.Array, size: int, n: jax.Array, keys: B
     return with_weights(rows, weights, keys)
 
 
+def block_batch(
+    blocks: Any, perm: jax.Array | None, n: jax.Array | None, pos: jax.Array, size: int,
+    keys: BatchKeys, masked: bool,
+) -> Any:
+    """The batch at position ``pos`` of data laid out in blocks (``ArrayData.block``): block
+    ``pos`` (its first ``size`` rows), taken without moving rows between the devices the
+    blocks are split over; through ``perm`` (rows of the flat order) when given. ``masked``:
+    rows past ``n`` repeat the last real row and weigh 0, as ``masked_gather``."""
+    block = jax.tree.leaves(blocks)[0].shape[1]
+    if perm is not None:
+        idx = jax.lax.dynamic_slice(perm, (pos * block,), (size,))
+        return jax.tree.map(lambda a: a[idx // block, idx % block], blocks)
+    rows = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, pos, 0, keepdims=False)[:size], blocks)
+    if not masked:
+        return rows
+    valid = pos * block + jnp.arange(size) < n
+    last = jax.tree.map(lambda a: a[(n - 1) // block, (n - 1) % block], blocks)
+    rows = jax.tree.map(
+        lambda r, z: jnp.where(valid.reshape(-1, *([1] * (r.ndim - 1))), r, z), rows, last
+    )
+    _, _, weights = batch_parts(rows, keys)
+    valid = valid.astype(jnp.float32)
+    weights = valid if weights is None else weights.astype(jnp.float32) * valid
+    if isinstance(rows, tuple) and len(rows) == 1:
+        return rows
+    return with_weights(rows, weights, keys)
+
+
 # -- host-side batch shaping --------------------------------------------------------------
 
 

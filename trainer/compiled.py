@@ -25,12 +25,14 @@ from trainer.steps import StepContext, add_step_logs
 class Gather:
     """How a step takes its batch from on-device arrays: ``size`` rows from row
     ``pos * stride``, through a permutation (``ordered=False``: fit with shuffling), in order
-    (a slice), or in order with the rows past ``n`` masked (``masked``: evaluate, predict)."""
+    (a slice), or in order with the rows past ``n`` masked (``masked``: evaluate, predict).
+    ``blocked``: the data is in blocks of ``stride`` rows and the batch is block ``pos``."""
 
     size: int
     stride: int
     masked: bool = False
     ordered: bool = True
+    blocked: bool = False  # the data is laid out in blocks of ``stride`` rows (ArrayData.block)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +94,8 @@ class ContextSlot:
 
 def take_batch(data: Any, perm: Any, n: Any, pos: jax.Array, gather: Gather, keys: batchlib.BatchKeys) -> Any:
     """The batch at position ``pos`` of on-device ``data`` (traced)."""
+    if gather.blocked:
+        return batchlib.block_batch(data, perm, n, pos, gather.size, keys, gather.masked)
     start = pos * gather.stride
     if gather.masked:
         return batchlib.masked_gather(data, start, gather.size, n, keys)

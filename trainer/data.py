@@ -103,18 +103,43 @@ def place(batch: Any, n: int) -> Any:
 @dataclasses.dataclass
 class ArrayData:
     """In-memory arrays on the device: ``n`` examples along axis 0 of every leaf of ``batch``,
-    followed by zero rows up to the bucket size (see ``place``)."""
+    followed by zero rows up to the bucket size (see ``place``).
+
+    ``block``: the rows are laid out in blocks of that many, every leaf of shape ``(blocks,
+    block, ...)`` with row ``r`` at ``[r // block, r % block]`` (``Placement.data`` does this on
+    a mesh: each block is a batch split over the devices, so a step takes its batch without
+    moving rows between them). None: one row per index of axis 0.
+    """
 
     batch: Any
     n: int
+    block: int | None = None
+
+    @property
+    def rows(self) -> int:
+        """The rows held, padding included."""
+        shape = jax.tree.leaves(self.batch)[0].shape
+        return shape[0] * (shape[1] if self.block else 1)
+
+    def flat(self) -> Any:
+        """The arrays with one row per index of axis 0, padding included."""
+        if not self.block:
+            return self.batch
+        return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), self.batch)
+
+    def first(self, rows: int) -> Any:
+        """The first ``rows`` rows (at most one block when blocked)."""
+        if self.block:
+            return jax.tree.map(lambda a: a[0, :rows], self.batch)
+        return jax.tree.map(lambda a: a[:rows], self.batch)
 
     def real(self) -> Any:
         """The arrays without the padding rows."""
-        return jax.tree.map(lambda a: a[: self.n], self.batch)
+        return jax.tree.map(lambda a: a[: self.n], self.flat())
 
     def take(self, start: int, stop: int) -> ArrayData:
         """Rows ``start:stop`` (placed again, padded to their own bucket)."""
-        return ArrayData(place(jax.tree.map(lambda a: a[start:stop], self.batch), stop - start), stop - start)
+        return ArrayData(place(jax.tree.map(lambda a: a[start:stop], self.flat()), stop - start), stop - start)
 
 
 class _Tracked:

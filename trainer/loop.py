@@ -185,6 +185,7 @@ class Loop:
       shardings_of: the shardings a state's leaves keep through a step (``Placement``), or
         None on one device.
       place: puts the session's state on the mesh (after a checkpoint was loaded), or None.
+      serial: wait for each call before dispatching the next (``Placement.serial``).
     """
 
     def __init__(
@@ -192,7 +193,7 @@ class Loop:
         hooks: Hooks, progress: Progress, *, donate: bool, tuner: FusionTuner | None,
         max_consecutive_nonfinite: int | None = None,
         learn_keys: Any = None, fresh_metrics: Any = None, shardings_of: Any = None,
-        place: Any = None,
+        place: Any = None, serial: bool = False,
     ):
         self.compiler, self.ctx, self.eval_ctx = compiler, ctx, eval_ctx
         self.session, self.hooks, self.progress = session, hooks, progress
@@ -201,6 +202,7 @@ class Loop:
         self._learn_keys, self._fresh_metrics = learn_keys, fresh_metrics
         self._shardings_of = shardings_of or (lambda leaves: None)
         self._place = place or (lambda: None)
+        self.serial = serial
 
     def _learn(self, keys: tuple[str, ...]) -> None:
         if self._learn_keys is None:
@@ -241,8 +243,7 @@ class Loop:
             hooks.call("on_epoch_begin", epoch, None)
             perm = None
             if shuffle and isinstance(plan.data, ArrayData):
-                rows = jax.tree.leaves(plan.data.batch)[0].shape[0]
-                perm = permutation(p.shuffle_key, epoch, plan.data.n, rows)
+                perm = permutation(p.shuffle_key, epoch, plan.data.n, plan.data.rows)
             self.train_epoch(plan, perm, max_steps)
             if p.interrupted:
                 break
@@ -289,6 +290,8 @@ class Loop:
                     "train", self.ctx, unit.program, treedef, self.donate, shardings
                 )
                 leaves, logs = fn(session.flat()[0], *unit.args)
+            if self.serial:
+                jax.block_until_ready(leaves[-1])
             session.set_flat(leaves)
             p.step += unit.steps
             i += unit.steps
@@ -335,6 +338,8 @@ class Loop:
                 leaves, treedef = jax.tree.flatten(state)
                 shardings = self._shardings_of(leaves)
                 leaves, logs = self.compiler.get("eval", ctx, unit.program, treedef, False, shardings)(leaves, *unit.args)
+            if self.serial:
+                jax.block_until_ready(leaves[-1])
             hooks.after_steps(
                 "test", i, unit.steps, logs, plan.with_logs,
                 lambda leaves=leaves, treedef=treedef: self._logs_of(jax.tree.unflatten(treedef, leaves)),
@@ -371,6 +376,8 @@ class Loop:
             if has_begin and k == 1:
                 hooks.batch("on_predict_batch_begin", i, None, True)
             out = self.compiler.get("predict", ctx, unit.program, treedef)(leaves, *unit.args)
+            if self.serial:
+                jax.block_until_ready(out)
             outputs.append((out, unit.rows))
             for j in range(k) if has_end or (has_begin and k > 1) else ():
                 if has_begin and k > 1:

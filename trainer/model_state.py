@@ -14,7 +14,6 @@ here), the trained leaves in optax's pytree order, and one GraphDef per mode.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 from typing import Any, NamedTuple
 
@@ -192,12 +191,6 @@ def split_model(
 def copy_arrays(values: list[jax.Array]) -> list[jax.Array]:
     """Fresh buffers holding ``values`` (one dispatch instead of one per array)."""
     return [jnp.copy(v) for v in values]
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def first_rows(batch: Any, rows: int) -> Any:
-    """The first ``rows`` rows of every leaf of an on-device batch (one dispatch)."""
-    return jax.tree.map(lambda a: a[:rows], batch)
 
 
 def initial_arrays(spec: ModelSpec, copy: bool) -> tuple[dict, tuple]:

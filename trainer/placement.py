@@ -50,6 +50,12 @@ class Placement:
             )
         self.mesh, self.data_axis = mesh, data_axis
         self.data_size = 1 if mesh is None else int(mesh.shape[data_axis])
+        # XLA's CPU client runs the devices of a mesh on one shared thread pool: with several
+        # calls holding collectives queued, devices waiting in one call's all-reduce can starve
+        # a device still finishing the previous call, and the process hangs. Each call is then
+        # waited for before the next is dispatched (CPU meshes are for tests; accelerators
+        # queue calls per device and are not affected).
+        self.serial = mesh is not None and mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"
 
     @property
     def replicated(self) -> NamedSharding:
@@ -147,20 +153,27 @@ class Placement:
 
         return sharding
 
-    def data(self, data: Any) -> Any:
-        """Array data with its rows split over the data axis (padded to a multiple of its size)."""
+    def data(self, data: Any, batch_size: int) -> Any:
+        """Array data laid out in blocks of ``batch_size`` rows, each block split over the data
+        axis (``ArrayData.block``): a step's batch is one block, already spread over the
+        devices as the step computes on it. (Rows split in one run over the devices would put a
+        batch on one device, and the step would gather the whole data to every device.)"""
         if self.mesh is None or not isinstance(data, ArrayData):
             return data
-        size = self.data_size
+        if data.block == batch_size:
+            return data
+        flat = data.flat()
+        rows = jax.tree.leaves(flat)[0].shape[0]
+        blocks = -(-rows // batch_size)
 
         def placed(a: Any) -> Any:
-            rows = a.shape[0]
-            if rows % size:
-                a = jax.numpy.pad(a, ((0, size - rows % size),) + ((0, 0),) * (a.ndim - 1))
+            if blocks * batch_size != rows:
+                a = jax.numpy.pad(a, ((0, blocks * batch_size - rows),) + ((0, 0),) * (a.ndim - 1))
+            a = a.reshape(blocks, batch_size, *a.shape[1:])
             # several processes each hold the whole arrays and place their devices' rows
-            return self._put(a, self._rows(0)(a))
+            return self._put(a, self._rows(1)(a))
 
-        return ArrayData(jax.tree.map(placed, data.batch), data.n)
+        return ArrayData(jax.tree.map(placed, flat), data.n, block=batch_size)
 
     def batch(self, batch: Any, stacked: bool = False) -> Any:
         """A fed batch on the device(s): split over the data axis along its batch axis (axis 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -24,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainer import batches as batchlib
-from trainer import model_state
 from trainer.compiled import Gather, Program
 from trainer.data import ArrayData, IterData
 
@@ -96,7 +96,7 @@ class BatchPlan:
     def first_batch(self) -> Any:
         """The first batch (for shape checks and the summary), without consuming the source."""
         if isinstance(self.data, ArrayData):
-            return model_state.first_rows(self.data.batch, min(self.batch_size, self.data.n))
+            return self.data.first(min(self.batch_size, self.data.n))
         return self.data.peek()
 
     def program(self, gather: Gather | None, fused: int = 1) -> Program:
@@ -119,13 +119,15 @@ class BatchPlan:
     # -- arrays on the device ----------------------------------------------------------
     def _array_units(self, start: int, perm: jax.Array | None, budget: int | None) -> Iterator[Unit]:
         data, bs = self.data, self.batch_size
-        source = data.batch
+        source, blocked = data.batch, data.block is not None
+        if blocked and data.block != bs:
+            raise ValueError(f"The data is laid out in blocks of {data.block} rows, not batch_size={bs}.")
         if perm is not None and _nbytes(source) <= PERMUTE_ONCE_BYTES:
             # one gather per epoch, then every step slices: a gather per step costs more
-            source, perm = permuted(source, perm), None
+            source, perm = permuted(source, perm, blocked), None
         ordered = perm is None
-        full_gather = Gather(bs, bs, masked=self.pad, ordered=ordered)
-        tail_gather = Gather(self.rem, bs, ordered=ordered) if self.rem else None
+        full_gather = Gather(bs, bs, masked=self.pad, ordered=ordered, blocked=blocked)
+        tail_gather = Gather(self.rem, bs, ordered=ordered, blocked=blocked) if self.rem else None
         n = jnp.asarray(data.n, jnp.int32) if self.pad else None
         args: tuple = (source, perm, n)
         i = start
@@ -207,10 +209,28 @@ def _nbytes(tree: Any) -> int:
     return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(tree))
 
 
+def permuted(batch: Any, perm: jax.Array, blocked: bool = False) -> Any:
+    """Every leaf's rows in the order ``perm`` (one dispatch). ``blocked``: the leaves are
+    laid out in blocks (``ArrayData.block``), and so is the result, on the same devices."""
+    if not blocked:
+        return _permuted_rows(batch, perm)
+    shardings = tuple(a.sharding for a in jax.tree.leaves(batch))
+    return _permuted_blocks(batch, perm, shardings)
+
+
 @jax.jit
-def permuted(batch: Any, perm: jax.Array) -> Any:
-    """Every leaf's rows in the order ``perm`` (one dispatch)."""
+def _permuted_rows(batch: Any, perm: jax.Array) -> Any:
     return batchlib.gather(batch, perm)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _permuted_blocks(batch: Any, perm: jax.Array, shardings: tuple) -> Any:
+    leaves, treedef = jax.tree.flatten(batch)
+    out = []
+    for a, sharding in zip(leaves, shardings, strict=True):
+        rows = a.reshape(-1, *a.shape[2:])[perm].reshape(a.shape)
+        out.append(jax.lax.with_sharding_constraint(rows, sharding))
+    return jax.tree.unflatten(treedef, out)
 
 
 def permutation(key: jax.Array, epoch: int, n: int, rows: int | None = None) -> jax.Array:

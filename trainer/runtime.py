@@ -132,7 +132,7 @@ class Runtime:
             max_consecutive_nonfinite=owner.max_consecutive_nonfinite,
             learn_keys=learn_keys, fresh_metrics=self.setup.fresh_metrics,
             shardings_of=self.placement.state_shardings,
-            place=lambda: self._place(session),
+            place=lambda: self._place(session), serial=self.placement.serial,
         )
 
     def _place(self, session: Session) -> None:
@@ -163,7 +163,7 @@ class Runtime:
         self.placement.check_batch_size(batch_size)
         unplaced = tuple(d for d in (data, val) if d is not None)
         self.setup.streamed_labels = any(isinstance(d, IterData) for d in unplaced)
-        data, val = self.placement.data(data), self.placement.data(val)
+        data, val = self.placement.data(data, batch_size), self.placement.data(val, batch_size)
         if val is not None:
             args.check_one_shot_validation(val, epochs - initial_epoch, validation_steps, validation_freq)
         plan = self.plan(data, "train", batch_size, steps=steps_per_epoch, drop_remainder=drop_remainder)

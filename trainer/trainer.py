@@ -321,7 +321,7 @@ class Trainer:
         self._placement.check_batch_size(bs)
         unplaced = datalib.from_user(x, y, sample_weight, keys=self._setup.keys)
         self._setup.streamed_labels = isinstance(unplaced, IterData)
-        data = self._placement.data(unplaced)
+        data = self._placement.data(unplaced, bs)
         self._last_batch = BatchPlan(data, "eval", bs, steps=steps, pad=True).first_batch()
         with self._call(False, self._last_batch, verbose) as session:
             args.check_labels(unplaced, self._setup.loss.classes, self._setup.keys)
@@ -346,7 +346,7 @@ class Trainer:
         """
         verbose, bs = args.verbosity(verbose), args.batch_size(batch_size)
         self._placement.check_batch_size(bs)
-        data = self._placement.data(args.predict_source(x, self._setup.keys))
+        data = self._placement.data(args.predict_source(x, self._setup.keys), bs)
         with self._call(False) as session:
             cbs = self._callback_list(callbacks, verbose, "predict")
             cbs.set_params({"epochs": 1, "steps": steps_of(data, bs, steps), "verbose": verbose})

@@ -14,8 +14,9 @@ import nnx
 from trainer import Trainer
 
 
-def _run(code, devices, *argv):
-    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"}
+def _run(code, devices, *argv, flags="", **env_vars):
+    xla_flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}" + flags
+    env = {**os.environ, **env_vars, "XLA_FLAGS": xla_flags}
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -363,3 +364,67 @@ LOGICAL_RULES = textwrap.dedent(
 def test_logical_axis_names_are_mapped_by_the_rules_in_effect():
     out = _run(LOGICAL_RULES, 4)
     assert out == {"spec": "P(None, 'model')", "shard": [4, 4]}
+
+
+LOCAL_BATCHES = textwrap.dedent(
+    """
+    import glob, json, os
+    import jax, numpy as np, optax
+    import nnx
+    from trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 24)).astype(np.float32)
+    y = rng.integers(0, 3, size=512).astype(np.int32)
+    trainer = Trainer(nnx.Linear(24, 3, rngs=nnx.Rngs(0)), optax.sgd(0.1), mesh="auto", steps_per_execution=1)
+    trainer.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    steps = [f for f in glob.glob(os.path.join(os.environ["DUMP"], "*after_optimizations.txt"))
+             if "_lambda" in f]
+    text = "\\n".join(open(f).read() for f in steps)
+    print(json.dumps({"programs": len(steps), "all_gathers": text.count(" all-gather("),
+                      "all_reduces": text.count(" all-reduce("), "local_rows": "f32[32,4,24]" in text}))
+    """
+)
+
+
+def test_each_step_reads_its_batch_where_it_lies(tmp_path):
+    """Array data is laid out in batch-sized blocks split over the devices: the compiled step
+    computes on its devices' rows (one all-reduce of the gradients), and never gathers the
+    dataset to every device."""
+    flags = f" --xla_dump_to={tmp_path} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*_lambda.* --xla_dump_hlo_pass_re=NONE"
+    out = _run(LOCAL_BATCHES, 4, flags=flags, DUMP=str(tmp_path))
+    assert out["programs"] >= 1 and out["local_rows"]  # each device holds (32 blocks, 4 rows)
+    assert out["all_gathers"] == 0 and out["all_reduces"] >= 1
+
+
+PIPELINED = textwrap.dedent(
+    """
+    import json
+    import jax, numpy as np, optax
+    import nnx
+    from trainer import Trainer
+
+    class MLP(nnx.Module):
+        def __init__(self):
+            self.l1 = nnx.Linear(64, 32, rngs=nnx.Rngs(0))
+            self.l2 = nnx.Linear(32, 10, rngs=nnx.Rngs(1))
+
+        def __call__(self, x):
+            return self.l2(jax.nn.relu(self.l1(x)))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4096, 64)).astype(np.float32)
+    y = rng.integers(0, 10, size=4096).astype(np.int32)
+    trainer = Trainer(MLP(), optax.adam(1e-3), mesh="auto", steps_per_execution=1)
+    hist = trainer.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    print(json.dumps({"loss": hist.history["loss"]}))
+    """
+)
+
+
+def test_many_queued_steps_on_a_cpu_mesh_do_not_hang():
+    """XLA's CPU client can hang when many calls holding collectives are queued at once (the
+    devices share one thread pool); on a CPU mesh the Trainer waits for each call. Optimized
+    code (the default outside this suite) hung here without that."""
+    out = _run(PIPELINED, 4, flags=" --xla_backend_optimization_level=2")
+    assert len(out["loss"]) == 2 and all(np.isfinite(out["loss"]))
