@@ -208,11 +208,15 @@ def _finish_writes(directory: str, exclude: CheckpointStore | None = None) -> No
 
 def _join_orbax_threads(timeout: float) -> None:
     """Wait (up to ``timeout`` seconds) for orbax's background threads of a failed write: its
-    other parts may still be writing after the first one failed."""
+    other parts may still be writing after the first one failed. orbax's threads re-raise
+    their own error from ``join``; that error belongs to the write being reported already."""
     deadline = time.monotonic() + timeout
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and type(thread).__module__.startswith("orbax"):
-            thread.join(max(deadline - time.monotonic(), 0.0))
+            try:
+                thread.join(max(deadline - time.monotonic(), 0.0))
+            except Exception:  # noqa: BLE001
+                logger.debug("an orbax thread of the failed write ended with an error", exc_info=True)
 
 
 def _size(n: int | None) -> str:
