@@ -174,3 +174,25 @@ def test_a_really_full_disk(tmp_path, capfd):
         assert "orbax/checkpoint" not in capfd.readouterr().err  # no traceback through orbax's code
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_joining_a_failed_orbax_thread_does_not_raise_its_error():
+    """orbax's background threads re-raise their error from ``join``; the store reports the
+    failed write itself (CheckpointWriteError), so the join must not raise past it."""
+    import threading
+    import time
+
+    from checkpointing import store
+
+    class Failed(threading.Thread):
+        def join(self, timeout=None):
+            super().join(timeout)
+            raise ValueError("RESOURCE_EXHAUSTED: the write's own error")
+
+    Failed.__module__ = "orbax.checkpoint._src.futures.future"  # how the store recognizes them
+    thread = Failed(target=lambda: time.sleep(0.2))  # alive while the store looks for it
+    thread.start()
+    try:
+        store._join_orbax_threads(timeout=1.0)  # raised ValueError before
+    finally:
+        threading.Thread.join(thread)
