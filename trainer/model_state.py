@@ -225,17 +225,30 @@ def merge(spec: ModelSpec, params: Any, others: tuple, training: bool) -> Any:
     return nnx.unflatten(graphdef, leaves)
 
 
-def read_others(spec: ModelSpec, model: Any) -> tuple:
-    """The current values of the non-trained leaves of a merged model (sown Variables dropped)."""
+def read_others(spec: ModelSpec, model: Any, given: tuple) -> tuple:
+    """The current values of the non-trained leaves of a merged model (sown Variables dropped).
+
+    ``given``: the values the model was merged from. A plain array attribute (not a Variable)
+    the step replaced raises: the Trainer carries state in Variables only, and would otherwise
+    drop the new value when it writes the state back to the model."""
     graphdef, leaves = nnx.flatten(model)
     by_path = dict(zip(graphdef.paths, leaves, strict=True))
     out = []
-    for i in spec.other_index:
+    for i, before in zip(spec.other_index, given, strict=True):
         path = spec.paths[i]
+        where = "/".join(map(str, path))
         if path not in by_path:
             raise ValueError(
-                f"The model lost its Variable at '{'/'.join(map(str, path))}' during a step; "
+                f"The model lost its Variable at '{where}' during a step; "
                 "a step may change Variable values but not remove them."
             )
-        out.append(_raw(by_path[path]))
+        now = by_path[path]
+        if not isinstance(spec.variables[i], nnx.Variable) and now is not before:
+            raise ValueError(
+                f"The model's plain array attribute '{where}' was replaced during a train step. The "
+                "Trainer carries a model's changing state in Variables: make it one (for a "
+                f"counter or a statistic, e.g. nnx.BatchStat(...)) and update it with "
+                f"'.{path[-1]}[...] = ...'."
+            )
+        out.append(_raw(now))
     return tuple(out)

@@ -141,7 +141,7 @@ def apply_gradients(
     def loss_of(params: Any) -> tuple[jax.Array, tuple[dict, tuple]]:
         model = ctx.merge(params, state.others)
         loss, aux = loss_of_model(model, batch)
-        return loss, (aux, model_state.read_others(ctx.spec, model))
+        return loss, (aux, model_state.read_others(ctx.spec, model, state.others))
 
     (loss, (aux, others)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
 

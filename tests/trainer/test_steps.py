@@ -256,3 +256,28 @@ def test_predict_with_steps_per_execution_equals_single_steps():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     _assert_same_events(outs[1][2], outs[3][2])
     assert [e[1] for e in outs[3][2]] == list(range(9))
+
+
+def test_a_plain_array_attribute_replaced_by_a_train_step_is_a_clear_error():
+    class Counting(nnx.Module):
+        def __init__(self):
+            self.linear = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+            self.scale = jnp.array(2.0)  # a constant plain array: fine
+            self.calls = jnp.array(0)
+
+        def __call__(self, x):
+            self.calls = self.calls + 1  # would be lost: not a Variable
+            return self.linear(x) * self.scale
+
+    x = np.ones((8, 3), np.float32)
+    y = np.ones((8, 1), np.float32)
+    with pytest.raises(ValueError, match=r"plain array attribute 'calls' was replaced(.|\n)*nnx.BatchStat"):
+        Trainer(Counting(), optax.sgd(0.1), loss="mse").fit(x, y, batch_size=4, verbose=0)
+
+    class Constant(Counting):
+        def __call__(self, x):
+            return self.linear(x) * self.scale
+
+    model = Constant()
+    Trainer(model, optax.sgd(0.1), loss="mse").fit(x, y, batch_size=4, verbose=0)
+    assert float(model.scale) == 2.0
