@@ -229,8 +229,8 @@ def read_others(spec: ModelSpec, model: Any, given: tuple) -> tuple:
     """The current values of the non-trained leaves of a merged model (sown Variables dropped).
 
     ``given``: the values the model was merged from. A plain array attribute (not a Variable)
-    the step replaced raises: the Trainer carries state in Variables only, and would otherwise
-    drop the new value when it writes the state back to the model."""
+    the step replaced, or a Variable it created, raises: the Trainer carries the Variables the
+    model had when split, and would otherwise drop the new values when it writes back."""
     graphdef, leaves = nnx.flatten(model)
     by_path = dict(zip(graphdef.paths, leaves, strict=True))
     out = []
@@ -251,4 +251,13 @@ def read_others(spec: ModelSpec, model: Any, given: tuple) -> tuple:
                 f"'.{path[-1]}[...] = ...'."
             )
         out.append(_raw(now))
+    known = set(spec.paths)
+    for path, leaf in by_path.items():
+        if path not in known and not isinstance(leaf, nnx.Intermediate):
+            raise ValueError(
+                f"The model created {type(leaf).__name__ if isinstance(leaf, nnx.Variable) else 'a plain array'} "
+                f"'{'/'.join(map(str, path))}' during a train "
+                "step; the Trainer carries the Variables the model has when fit starts. Create it "
+                "in __init__, or call the model once on a batch before fit."
+            )
     return tuple(out)

@@ -281,3 +281,25 @@ def test_a_plain_array_attribute_replaced_by_a_train_step_is_a_clear_error():
     model = Constant()
     Trainer(model, optax.sgd(0.1), loss="mse").fit(x, y, batch_size=4, verbose=0)
     assert float(model.scale) == 2.0
+
+
+def test_a_variable_created_by_a_train_step_is_a_clear_error_and_calling_first_is_the_fix():
+    class Lazy(nnx.Module):
+        def __init__(self):
+            self.linear = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+
+        def __call__(self, x):
+            if not hasattr(self, "seen"):
+                self.seen = nnx.BatchStat(jnp.zeros(()))
+            self.seen[...] += x.shape[0]
+            self.sow(nnx.Intermediate, "hidden", x)  # sown values are dropped, as always
+            return self.linear(x)
+
+    x = np.ones((8, 3), np.float32)
+    y = np.ones((8, 1), np.float32)
+    with pytest.raises(ValueError, match="created BatchStat 'seen' during a train step"):
+        Trainer(Lazy(), optax.sgd(0.1), loss="mse").fit(x, y, batch_size=4, verbose=0)
+    model = Lazy()
+    model(x[:1])  # the Variable exists before fit
+    Trainer(model, optax.sgd(0.1), loss="mse").fit(x, y, batch_size=4, verbose=0)
+    assert float(model.seen[...]) == 1 + 8
