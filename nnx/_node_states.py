@@ -16,7 +16,7 @@ from typing import Any
 import jax
 
 from nnx._contexts import MergeContext, SplitContext, merge_context, split_context
-from nnx._walks import is_node, iter_graph
+from nnx._walks import is_node, reachable
 
 
 class _Missing:
@@ -110,22 +110,19 @@ def _leaf_prefixes(prefix: Any, tree: Any, is_leaf: Callable[[Any], bool]) -> li
     return out
 
 
-def _check_aliasing(items: list[tuple[tuple, Any, Any]]) -> None:
-    """A ValueError when an object reachable from several places has different prefixes."""
+def _check_aliasing(tree: Any, prefixes: list[Any]) -> None:
+    """A ValueError when an object reachable from several places has different prefixes
+    (``prefixes``: one per leaf of ``tree``)."""
     seen: dict[int, tuple[str, Any]] = {}
-    for path, leaf, prefix in items:
-        where = jax.tree_util.keystr(path) or "the tree"
-        for sub, obj in reversed(list(iter_graph(leaf))):  # the leaf itself first
-            if not is_node(obj):
-                continue
-            here = where + "".join(f"/{k}" for k in sub)
-            first = seen.setdefault(id(obj), (here, prefix))
-            if first[1] != prefix:
-                raise ValueError(
-                    "Inconsistent aliasing detected. The following nodes have different prefixes: "
-                    f"the {type(obj).__name__} at\n  {first[0]}: {first[1]!r}\n  {here}: {prefix!r}\n"
-                    "Give a shared object the same prefix wherever it is reached."
-                )
+    for k, here, obj in reachable(tree):
+        here = here or "the tree"
+        first = seen.setdefault(id(obj), (here, prefixes[k]))
+        if first[1] != prefixes[k]:
+            raise ValueError(
+                "Inconsistent aliasing detected. The following nodes have different prefixes: "
+                f"the {type(obj).__name__} at\n  {first[0]}: {first[1]!r}\n  {here}: {prefixes[k]!r}\n"
+                "Give a shared object the same prefix wherever it is reached."
+            )
 
 
 def to_tree(
@@ -150,7 +147,7 @@ def to_tree(
     else:
         prefixes = _leaf_prefixes(prefix, tree, is_node)
         if check_aliasing:
-            _check_aliasing([(p, x, s) for (p, x), s in zip(paths_leaves, prefixes, strict=True) if is_node(x)])
+            _check_aliasing(tree, prefixes)
     with split_context(ctxtag) as ctx:
         out = [
             split_fn(ctx, path, s, x) if map_non_graph_nodes or is_node(x) else x

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import jax
+
 from nnx import filterlib
 from nnx._graphdef import Unflattener, pytree_children
 from nnx._modes import set_graph_mode
@@ -123,6 +125,21 @@ def iter_graph(node: Any, /, *, graph: bool | None = None) -> Iterator[tuple[Pat
     if _graph(graph):
         return _iter_graph(node)
     return _iter_tree(node, (), _TreeGuard("iter_graph"))
+
+
+def reachable(tree: Any, root: str = "") -> Iterator[tuple[int, str, Any]]:
+    """``(k, where, obj)`` for every graph node and Variable reachable from the ``k``-th
+    graph-node leaf of the pytree ``tree``: ``where`` names the place (``root``, the leaf's key
+    path, then the path inside it), parents before children. An object shared inside one leaf
+    comes once; one reached from several leaves comes once for each (for aliasing checks)."""
+    paths_leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_node)[0]
+    for k, (path, leaf) in enumerate(paths_leaves):
+        if not is_node(leaf):
+            continue
+        base = root + jax.tree_util.keystr(path)
+        for sub, obj in reversed(list(_iter_graph(leaf))):
+            if is_node(obj):
+                yield k, base + "".join(f"/{key}" for key in sub), obj
 
 
 def _yielded(x: Any) -> bool:

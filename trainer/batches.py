@@ -104,9 +104,14 @@ def gather(batch: Any, indices: jax.Array) -> Any:
 def masked_gather(batch: Any, start: jax.Array, size: int, n: jax.Array, keys: BatchKeys) -> Any:
     """Rows ``start .. start+size`` in order; rows past ``n`` repeat the last one, weight 0."""
     idx = start + jnp.arange(size)
-    valid = (idx < n).astype(jnp.float32)
-    rows = gather(batch, jnp.minimum(idx, n - 1))
+    return _weighted_by(gather(batch, jnp.minimum(idx, n - 1)), idx < n, keys)
+
+
+def _weighted_by(rows: Any, valid: jax.Array, keys: BatchKeys) -> Any:
+    """``rows`` with their weights multiplied by ``valid`` (0 for padding rows); a batch of
+    inputs alone (predict) is returned as it is."""
     _, _, weights = batch_parts(rows, keys)
+    valid = valid.astype(jnp.float32)
     weights = valid if weights is None else weights.astype(jnp.float32) * valid
     if isinstance(rows, tuple) and len(rows) == 1:
         return rows
@@ -133,12 +138,7 @@ def block_batch(
     rows = jax.tree.map(
         lambda r, z: jnp.where(valid.reshape(-1, *([1] * (r.ndim - 1))), r, z), rows, last
     )
-    _, _, weights = batch_parts(rows, keys)
-    valid = valid.astype(jnp.float32)
-    weights = valid if weights is None else weights.astype(jnp.float32) * valid
-    if isinstance(rows, tuple) and len(rows) == 1:
-        return rows
-    return with_weights(rows, weights, keys)
+    return _weighted_by(rows, valid, keys)
 
 
 # -- host-side batch shaping --------------------------------------------------------------

@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from nnx._graphdef import Unflattener
 from nnx._modes import Mode
 from nnx._modes import resolve as resolve_mode
-from nnx._walks import is_node, iter_graph
+from nnx._walks import reachable
 from nnx.transforms import prefixes
 from nnx.transforms.lift import (
     Extraction,
@@ -112,13 +112,8 @@ def _check_no_shared_variables(args: tuple, where: str) -> None:
     arguments' pytrees), which ``graph_updates=False`` cannot carry apart (as Flax's
     ``nnx.eval_shape`` refuses it)."""
     seen: dict[int, str] = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(args, is_leaf=is_node)[0]:
-        if not is_node(leaf):
-            continue
-        for sub, obj in iter_graph(leaf):
-            if not isinstance(obj, Variable):
-                continue
-            here = "args" + jax.tree_util.keystr(path) + "".join(f"/{k}" for k in sub)
+    for _, here, obj in reachable(args, "args"):
+        if isinstance(obj, Variable):
             first = seen.setdefault(id(obj), here)
             if first != here:
                 raise ValueError(
