@@ -241,9 +241,10 @@ def child(parent: Any, key: Any) -> Any:
     return None
 
 
-def _node_prefix_value(prefix_node: Any, path: tuple) -> Any:
-    """The value at ``path`` in a node-shaped prefix (from ``nnx.prefix(graph=False)``)."""
-    value = prefix_node
+def value_at(node: Any, path: tuple) -> Any:
+    """The value at ``path`` in a graph node (or a node-shaped prefix from
+    ``nnx.prefix(graph=False)``)."""
+    value = node
     for key in path:
         value = child(value, key)
     return value
@@ -254,7 +255,7 @@ def node_leaf_specs(spec: Any, paths: Sequence[tuple], leaves: Sequence[Any]) ->
     if isinstance(spec, PrefixState):
         spec = spec.state
     if isinstance(spec, GraphNode):
-        return [_unwrap(_node_prefix_value(spec, tuple(p))) for p in paths]
+        return [_unwrap(value_at(spec, tuple(p))) for p in paths]
     if isinstance(spec, StateSharding):
         return [spec.spec_for(tuple(p), leaf) for p, leaf in zip(paths, leaves, strict=True)]
     if isinstance(spec, StateAxes):

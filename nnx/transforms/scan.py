@@ -276,13 +276,7 @@ def _raw_carry_reader(extraction: Extraction, plan: _Plan) -> Callable[[list[lis
                 wanted.append((j, k, extraction.paths[j]))
 
     def read(inner_nodes: list[list[Any]]) -> list[tuple[int, Any]]:
-        out = []
-        for j, k, path in wanted:
-            value = inner_nodes[plan.carry_arg][k]
-            for key in path:
-                value = prefixes.child(value, key)
-            out.append((j, value))
-        return out
+        return [(j, prefixes.value_at(inner_nodes[plan.carry_arg][k], path)) for j, k, path in wanted]
 
     return read
 
