@@ -118,8 +118,7 @@ class ArrayData:
     @property
     def rows(self) -> int:
         """The rows held, padding included."""
-        shape = jax.tree.leaves(self.batch)[0].shape
-        return shape[0] * (shape[1] if self.block else 1)
+        return jax.tree.leaves(self.batch)[0].shape[0] * (self.block or 1)
 
     def flat(self) -> Any:
         """The arrays with one row per index of axis 0, padding included."""

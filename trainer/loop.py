@@ -204,6 +204,11 @@ class Loop:
         self._place = place or (lambda: None)
         self.serial = serial
 
+    def _settle(self, result: Any) -> None:
+        """Wait for a call's ``result`` when calls must not queue up (``serial``)."""
+        if self.serial:
+            jax.block_until_ready(result)
+
     def _learn(self, keys: tuple[str, ...]) -> None:
         if self._learn_keys is None:
             raise NewStepKeys(keys)
@@ -290,8 +295,7 @@ class Loop:
                     "train", self.ctx, unit.program, treedef, self.donate, shardings
                 )
                 leaves, logs = fn(session.flat()[0], *unit.args)
-            if self.serial:
-                jax.block_until_ready(leaves[-1])
+            self._settle(leaves[-1])
             session.set_flat(leaves)
             p.step += unit.steps
             i += unit.steps
@@ -338,8 +342,7 @@ class Loop:
                 leaves, treedef = jax.tree.flatten(state)
                 shardings = self._shardings_of(leaves)
                 leaves, logs = self.compiler.get("eval", ctx, unit.program, treedef, False, shardings)(leaves, *unit.args)
-            if self.serial:
-                jax.block_until_ready(leaves[-1])
+            self._settle(leaves[-1])
             hooks.after_steps(
                 "test", i, unit.steps, logs, plan.with_logs,
                 lambda leaves=leaves, treedef=treedef: self._logs_of(jax.tree.unflatten(treedef, leaves)),
@@ -376,8 +379,7 @@ class Loop:
             if has_begin and k == 1:
                 hooks.batch("on_predict_batch_begin", i, None, True)
             out = self.compiler.get("predict", ctx, unit.program, treedef)(leaves, *unit.args)
-            if self.serial:
-                jax.block_until_ready(out)
+            self._settle(out)
             outputs.append((out, unit.rows))
             for j in range(k) if has_end or (has_begin and k > 1) else ():
                 if has_begin and k > 1:

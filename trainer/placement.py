@@ -4,8 +4,9 @@ of one host or of several joined with ``jax.distributed.initialize()``: array da
 every process whole (each places its devices' rows), batches from a dataset are each process's
 own part of the global batch (``jax.make_array_from_process_local_data``).
 
-With a mesh, array datasets are placed with their rows split over the data axis, fed batches
-are placed split the same way (stacked blocks along their batch axis), and everything else (the
+With a mesh, array datasets are laid out in batch-sized blocks, each split over the data axis
+(so a step's batch is already where the step computes on it), fed batches are placed split the
+same way (stacked blocks along their batch axis), and everything else (the
 model's arrays, the optimizer state, the running metrics) is left to the compiled steps, which
 keep it replicated unless the arrays come in sharded (a model created sharded keeps its
 shardings). Reductions in the steps (the mean loss, BatchNorm's batch statistics, the metrics)

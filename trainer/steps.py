@@ -187,9 +187,7 @@ def all_finite(tree: Any) -> jax.Array:
             small.append(x)
         else:  # large, or complex
             parts.append(jnp.sum(x * 0))
-    if len(small) == 1:
-        parts.append(jnp.sum(small[0].astype(jnp.float32) * 0))
-    elif small:
+    if small:
         parts.append(jnp.sum(jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in small]) * 0))
     if not parts:
         return jnp.asarray(True)
